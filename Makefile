@@ -1,0 +1,53 @@
+# The two commands of the README: `make run` (whole stack, embedded default) and `make test`.
+# Both set up what they need first; `make setup` alone does only that.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+PROTO_STAMP := libs/protos/src/genai/.generated
+PROTOS := $(shell find protos -name '*.proto')
+
+PACKAGES := -e libs/common -e libs/protos -e services/auth -e services/history \
+	-e services/inference-adapter -e services/gateway -e tools/devstack
+
+.PHONY: setup run test test-unit test-integration protos lint clean
+
+setup: $(STAMP) $(PROTO_STAMP)
+
+$(STAMP): constraints.txt requirements-dev.txt $(wildcard */*/pyproject.toml)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -U pip
+	$(PIP) install -q -c constraints.txt -r requirements-dev.txt
+	$(PIP) install -q -c constraints.txt --config-settings editable_mode=compat $(PACKAGES)
+	touch $@
+
+# Generated code is made here (and in the Docker build), never edited or committed.
+$(PROTO_STAMP): $(PROTOS) $(STAMP)
+	rm -rf libs/protos/src/genai
+	mkdir -p libs/protos/src
+	$(PY) -m grpc_tools.protoc -I protos --python_out=libs/protos/src \
+		--grpc_python_out=libs/protos/src --pyi_out=libs/protos/src $(PROTOS)
+	touch $@
+
+protos: $(PROTO_STAMP)
+
+run: setup
+	$(PY) -m genai_devstack run
+
+test: setup
+	$(PY) -m pytest
+
+test-unit: setup
+	$(PY) -m pytest services
+
+test-integration: setup
+	$(PY) -m pytest tests
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .work libs/protos/src/genai

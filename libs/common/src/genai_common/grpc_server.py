@@ -1,0 +1,154 @@
+"""Running a grpc.aio service: interceptors, health, metrics, graceful shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import Counter, Histogram, start_http_server
+
+from genai_common import request_id
+
+logger = logging.getLogger(__name__)
+
+RPC_TOTAL = Counter("genai_grpc_server_handled_total", "RPCs handled", ["method", "code"])
+RPC_SECONDS = Histogram("genai_grpc_server_handling_seconds", "RPC handling time", ["method"])
+
+
+def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def wrapper(req: Any, context: grpc.aio.ServicerContext) -> Any:
+        token = request_id.current_request_id.set(_incoming_request_id(context))
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return await behavior(req, context)
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            logger.exception("unhandled error in %s", method)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        finally:
+            RPC_TOTAL.labels(method, code.name).inc()
+            RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
+            request_id.current_request_id.reset(token)
+
+    return wrapper
+
+
+def _wrap_stream(method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def wrapper(req: Any, context: grpc.aio.ServicerContext) -> Any:
+        token = request_id.current_request_id.set(_incoming_request_id(context))
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            async for item in behavior(req, context):
+                yield item
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            logger.exception("unhandled error in %s", method)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        finally:
+            RPC_TOTAL.labels(method, code.name).inc()
+            RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
+            request_id.current_request_id.reset(token)
+
+    return wrapper
+
+
+def _incoming_request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == request_id.METADATA_KEY:
+            return request_id.sanitize(value if isinstance(value, str) else value.decode())
+    return request_id.new_request_id()
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Sets the request id, counts and times each RPC, and turns unexpected errors into INTERNAL.
+
+    Expected failures are raised by servicers with `await context.abort(code, message)`; anything else
+    is logged here with its traceback and answered with a generic message.
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+async def serve(
+    *,
+    name: str,
+    listen: str,
+    register: Callable[[grpc.aio.Server], None],
+    service_names: list[str],
+    metrics_port: int = 0,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+    grace_s: float = 10.0,
+) -> None:
+    """Serve until SIGTERM or SIGINT, then stop accepting, let RPCs in flight finish, and clean up."""
+    server = grpc.aio.server(
+        interceptors=[ServiceInterceptor()],
+        options=[
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+        ],
+    )
+    register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise RuntimeError(f"{name}: cannot listen on {listen}")
+    if metrics_port:
+        start_http_server(metrics_port, addr=listen.rsplit(":", 1)[0].strip("[]") or "0.0.0.0")
+    await server.start()
+    for service in [*service_names, ""]:
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    logger.info("%s listening on %s", name, listen)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logger.info("%s stopping", name)
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace_s)
+    if on_stop is not None:
+        await on_stop()

@@ -1,0 +1,32 @@
+"""Settings shared by every service. Each service subclasses CommonSettings with its own env prefix."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Values that people paste from examples; refused as secrets outside dev mode.
+PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "your-super-secret-key-change-in-production"}
+MIN_SECRET_LENGTH = 32
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GENAI_", extra="ignore")
+
+    # "dev" relaxes nothing about secrets: it only allows generated ones in a local work folder.
+    env: Literal["dev", "prod"] = Field("prod", validation_alias="GENAI_ENV")
+    log_level: str = Field("INFO", validation_alias="GENAI_LOG_LEVEL")
+    # Port of the Prometheus /metrics HTTP endpoint of a gRPC service; 0 turns it off.
+    metrics_port: int = 0
+
+
+def check_secret(name: str, value: SecretStr | None, env: str) -> SecretStr:
+    """Refuse a missing, placeholder or short secret; dev mode still needs one, just not a strong one."""
+    raw = value.get_secret_value() if value is not None else ""
+    if not raw:
+        raise ValueError(f"{name} must be set")
+    if env != "dev" and (raw.lower() in PLACEHOLDER_SECRETS or len(raw) < MIN_SECRET_LENGTH):
+        raise ValueError(f"{name} must be a random value of at least {MIN_SECRET_LENGTH} characters")
+    return SecretStr(raw)
