@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeVar
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Values that people paste from examples; refused as secrets outside dev mode.
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "your-super-secret-key-change-in-production"}
 MIN_SECRET_LENGTH = 32
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 
 class CommonSettings(BaseSettings):
@@ -30,3 +32,24 @@ def check_secret(name: str, value: SecretStr | None, env: str) -> SecretStr:
     if env != "dev" and (raw.lower() in PLACEHOLDER_SECRETS or len(raw) < MIN_SECRET_LENGTH):
         raise ValueError(f"{name} must be a random value of at least {MIN_SECRET_LENGTH} characters")
     return SecretStr(raw)
+
+
+def load_settings(cls: type[SettingsT]) -> SettingsT:
+    """Build settings from the environment, or exit naming each bad variable without its value.
+
+    pydantic's own message echoes the rejected input, which for a secret or a DSN is the secret itself.
+    """
+    try:
+        return cls()
+    except ValidationError as exc:
+        prefix = str(cls.model_config.get("env_prefix") or "")
+        problems = []
+        for error in exc.errors(include_input=False, include_url=False):
+            loc = error["loc"]
+            name = "settings"
+            if loc:
+                field = cls.model_fields.get(str(loc[0]))
+                alias = field.validation_alias if field is not None else None
+                name = alias if isinstance(alias, str) else f"{prefix}{loc[0]}".upper()
+            problems.append(f"{name}: {error['msg']}")
+        raise SystemExit("invalid settings: " + "; ".join(problems)) from None

@@ -1,0 +1,1 @@
+"""The history service: conversations and their messages in PostgreSQL, served over gRPC."""

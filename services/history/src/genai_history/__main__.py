@@ -1,0 +1,3 @@
+from genai_history.main import main
+
+main()

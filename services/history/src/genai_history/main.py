@@ -1,0 +1,61 @@
+"""Entry point: settings, logging, migrations, the database pool, then the gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from genai.history.v1 import history_pb2_grpc
+from genai_common.db import create_pool, migrate
+from genai_common.grpc_server import serve
+from genai_common.logs import setup_logging
+from genai_common.settings import load_settings
+
+from genai_history.servicer import SERVICE_NAME, HistoryServicer
+from genai_history.settings import HistorySettings
+from genai_history.store import COMPONENT, MIGRATIONS_DIR, HistoryStore
+
+logger = logging.getLogger(__name__)
+
+POOL_CLOSE_TIMEOUT_S = 5.0
+
+
+async def run(settings: HistorySettings) -> None:
+    dsn = settings.database_url.get_secret_value()
+    if settings.migrate_on_start:
+        applied = await migrate(dsn, COMPONENT, MIGRATIONS_DIR)
+        logger.info("migrations applied: %d", len(applied))
+    pool = await create_pool(dsn, max_size=settings.pool_max_size)
+    servicer = HistoryServicer(HistoryStore(pool), settings)
+
+    def register(server: grpc.aio.Server) -> None:
+        history_pb2_grpc.add_HistoryServiceServicer_to_server(servicer, server)
+
+    async def close_pool() -> None:
+        try:
+            await asyncio.wait_for(pool.close(), POOL_CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            logger.warning("database pool did not close in %ss; terminating it", POOL_CLOSE_TIMEOUT_S)
+            pool.terminate()
+
+    try:
+        await serve(
+            name="history",
+            listen=settings.listen,
+            register=register,
+            service_names=[SERVICE_NAME],
+            metrics_port=settings.metrics_port,
+            on_stop=close_pool,
+        )
+    except BaseException:
+        # serve() closes the pool through on_stop only on a clean stop; a failed start must not leak it.
+        if not pool.is_closing():
+            pool.terminate()
+        raise
+
+
+def main() -> None:
+    settings = load_settings(HistorySettings)
+    setup_logging("history", settings.log_level)
+    asyncio.run(run(settings))

@@ -1,0 +1,32 @@
+import pytest
+from genai_history.settings import HistorySettings
+from pydantic import ValidationError
+
+
+def test_reads_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENAI_HISTORY_DATABASE_URL", "postgresql://u:pw@db:5432/history")
+    monkeypatch.setenv("GENAI_HISTORY_MAX_MESSAGES", "7")
+    monkeypatch.setenv("GENAI_HISTORY_METRICS_PORT", "9102")
+    monkeypatch.delenv("GENAI_HISTORY_LISTEN", raising=False)
+    settings = HistorySettings()
+    assert settings.database_url.get_secret_value() == "postgresql://u:pw@db:5432/history"
+    assert "pw" not in repr(settings)
+    assert settings.max_messages == 7
+    assert settings.metrics_port == 9102
+    assert settings.listen == "127.0.0.1:50052"
+
+
+def test_database_url_is_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GENAI_HISTORY_DATABASE_URL", raising=False)
+    with pytest.raises(ValidationError, match="database_url"):
+        HistorySettings()
+
+
+def test_refuses_a_non_postgres_url() -> None:
+    with pytest.raises(ValidationError, match="postgresql://"):
+        HistorySettings(database_url="mysql://db/history")
+
+
+def test_default_page_size_within_max() -> None:
+    with pytest.raises(ValidationError, match="default_page_size"):
+        HistorySettings(database_url="postgresql://db/h", default_page_size=50, max_page_size=10)
