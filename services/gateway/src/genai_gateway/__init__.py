@@ -1,0 +1,1 @@
+"""Public HTTP API and web page of the GenAI service."""

@@ -1,0 +1,3 @@
+from genai_gateway.main import main
+
+main()

@@ -1,0 +1,70 @@
+"""The FastAPI application: long-lived clients in the lifespan, routers, errors, the web page."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from importlib import resources
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from genai_gateway.backends import Backends
+from genai_gateway.cache import AnswerCache
+from genai_gateway.errors import install_handlers
+from genai_gateway.limiter import RateLimiter
+from genai_gateway.middleware import RequestIdMiddleware
+from genai_gateway.routers import ask, auth, health, history, users
+from genai_gateway.serving import AskService
+from genai_gateway.settings import GatewaySettings
+from genai_gateway.spool import HistoryRecorder
+
+STATIC_DIR = resources.files("genai_gateway") / "static"
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        backends = Backends(settings)
+        recorder = HistoryRecorder(backends.history, backends.redis, settings.history_timeout_s)
+        app.state.settings = settings
+        app.state.backends = backends
+        app.state.recorder = recorder
+        app.state.limiter = RateLimiter(
+            backends.redis, settings.rate_limit_per_minute, settings.rate_limit_window_s
+        )
+        app.state.ask_service = AskService(
+            settings,
+            backends,
+            AnswerCache(backends.redis, settings.cache_ttl_s, settings.cache_enabled),
+            recorder,
+        )
+        drain = asyncio.create_task(recorder.drain_forever(settings.spool_drain_interval_s))
+        try:
+            yield
+        finally:
+            drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await drain
+            await backends.close()
+
+    app = FastAPI(
+        title="On-Premise GenAI API",
+        version="1.0",
+        description="Multi-user access to a local LLM: web chat, HTTP API and gRPC.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestIdMiddleware)
+    install_handlers(app)
+    for router in (auth.router, ask.router, history.router, users.router, health.router):
+        app.include_router(router)
+
+    app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(str(STATIC_DIR / "index.html"), headers={"Cache-Control": "no-cache"})
+
+    return app

@@ -1,0 +1,30 @@
+"""The gateway's long-lived clients: one gRPC channel per internal service, and Redis."""
+
+from __future__ import annotations
+
+import redis.asyncio as redis
+from genai.auth.v1 import auth_pb2_grpc
+from genai.history.v1 import history_pb2_grpc
+from genai.inference.v1 import inference_pb2_grpc
+from genai_common.grpc_client import create_channel
+from genai_common.redis_client import create_redis
+
+from genai_gateway.settings import GatewaySettings
+
+
+class Backends:
+    """Created once in the app's lifespan, shared by every request, closed on shutdown."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.auth_channel = create_channel(settings.auth_target)
+        self.history_channel = create_channel(settings.history_target)
+        self.adapter_channel = create_channel(settings.adapter_target)
+        self.auth = auth_pb2_grpc.AuthServiceStub(self.auth_channel)
+        self.history = history_pb2_grpc.HistoryServiceStub(self.history_channel)
+        self.adapter = inference_pb2_grpc.InferenceServiceStub(self.adapter_channel)
+        self.redis: redis.Redis = create_redis(settings.redis_url, settings.redis_timeout_s)
+
+    async def close(self) -> None:
+        for channel in (self.auth_channel, self.history_channel, self.adapter_channel):
+            await channel.close()
+        await self.redis.aclose()

@@ -1,0 +1,127 @@
+"""One error shape for every HTTP answer, and the one place where gRPC status codes become HTTP ones.
+
+Every error body is {"error": {"message", "type", "code"}, "detail": message}: the "error" object is the
+OpenAI shape that SDKs read, "detail" is what FastAPI clients (and the seeds' page) read.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "internal_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+
+
+class ApiError(Exception):
+    """An expected failure, answered with its status and a message meant for the caller."""
+
+    def __init__(
+        self, status: int, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.headers = headers or {}
+
+
+# (HTTP status, fallback message) per gRPC code; the service's own message is used when it has one.
+_GRPC_TO_HTTP: dict[grpc.StatusCode, tuple[int, str]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid request"),
+    grpc.StatusCode.FAILED_PRECONDITION: (400, "invalid request"),
+    grpc.StatusCode.OUT_OF_RANGE: (400, "invalid request"),
+    grpc.StatusCode.UNAUTHENTICATED: (401, "not authenticated"),
+    grpc.StatusCode.PERMISSION_DENIED: (403, "permission denied"),
+    grpc.StatusCode.NOT_FOUND: (404, "not found"),
+    grpc.StatusCode.ALREADY_EXISTS: (409, "already exists"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "too many requests"),
+    grpc.StatusCode.UNAVAILABLE: (503, "a backend service is unavailable; try again shortly"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "the request took too long; try again"),
+    grpc.StatusCode.CANCELLED: (503, "the request was cancelled"),
+}
+
+
+def from_grpc(exc: grpc.aio.AioRpcError, what: str) -> ApiError:
+    """Translate a failed internal call; `what` names the dependency for messages about outages."""
+    code = exc.code()
+    status, fallback = _GRPC_TO_HTTP.get(code, (500, "internal error"))
+    details = exc.details() or ""
+    if status == 500:
+        logger.error("%s failed: %s %s", what, code.name, details)
+        return ApiError(500, "internal error")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        # Details here are often transport noise ("failed to connect to all addresses ..."): say what is down.
+        logger.warning("%s unavailable: %s", what, details)
+        message = f"{what} is unavailable; try again shortly"
+    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        message = f"{what} did not answer in time; try again"
+    else:
+        message = details or fallback
+    headers: dict[str, str] = {}
+    if status == 429:
+        for key, value in exc.trailing_metadata() or ():
+            if key == "retry-after":
+                headers["Retry-After"] = str(value)
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return ApiError(status, message, headers=headers)
+
+
+def error_body(status: int, message: str, code: str | None = None) -> dict[str, Any]:
+    return {
+        "error": {"message": message, "type": _TYPES.get(status, "error"), "code": code or str(status)},
+        "detail": message,
+    }
+
+
+def error_response(
+    status: int, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(error_body(status, message, code), status_code=status, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        location = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+        parts.append(f"{location}: {err.get('msg')}" if location else str(err.get("msg")))
+    return "invalid request: " + "; ".join(parts)
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.message, code=exc.code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, _validation_message(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error")
+        return error_response(500, "internal error")

@@ -1,0 +1,29 @@
+"""Entry point: `genai-gateway` (or `python -m genai_gateway`)."""
+
+from __future__ import annotations
+
+import uvicorn
+from genai_common.logs import setup_logging
+from genai_common.settings import load_settings
+
+from genai_gateway.app import create_app
+from genai_gateway.settings import GatewaySettings
+
+
+def main() -> None:
+    settings = load_settings(GatewaySettings)
+    setup_logging("gateway", settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""GET /health (status of each dependency) and GET /metrics (Prometheus)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from genai.inference.v1 import inference_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+router = APIRouter(tags=["health"])
+
+# Without these the gateway cannot answer anyone; without the others it answers, degraded.
+_CRITICAL = ("auth", "inference_adapter", "model")
+
+
+async def _grpc_serving(channel: grpc.aio.Channel) -> str:
+    try:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+    except grpc.aio.AioRpcError as exc:
+        return f"down: {exc.code().name.lower()}"
+    return "ok" if reply.status == health_pb2.HealthCheckResponse.SERVING else "down: not serving"
+
+
+async def _model(request: Request) -> str:
+    try:
+        await request.app.state.backends.adapter.ListModels(inference_pb2.ListModelsRequest(), timeout=2.0)
+    except grpc.aio.AioRpcError as exc:
+        return f"down: {exc.code().name.lower()}"
+    return "ok"
+
+
+async def _redis(request: Request) -> str:
+    try:
+        await request.app.state.backends.redis.ping()
+    except (RedisError, OSError) as exc:
+        return f"down: {type(exc).__name__}"
+    return "ok"
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    backends = request.app.state.backends
+    names = ("auth", "history", "inference_adapter", "model", "redis")
+    results = await asyncio.gather(
+        _grpc_serving(backends.auth_channel),
+        _grpc_serving(backends.history_channel),
+        _grpc_serving(backends.adapter_channel),
+        _model(request),
+        _redis(request),
+    )
+    dependencies = dict(zip(names, results, strict=True))
+    if any(dependencies[name] != "ok" for name in _CRITICAL):
+        status, code = "down", 503
+    elif any(value != "ok" for value in results):
+        status, code = "degraded", 200
+    else:
+        status, code = "ok", 200
+    spooled = await request.app.state.recorder.pending()
+    body = {
+        "status": status,
+        "model": request.app.state.ask_service.known_model or None,
+        "dependencies": dependencies,
+        "history_spool": spooled,
+    }
+    return JSONResponse(body, status_code=code)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,74 @@
+"""User administration (role admin). The gateway checks the role, and auth checks it again."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+import grpc
+from fastapi import APIRouter, Query, Request
+from genai.auth.v1 import auth_pb2
+from genai_common.grpc_client import call_metadata
+
+from genai_gateway.errors import from_grpc
+from genai_gateway.schemas import UserCreate, UserCreated, UserList, UserOut, UserPatch
+from genai_gateway.security import AdminUser, bearer_token
+
+router = APIRouter(prefix="/api/v1/users", tags=["users"])
+AUTH = "the authentication service"
+
+
+def _as_caller(request: Request) -> tuple[tuple[str, str], ...]:
+    return call_metadata(("authorization", f"Bearer {bearer_token(request)}"))
+
+
+def user_out(user: auth_pb2.User) -> UserOut:
+    return UserOut(
+        id=user.id, username=user.username, role=user.role, disabled=user.disabled, created_at=user.created_at
+    )
+
+
+@router.post("", response_model=UserCreated, status_code=201)
+async def create_user(body: UserCreate, _: AdminUser, request: Request) -> UserCreated:
+    generated = not body.password
+    password = body.password or secrets.token_urlsafe(15)
+    try:
+        user = await request.app.state.backends.auth.CreateUser(
+            auth_pb2.CreateUserRequest(username=body.username, password=password, role=body.role),
+            timeout=request.app.state.settings.auth_timeout_s,
+            metadata=_as_caller(request),
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise from_grpc(exc, AUTH) from None
+    return UserCreated(**user_out(user).model_dump(), password=password if generated else None)
+
+
+@router.get("", response_model=UserList)
+async def list_users(
+    _: AdminUser,
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str, Query(max_length=512)] = "",
+) -> UserList:
+    try:
+        page = await request.app.state.backends.auth.ListUsers(
+            auth_pb2.ListUsersRequest(page_size=limit, page_token=cursor),
+            timeout=request.app.state.settings.auth_timeout_s,
+            metadata=_as_caller(request),
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise from_grpc(exc, AUTH) from None
+    return UserList(users=[user_out(u) for u in page.users], next_cursor=page.next_page_token or None)
+
+
+@router.patch("/{username}", response_model=UserOut)
+async def update_user(username: str, body: UserPatch, _: AdminUser, request: Request) -> UserOut:
+    try:
+        user = await request.app.state.backends.auth.SetUserDisabled(
+            auth_pb2.SetUserDisabledRequest(username=username, disabled=body.disabled),
+            timeout=request.app.state.settings.auth_timeout_s,
+            metadata=_as_caller(request),
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise from_grpc(exc, AUTH) from None
+    return user_out(user)

@@ -1,0 +1,121 @@
+"""Writing exchanges to history so that none is lost when the history service is down.
+
+A write that fails is kept in a Redis list (or, with Redis down too, in memory) and replayed by a
+background loop. Each exchange carries an id, and history stores an id once, so a replay that races
+another gateway's replay, or repeats after a crash, never duplicates a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+import grpc
+import redis.asyncio as redis
+from genai.history.v1 import history_pb2, history_pb2_grpc
+from genai_common.grpc_client import call_metadata
+from prometheus_client import Counter, Gauge
+from redis.exceptions import RedisError
+
+logger = logging.getLogger(__name__)
+
+SPOOL_KEY = "history:spool"
+SPOOLED = Counter("genai_history_spooled_total", "Exchanges kept for a later write because history failed")
+REPLAYED = Counter("genai_history_replayed_total", "Spooled exchanges written to history")
+IN_MEMORY = Gauge("genai_history_spool_memory", "Spooled exchanges held in this process (Redis down)")
+
+# Errors that a retry will not fix: the exchange is logged and dropped instead of retried forever.
+_PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
+
+
+class HistoryRecorder:
+    def __init__(
+        self,
+        stub: history_pb2_grpc.HistoryServiceStub,
+        client: redis.Redis,
+        timeout_s: float,
+        memory_limit: int = 10_000,
+    ) -> None:
+        self.stub = stub
+        self.redis = client
+        self.timeout_s = timeout_s
+        self._memory: deque[bytes] = deque(maxlen=memory_limit)
+
+    async def record(self, exchange: history_pb2.AppendExchangeRequest) -> str:
+        """Store one exchange; return its conversation id, or "" when it was spooled for later."""
+        try:
+            response = await self.stub.AppendExchange(
+                exchange, timeout=self.timeout_s, metadata=call_metadata()
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _PERMANENT:
+                logger.error("history refused exchange %s: %s", exchange.exchange_id, exc.details())
+                return ""
+            logger.warning(
+                "history unavailable (%s), spooling exchange %s", exc.code().name, exchange.exchange_id
+            )
+            await self._spool(exchange.SerializeToString())
+            return ""
+        return str(response.conversation_id)
+
+    async def _spool(self, raw: bytes) -> None:
+        SPOOLED.inc()
+        try:
+            await self.redis.rpush(SPOOL_KEY, raw)
+        except RedisError:
+            self._memory.append(raw)
+            IN_MEMORY.set(len(self._memory))
+
+    async def pending(self) -> int:
+        try:
+            in_redis = int(await self.redis.llen(SPOOL_KEY))
+        except RedisError:
+            in_redis = 0
+        return in_redis + len(self._memory)
+
+    async def _replay(self, raw: bytes) -> bool:
+        """Write one spooled exchange; False when history is still unavailable."""
+        exchange = history_pb2.AppendExchangeRequest.FromString(raw)
+        try:
+            await self.stub.AppendExchange(exchange, timeout=self.timeout_s, metadata=call_metadata())
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _PERMANENT:
+                logger.error("dropping spooled exchange %s: %s", exchange.exchange_id, exc.details())
+                return True
+            return False
+        REPLAYED.inc()
+        return True
+
+    async def drain_once(self) -> int:
+        """Replay what is spooled, oldest first, until done or history fails again; return how many."""
+        written = 0
+        while self._memory:
+            if not await self._replay(self._memory[0]):
+                return written
+            self._memory.popleft()
+            IN_MEMORY.set(len(self._memory))
+            written += 1
+        try:
+            while True:
+                # Peek, write, then remove: a crash in between replays it later, and the exchange id
+                # makes that replay harmless.
+                raw = await self.redis.lindex(SPOOL_KEY, 0)
+                if raw is None or not await self._replay(raw):
+                    return written
+                await self.redis.lrem(SPOOL_KEY, 1, raw)
+                written += 1
+        except RedisError as exc:
+            logger.warning("history spool unavailable: %s", exc)
+            return written
+
+    async def drain_forever(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                written = await self.drain_once()
+            except Exception:
+                logger.exception("history spool replay failed")
+                continue
+            if written:
+                logger.info("replayed %s spooled exchanges to history", written)
