@@ -59,7 +59,9 @@ async def apply_migrations(conn: asyncpg.Connection, component: str, directory: 
         )
         done = {
             row["version"]
-            for row in await conn.fetch("SELECT version FROM schema_migrations WHERE component = $1", component)
+            for row in await conn.fetch(
+                "SELECT version FROM schema_migrations WHERE component = $1", component
+            )
         }
         for version, name, path in migration_files(directory):
             if version in done:

@@ -45,11 +45,11 @@ def load_settings(cls: type[SettingsT]) -> SettingsT:
         prefix = str(cls.model_config.get("env_prefix") or "")
         problems = []
         for error in exc.errors(include_input=False, include_url=False):
+            message = error["msg"].removeprefix("Value error, ")
             loc = error["loc"]
-            name = "settings"
-            if loc:
+            if loc:  # a field; otherwise a check across fields, whose message names them itself
                 field = cls.model_fields.get(str(loc[0]))
                 alias = field.validation_alias if field is not None else None
-                name = alias if isinstance(alias, str) else f"{prefix}{loc[0]}".upper()
-            problems.append(f"{name}: {error['msg']}")
+                message = f"{alias if isinstance(alias, str) else f'{prefix}{loc[0]}'.upper()}: {message}"
+            problems.append(message)
         raise SystemExit("invalid settings: " + "; ".join(problems)) from None

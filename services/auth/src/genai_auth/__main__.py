@@ -1,0 +1,3 @@
+from genai_auth.main import main
+
+main()

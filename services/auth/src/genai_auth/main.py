@@ -1,0 +1,43 @@
+"""Entry point of the auth gRPC service."""
+
+from __future__ import annotations
+
+import asyncio
+
+from genai.auth.v1 import auth_pb2_grpc
+from genai_common.db import create_pool
+from genai_common.grpc_server import serve
+from genai_common.logs import setup_logging
+from genai_common.redis_client import create_redis
+from genai_common.settings import load_settings
+
+from genai_auth.schema import apply_migrations
+from genai_auth.servicer import SERVICE_NAME, AuthServicer
+from genai_auth.settings import AuthSettings
+
+
+async def run(settings: AuthSettings) -> None:
+    if settings.migrate_on_start:
+        await apply_migrations(settings.database_url)
+    pool = await create_pool(settings.database_url)
+    client = create_redis(settings.redis_url)
+    servicer = AuthServicer.from_settings(settings, pool, client)
+
+    async def close() -> None:
+        await pool.close()
+        await client.aclose()
+
+    await serve(
+        name="auth",
+        listen=settings.listen,
+        register=lambda server: auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server),
+        service_names=[SERVICE_NAME],
+        metrics_port=settings.metrics_port,
+        on_stop=close,
+    )
+
+
+def main() -> None:
+    settings = load_settings(AuthSettings)
+    setup_logging("auth", settings.log_level)
+    asyncio.run(run(settings))

@@ -1,0 +1,200 @@
+"""User accounts in PostgreSQL, shared by the gRPC servicer and the admin CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import asyncpg
+
+from genai_auth.passwords import Passwords
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("user", "admin")
+DEFAULT_ROLE = "user"
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 1024
+_USERNAME = re.compile(r"[A-Za-z0-9_.@-]{3,64}")
+
+# Serialises "is there an admin yet? if not, create one" across concurrent `genai-auth-admin init` runs.
+_FIRST_ADMIN_LOCK = int.from_bytes(hashlib.sha256(b"genai-auth-first-admin").digest()[:8], "big", signed=True)
+
+
+class InvalidInput(ValueError):
+    """A username, password or role that breaks the rules; the message is meant for the caller."""
+
+
+class UserExists(Exception):
+    """A user with that name (in any letter case) already exists."""
+
+
+def check_username(username: str) -> None:
+    if not _USERNAME.fullmatch(username):
+        raise InvalidInput("username must be 3 to 64 characters, using only letters, digits and _ . @ -")
+
+
+def check_password(password: str) -> None:
+    if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
+        raise InvalidInput(f"password must be {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters long")
+
+
+def check_role(role: str) -> str:
+    """Return the role to store: the given one, or the default when none is given."""
+    role = role or DEFAULT_ROLE
+    if role not in ROLES:
+        raise InvalidInput("role must be 'user' or 'admin'")
+    return role
+
+
+@dataclass(frozen=True)
+class User:
+    """One account as stored."""
+
+    id: uuid.UUID
+    username: str
+    role: str
+    disabled: bool
+    created_at: datetime
+    password_hash: str = field(repr=False)
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> User:
+        return cls(
+            id=row["id"],
+            username=row["username"],
+            role=row["role"],
+            disabled=row["disabled"],
+            created_at=row["created_at"],
+            password_hash=row["password_hash"],
+        )
+
+
+class UserStore:
+    """The users table. The only code that writes password hashes, so a password is always validated
+    and stored as argon2id, whoever creates or changes it."""
+
+    def __init__(self, pool: asyncpg.Pool, passwords: Passwords) -> None:
+        self._pool = pool
+        self._passwords = passwords
+
+    async def create(self, username: str, password: str, role: str = DEFAULT_ROLE) -> User:
+        """Validate and add a user; raises InvalidInput or UserExists."""
+        check_username(username)
+        check_password(password)
+        role = check_role(role)
+        password_hash = await self._passwords.hash(password)
+        try:
+            row = await self._pool.fetchrow(
+                "INSERT INTO users (username, password_hash, role) VALUES ($1, $2, $3) "
+                "RETURNING id, username, password_hash, role, disabled, created_at",
+                username,
+                password_hash,
+                role,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise UserExists(username) from exc
+        assert row is not None
+        return User.from_row(row)
+
+    async def create_first_admin(self, username: str, password: str) -> User | None:
+        """Create an admin unless one exists already (then return None); safe to run concurrently."""
+        check_username(username)
+        check_password(password)
+        password_hash = await self._passwords.hash(password)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _FIRST_ADMIN_LOCK)
+            if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM users WHERE role = 'admin')"):
+                return None
+            try:
+                row = await conn.fetchrow(
+                    "INSERT INTO users (username, password_hash, role) VALUES ($1, $2, 'admin') "
+                    "RETURNING id, username, password_hash, role, disabled, created_at",
+                    username,
+                    password_hash,
+                )
+            except asyncpg.UniqueViolationError as exc:
+                raise UserExists(username) from exc
+        assert row is not None
+        return User.from_row(row)
+
+    async def has_admin(self) -> bool:
+        return bool(await self._pool.fetchval("SELECT EXISTS (SELECT 1 FROM users WHERE role = 'admin')"))
+
+    async def get_by_username(self, username: str) -> User | None:
+        row = await self._pool.fetchrow(
+            "SELECT id, username, password_hash, role, disabled, created_at FROM users "
+            "WHERE lower(username) = lower($1)",
+            username,
+        )
+        return User.from_row(row) if row else None
+
+    async def get_by_id(self, user_id: str) -> User | None:
+        try:
+            key = uuid.UUID(user_id)
+        except ValueError:
+            return None
+        row = await self._pool.fetchrow(
+            "SELECT id, username, password_hash, role, disabled, created_at FROM users WHERE id = $1", key
+        )
+        return User.from_row(row) if row else None
+
+    async def list_page(self, after: str | None, limit: int) -> list[User]:
+        """Up to `limit` users ordered by lower-cased name, starting after the name `after`."""
+        rows = await self._pool.fetch(
+            "SELECT id, username, password_hash, role, disabled, created_at FROM users "
+            "WHERE $1::text IS NULL OR lower(username) > $1 "
+            "ORDER BY lower(username) LIMIT $2",
+            after.lower() if after is not None else None,
+            limit,
+        )
+        return [User.from_row(row) for row in rows]
+
+    async def set_disabled(self, username: str, disabled: bool) -> User | None:
+        """Disable or enable a user; None if there is no such user."""
+        row = await self._pool.fetchrow(
+            "UPDATE users SET disabled = $2, updated_at = now() WHERE lower(username) = lower($1) "
+            "RETURNING id, username, password_hash, role, disabled, created_at",
+            username,
+            disabled,
+        )
+        return User.from_row(row) if row else None
+
+    async def set_password(self, user_id: uuid.UUID, password: str) -> None:
+        check_password(password)
+        password_hash = await self._passwords.hash(password)
+        await self._pool.execute(
+            "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1", user_id, password_hash
+        )
+
+    async def check_password(self, user: User, password: str) -> bool:
+        """Verify a user's password, upgrading the stored hash if the hashing parameters changed."""
+        if not await self._passwords.verify(user.password_hash, password):
+            return False
+        if self._passwords.needs_rehash(user.password_hash):
+            new_hash = await self._passwords.hash(password)
+            # Only replaces the hash just verified, never one that changed meanwhile.
+            await self._pool.execute(
+                "UPDATE users SET password_hash = $3, updated_at = now() WHERE id = $1 AND password_hash = $2",
+                user.id,
+                user.password_hash,
+                new_hash,
+            )
+            logger.info("rehashed the password of user %s with the current parameters", user.id)
+        return True
+
+    async def authenticate(self, username: str, password: str) -> User | None:
+        """The user if the username exists and the password is right (disabled or not), else None.
+
+        Takes as long for an unknown username as for a wrong password, so timing does not tell
+        whether an account exists.
+        """
+        user = await self.get_by_username(username)
+        if user is None:
+            await self._passwords.verify_dummy(password)
+            return None
+        return user if await self.check_password(user, password) else None

@@ -1,0 +1,131 @@
+"""The auth servicer on an in-process gRPC server, over the real PostgreSQL and Redis of the test run."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import asyncpg
+import grpc
+import pytest
+from genai.auth.v1 import auth_pb2, auth_pb2_grpc
+from genai_auth.passwords import Passwords
+from genai_auth.schema import apply_migrations
+from genai_auth.servicer import AuthServicer
+from genai_auth.settings import AuthSettings
+from genai_auth.tokens import Tokens
+from genai_auth.users import User, UserStore
+from genai_common.db import create_pool
+from genai_common.grpc_server import ServiceInterceptor
+from genai_common.redis_client import create_redis
+from pydantic import SecretStr
+from redis.asyncio import Redis
+
+# The cheapest argon2 parameters there are: hashing is not what these tests measure. Only allowed in dev.
+FAST_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_cost": 64, "argon2_parallelism": 1}
+
+MakeUser = Callable[..., Awaitable[tuple[User, str]]]
+Serve = Callable[[AuthServicer], AbstractAsyncContextManager[auth_pb2_grpc.AuthServiceStub]]
+
+
+@pytest.fixture(scope="session")
+def settings(postgres_dsn: str, redis_url: str) -> AuthSettings:
+    return AuthSettings(
+        GENAI_ENV="dev",
+        database_url=postgres_dsn,
+        redis_url=redis_url,
+        jwt_secret=SecretStr("auth-unit-tests-" + uuid.uuid4().hex),
+        login_max_failures=3,
+        login_max_failures_per_address=6,
+        login_window_s=60,
+        **FAST_ARGON2,
+    )
+
+
+@pytest.fixture(scope="session")
+async def pool(settings: AuthSettings) -> AsyncIterator[asyncpg.Pool]:
+    await apply_migrations(settings.database_url)
+    pool = await create_pool(settings.database_url)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="session")
+async def redis_client(settings: AuthSettings) -> AsyncIterator[Redis]:
+    client = create_redis(settings.redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def store(settings: AuthSettings, pool: asyncpg.Pool) -> UserStore:
+    return UserStore(pool, Passwords.from_settings(settings))
+
+
+@pytest.fixture(scope="session")
+def tokens(settings: AuthSettings) -> Tokens:
+    return Tokens.from_settings(settings)
+
+
+@asynccontextmanager
+async def _running(servicer: AuthServicer) -> AsyncIterator[auth_pb2_grpc.AuthServiceStub]:
+    # The same interceptor as in production, so unexpected errors surface as INTERNAL here too.
+    server = grpc.aio.server(interceptors=[ServiceInterceptor()])
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield auth_pb2_grpc.AuthServiceStub(channel)
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+@pytest.fixture(scope="session")
+def serve() -> Serve:
+    """Starts a given servicer on its own in-process server (for servicers wired differently)."""
+    return _running
+
+
+@pytest.fixture(scope="session")
+async def stub(
+    settings: AuthSettings, pool: asyncpg.Pool, redis_client: Redis
+) -> AsyncIterator[auth_pb2_grpc.AuthServiceStub]:
+    async with _running(AuthServicer.from_settings(settings, pool, redis_client)) as stub:
+        yield stub
+
+
+@pytest.fixture
+def make_user(store: UserStore) -> MakeUser:
+    """Creates a user with a unique name and returns it with its password."""
+
+    async def make(role: str = "user", disabled: bool = False) -> tuple[User, str]:
+        username = f"t-{uuid.uuid4().hex[:16]}"
+        password = f"pw-{uuid.uuid4().hex}"
+        user = await store.create(username, password, role)
+        if disabled:
+            changed = await store.set_disabled(username, True)
+            assert changed is not None
+            user = changed
+        return user, password
+
+    return make
+
+
+@pytest.fixture
+def address() -> str:
+    """A client address of this test's own, so per-address counters never carry over between tests."""
+    return f"198.51.100.{uuid.uuid4().int % 250}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def admin_metadata(
+    make_user: MakeUser, stub: auth_pb2_grpc.AuthServiceStub, address: str
+) -> tuple[tuple[str, str], ...]:
+    admin, password = await make_user("admin")
+    pair = await stub.Login(
+        auth_pb2.LoginRequest(username=admin.username, password=password, client_address=address)
+    )
+    return (("authorization", f"Bearer {pair.access_token}"),)
