@@ -10,11 +10,16 @@ PROTO_STAMP := libs/protos/src/genai/.generated
 PROTOS := $(shell find protos -name '*.proto')
 
 PACKAGES := -e libs/common -e libs/protos -e services/auth -e services/history \
-	-e services/inference-adapter -e services/gateway -e tools/devstack
+	-e services/inference-adapter -e services/gateway -e tools/devstack \
+	-e tools/vllm-sim
 
-.PHONY: setup run test test-unit test-integration protos lint clean
+.PHONY: setup system-deps run test test-unit test-integration protos lint clean
 
-setup: $(STAMP) $(PROTO_STAMP)
+setup: system-deps $(STAMP) $(PROTO_STAMP)
+
+# nginx, redis-server and PostgreSQL's binaries, when missing (apt-get or dnf).
+system-deps:
+	./scripts/install-system-deps.sh
 
 $(STAMP): constraints.txt requirements-dev.txt $(wildcard */*/pyproject.toml)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs the system programs the embedded stack runs, when missing: nginx, redis-server and the
+# PostgreSQL server binaries (used only when no PostgreSQL/Redis answers already). Debian/Ubuntu (apt-get)
+# and Red OS/RHEL (dnf). Does nothing when everything is there.
+set -euo pipefail
+
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+have_pg() { command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb /usr/pgsql-*/bin/initdb >/dev/null 2>&1; }
+
+missing=()
+have nginx || missing+=(nginx)
+have redis-server || missing+=(redis)
+have_pg || missing+=(postgresql)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+    echo "missing: ${missing[*]}; install them as root (apt-get or dnf)" >&2; exit 1
+  fi
+fi
+
+if command -v apt-get >/dev/null 2>&1; then
+  packages=()
+  for m in "${missing[@]}"; do
+    case "$m" in
+      nginx) packages+=(nginx-light) ;;
+      redis) packages+=(redis-server) ;;
+      postgresql) packages+=(postgresql) ;;
+    esac
+  done
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}"
+elif command -v dnf >/dev/null 2>&1; then
+  packages=()
+  for m in "${missing[@]}"; do
+    case "$m" in
+      nginx) packages+=(nginx) ;;
+      redis) packages+=(redis) ;;
+      postgresql) packages+=(postgresql-server) ;;
+    esac
+  done
+  $sudo dnf install -y -q "${packages[@]}"
+else
+  echo "missing: ${missing[*]}; no apt-get or dnf here to install them" >&2
+  exit 1
+fi

@@ -1,0 +1,202 @@
+"""The whole stack as real processes for the integration tests, built from the same pieces as `make run`."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import ssl
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from genai_devstack import infra, stack
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@dataclass
+class User:
+    username: str
+    password: str
+    token: str
+    id: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@dataclass
+class RunningStack:
+    cfg: stack.StackConfig
+    env: dict[str, str]
+    commands: dict[str, list[str]]
+    admin_username: str
+    admin_password: str
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    log_dir: Path = ARTIFACTS / "logs"
+
+    # --- processes ----------------------------------------------------------------------------------
+
+    def start(self, name: str) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (kept open for the process's life)
+        self.procs[name] = subprocess.Popen(
+            self.commands[name], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.wait_ready(name)
+
+    def stop(self, name: str) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.procs)):
+            self.stop(name)
+
+    def _port(self, name: str) -> int:
+        p = self.cfg.ports
+        return {
+            "upstream": p.upstream,
+            "auth": p.auth,
+            "history": p.history,
+            "adapter": p.adapter,
+            "gateway": p.gateway,
+            "nginx": p.https,
+        }[name]
+
+    def wait_ready(self, name: str, timeout_s: float = 180) -> None:
+        proc = self.procs[name]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{name} exited with {proc.returncode}; see {self.log_dir / (name + '.log')}"
+                )
+            if infra.port_open("127.0.0.1", self._port(name)):
+                if name != "upstream" or self._upstream_ready():
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"{name} not ready within {timeout_s} s; see {self.log_dir / (name + '.log')}")
+
+    def wait_healthy(self, timeout_s: float = 30) -> None:
+        """Until the gateway sees every dependency again (its channels reconnect with a backoff)."""
+        deadline = time.monotonic() + timeout_s
+        body: object = None
+        with self.client(timeout=5) as client:
+            while time.monotonic() < deadline:
+                try:
+                    body = client.get("/health").json()
+                except httpx.HTTPError as exc:
+                    body = repr(exc)
+                if isinstance(body, dict) and body.get("status") == "ok":
+                    return
+                time.sleep(0.2)
+        raise RuntimeError(f"stack not healthy within {timeout_s} s: {body}")
+
+    def _upstream_ready(self) -> bool:
+        try:
+            return (
+                httpx.get(f"http://127.0.0.1:{self.cfg.ports.upstream}/v1/models", timeout=2).status_code
+                == 200
+            )
+        except httpx.HTTPError:
+            return False
+
+    # --- clients ------------------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return self.cfg.base_url
+
+    @property
+    def ca(self) -> str:
+        return str(self.cfg.tls.ca)
+
+    def tls_context(self) -> ssl.SSLContext:
+        """Trusts the stack's own CA only: the tests check certificates as a real client does."""
+        return ssl.create_default_context(cafile=self.ca)
+
+    def client(self, timeout: float = 60) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, verify=self.tls_context(), timeout=timeout)
+
+    def async_client(self, timeout: float = 60) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.base_url, verify=self.tls_context(), timeout=timeout)
+
+    def login(self, username: str, password: str) -> str:
+        with self.client() as client:
+            response = client.post("/token", json={"username": username, "password": password})
+        response.raise_for_status()
+        return str(response.json()["access_token"])
+
+    def new_user(self, role: str = "user") -> User:
+        """A user of its own for one test, so that rate limits and history never mix between tests."""
+        admin_token = self.login(self.admin_username, self.admin_password)
+        username = f"u{uuid.uuid4().hex[:10]}"
+        password = secrets.token_urlsafe(16)
+        with self.client() as client:
+            created = client.post(
+                "/api/v1/users",
+                json={"username": username, "password": password, "role": role},
+                headers={"Authorization": f"Bearer {admin_token}"},
+            )
+        created.raise_for_status()
+        return User(username, password, self.login(username, password), created.json()["id"])
+
+
+def launch(work_dir: Path, postgres_url: str, redis_url: str, upstream: str = "llama") -> RunningStack:
+    from genai_devstack.tls import ensure_certificates
+
+    ports = stack.Ports(
+        https=infra.free_port(),
+        http=infra.free_port(),
+        gateway=infra.free_port(),
+        auth=infra.free_port(),
+        history=infra.free_port(),
+        adapter=infra.free_port(),
+        upstream=infra.free_port(),
+    )
+    cfg = stack.StackConfig(
+        work_dir=work_dir / "stack",
+        database_url=postgres_url,
+        redis_url=redis_url,
+        jwt_secret=secrets.token_urlsafe(48),
+        tls=ensure_certificates(work_dir / "stack" / "tls"),
+        ports=ports,
+        upstream=upstream,
+        overrides={
+            # Answers stay short so the real model keeps the suite quick.
+            "GENAI_GATEWAY_DEFAULT_MAX_TOKENS": "16",
+            # Small argon2 cost keeps logins fast in tests; production uses the library's defaults.
+            "GENAI_AUTH_ARGON2_TIME_COST": "1",
+            "GENAI_AUTH_ARGON2_MEMORY_COST": "8192",
+        },
+    )
+    admin_username, admin_password = f"admin{uuid.uuid4().hex[:6]}", secrets.token_urlsafe(16)
+    env = {
+        **os.environ,
+        **stack.environment(cfg),
+        "GENAI_ADMIN_USER": admin_username,
+        "GENAI_ADMIN_PASSWORD": admin_password,
+    }
+    running = RunningStack(cfg, env, stack.processes(cfg), admin_username, admin_password)
+    subprocess.run(stack.init_command(), env=env, check=True, capture_output=True)
+    try:
+        for name in running.commands:
+            running.start(name)
+        running.wait_healthy()
+    except Exception:
+        running.stop_all()
+        raise
+    return running

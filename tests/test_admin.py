@@ -1,0 +1,70 @@
+"""User administration is for admins only, enforced by the gateway and by auth."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+from tests.harness import RunningStack, User
+
+
+def test_admin_creates_a_user_who_can_log_in(live: RunningStack) -> None:
+    admin_token = live.login(live.admin_username, live.admin_password)
+    username = f"new{uuid.uuid4().hex[:8]}"
+    with live.client() as client:
+        created = client.post(
+            "/api/v1/users", json={"username": username}, headers={"Authorization": f"Bearer {admin_token}"}
+        )
+        assert created.status_code == 201, created.text
+        body = created.json()
+        assert body["role"] == "user"
+        # No password given: one was generated and is shown this once.
+        assert len(body["password"]) >= 16
+        assert (
+            client.post("/token", json={"username": username, "password": body["password"]}).status_code
+            == 200
+        )
+        duplicate = client.post(
+            "/api/v1/users",
+            json={"username": username.upper()},
+            headers={"Authorization": f"Bearer {admin_token}"},
+        )
+    assert duplicate.status_code == 409
+
+
+def test_plain_user_gets_403_from_admin_endpoints(live: RunningStack, user: User) -> None:
+    with live.client() as client:
+        assert (
+            client.post("/api/v1/users", json={"username": "sneaky1"}, headers=user.headers).status_code
+            == 403
+        )
+        assert client.get("/api/v1/users", headers=user.headers).status_code == 403
+        patch = client.patch(f"/api/v1/users/{user.username}", json={"disabled": True}, headers=user.headers)
+        assert patch.status_code == 403
+
+
+def test_disabled_user_is_locked_out_at_once(live: RunningStack) -> None:
+    victim = live.new_user()
+    admin = {"Authorization": f"Bearer {live.login(live.admin_username, live.admin_password)}"}
+    with live.client() as client:
+        assert client.get("/api/v1/me", headers=victim.headers).status_code == 200
+        patched = client.patch(f"/api/v1/users/{victim.username}", json={"disabled": True}, headers=admin)
+        assert patched.status_code == 200 and patched.json()["disabled"] is True
+        assert client.get("/api/v1/me", headers=victim.headers).status_code == 401
+        login = client.post("/token", json={"username": victim.username, "password": victim.password})
+    assert login.status_code in (401, 403)
+
+
+def test_cli_creates_a_user(live: RunningStack) -> None:
+    username = f"cli{uuid.uuid4().hex[:8]}"
+    result = subprocess.run(
+        [sys.executable, "-m", "genai_auth.cli", "create-user", username, "--password-stdin"],
+        input="a-long-enough-password\n",
+        env=live.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert live.login(username, "a-long-enough-password")
