@@ -25,7 +25,7 @@ $(STAMP): constraints.txt requirements-dev.txt $(wildcard */*/pyproject.toml)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -U pip
 	$(PIP) install -q -c constraints.txt -r requirements-dev.txt
-	$(PIP) install -q -c constraints.txt --config-settings editable_mode=compat $(PACKAGES)
+	$(PIP) install -q -c constraints.txt --config-settings editable_mode=lenient $(PACKAGES)
 	touch $@
 
 # Generated code is made here (and in the Docker build), never edited or committed.

@@ -5,11 +5,18 @@ from __future__ import annotations
 import redis.asyncio as redis
 
 
-def create_redis(url: str, timeout_s: float = 0.5) -> redis.Redis:
-    return redis.Redis.from_url(
+def create_redis(url: str, timeout_s: float = 0.5, max_connections: int = 64) -> redis.Redis:
+    """A client whose pool waits (up to `timeout_s`) for a free connection when all are busy.
+
+    The default pool raises "Too many connections" at its cap instead, which under a burst of
+    concurrent requests turns into spurious Redis failures.
+    """
+    pool = redis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=timeout_s,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         health_check_interval=30,
-        decode_responses=False,
     )
+    return redis.Redis(connection_pool=pool)

@@ -120,6 +120,7 @@ def upstream_command(cfg: StackConfig) -> list[str]:
         "--port", port,
         "--n_ctx", "2048",
         "--n_threads", str(max(1, min(4, os.cpu_count() or 1))),
+        "--verbose", "false",
         *cfg.upstream_args,
     ]  # fmt: skip
 

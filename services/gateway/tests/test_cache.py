@@ -1,0 +1,34 @@
+"""The answer cache: keys cover what shapes an answer; entries round-trip through real Redis."""
+
+from __future__ import annotations
+
+import redis.asyncio as redis
+from genai_gateway.cache import AnswerCache, CachedAnswer, cache_key
+
+MESSAGES = [{"role": "user", "content": "How do I list files?"}]
+
+
+def test_key_depends_on_model_messages_and_parameters() -> None:
+    base = cache_key("m", MESSAGES, {"max_tokens": 16})
+    assert base == cache_key("m", [dict(m) for m in MESSAGES], {"max_tokens": 16})
+    assert base != cache_key("other", MESSAGES, {"max_tokens": 16})
+    assert base != cache_key("m", MESSAGES, {"max_tokens": 17})
+    assert base != cache_key("m", [{"role": "user", "content": "How do I list files"}], {"max_tokens": 16})
+
+
+async def test_round_trip_and_ttl(redis_client: redis.Redis, key_prefix: str) -> None:
+    cache = AnswerCache(redis_client, ttl_s=120)
+    key = f"{key_prefix}:{cache_key('m', MESSAGES, {})}"
+    assert await cache.get(key) is None
+    answer = CachedAnswer(
+        text="ls -la", model="m", prompt_tokens=5, completion_tokens=3, finish_reason="stop"
+    )
+    await cache.put(key, answer)
+    assert await cache.get(key) == answer
+    assert 0 < await redis_client.ttl(key) <= 120
+
+
+async def test_disabled_cache_stores_nothing(redis_client: redis.Redis, key_prefix: str) -> None:
+    cache = AnswerCache(redis_client, ttl_s=120, enabled=False)
+    await cache.put(f"{key_prefix}:k", CachedAnswer(text="x", model="m"))
+    assert await redis_client.exists(f"{key_prefix}:k") == 0
