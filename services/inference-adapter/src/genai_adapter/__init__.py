@@ -1,0 +1,1 @@
+"""gRPC InferenceService in front of an OpenAI-compatible model server (vLLM, llama.cpp)."""

@@ -1,0 +1,3 @@
+from genai_adapter.main import main
+
+main()

@@ -1,0 +1,46 @@
+"""Entry point: settings, logging, the shared HTTP client to the model server, then the gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from genai.inference.v1 import inference_pb2_grpc
+from genai_common.grpc_server import serve
+from genai_common.logs import setup_logging
+from genai_common.settings import load_settings
+
+from genai_adapter.servicer import SERVICE_NAME, InferenceServicer
+from genai_adapter.settings import AdapterSettings
+from genai_adapter.upstream import Upstream
+
+logger = logging.getLogger(__name__)
+
+
+async def run(settings: AdapterSettings) -> None:
+    upstream = Upstream(settings)
+    servicer = InferenceServicer(upstream, settings.model)
+
+    def register(server: grpc.aio.Server) -> None:
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
+
+    logger.info("upstream %s, default model %s", settings.upstream_url, settings.model or "(first listed)")
+    try:
+        await serve(
+            name="inference-adapter",
+            listen=settings.listen,
+            register=register,
+            service_names=[SERVICE_NAME],
+            metrics_port=settings.metrics_port,
+            on_stop=upstream.aclose,
+        )
+    finally:
+        # A failed start never reaches on_stop; closing twice is harmless.
+        await upstream.aclose()
+
+
+def main() -> None:
+    settings = load_settings(AdapterSettings)
+    setup_logging("inference-adapter", settings.log_level)
+    asyncio.run(run(settings))

@@ -1,0 +1,194 @@
+"""genai.inference.v1.InferenceService: gRPC calls turned into OpenAI-compatible HTTP requests."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any, NoReturn
+
+import grpc
+from genai.inference.v1 import inference_pb2, inference_pb2_grpc
+from prometheus_client import Counter, Histogram
+
+from genai_adapter.upstream import BadUpstreamResponse, Upstream, UpstreamError, map_error
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "genai.inference.v1.InferenceService"
+
+UPSTREAM_CALLS = Counter(
+    "genai_adapter_upstream_calls_total", "Calls to the model server by outcome", ["method", "outcome"]
+)
+FIRST_TOKEN_SECONDS = Histogram(
+    "genai_adapter_time_to_first_token_seconds",
+    "Time from a GenerateStream call to its first text from the model server",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+
+
+def _sampling_value(value: float) -> float:
+    # Proto floats are 32-bit: 0.7 would go upstream as 0.699999988079071.
+    return float(f"{value:.6g}")
+
+
+def _usage(raw: Any) -> inference_pb2.Usage:
+    if not isinstance(raw, dict):
+        return inference_pb2.Usage()
+
+    def count(key: str) -> int:
+        value = raw.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    prompt, completion = count("prompt_tokens"), count("completion_tokens")
+    return inference_pb2.Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=count("total_tokens") or prompt + completion,
+    )
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    """Generates text and lists models on the upstream; every upstream failure becomes a clear status.
+
+    A request without a model uses GENAI_ADAPTER_MODEL, or else the first model the upstream lists
+    (asked once, and again after the upstream says that model no longer exists).
+    """
+
+    def __init__(self, upstream: Upstream, default_model: str = "") -> None:
+        self._upstream = upstream
+        self._configured_model = default_model
+        self._resolved_model = ""
+        self._resolve_lock = asyncio.Lock()
+
+    async def _model(self, requested: str, context: grpc.aio.ServicerContext) -> str:
+        if requested:
+            return requested
+        if self._configured_model:
+            return self._configured_model
+        if not self._resolved_model:
+            async with self._resolve_lock:
+                if not self._resolved_model:
+                    try:
+                        models = await self._upstream.list_models(context.time_remaining())
+                    except UpstreamError as exc:
+                        await self._abort(context, "ListModels", exc)
+                    if not models:
+                        await self._abort(
+                            context,
+                            "ListModels",
+                            UpstreamError(grpc.StatusCode.UNAVAILABLE, "the model server lists no models"),
+                        )
+                    self._resolved_model = models[0]["id"]
+                    logger.info("default model from the upstream: %s", self._resolved_model)
+        return self._resolved_model
+
+    async def _payload(
+        self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext, *, stream: bool
+    ) -> dict[str, Any]:
+        if not request.messages:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "messages must not be empty")
+        if request.max_tokens < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "max_tokens must not be negative")
+        payload: dict[str, Any] = {
+            "model": await self._model(request.model, context),
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        }
+        # Only what the caller set: the upstream's own defaults (e.g. the model's generation config) apply otherwise.
+        if request.max_tokens:
+            payload["max_tokens"] = request.max_tokens
+        if request.HasField("temperature"):
+            payload["temperature"] = _sampling_value(request.temperature)
+        if request.HasField("top_p"):
+            payload["top_p"] = _sampling_value(request.top_p)
+        if request.stop:
+            payload["stop"] = list(request.stop)
+        if request.HasField("seed"):
+            payload["seed"] = request.seed
+        if stream:
+            payload["stream"] = True
+            payload["stream_options"] = {"include_usage": True}
+        return payload
+
+    async def _abort(
+        self, context: grpc.aio.ServicerContext, method: str, exc: UpstreamError, model: str = ""
+    ) -> NoReturn:
+        UPSTREAM_CALLS.labels(method, exc.code.name).inc()
+        if exc.code == grpc.StatusCode.NOT_FOUND and model and model == self._resolved_model:
+            # The upstream may have been restarted with another model: ask again next time.
+            self._resolved_model = ""
+        await context.abort(exc.code, exc.message)
+        raise AssertionError("unreachable: abort raises")
+
+    async def Generate(
+        self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.GenerateResponse:
+        payload = await self._payload(request, context, stream=False)
+        try:
+            answer = await self._upstream.complete_chat(payload, context.time_remaining())
+            choices = answer.get("choices")
+            if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+                raise map_error(BadUpstreamResponse("no choices in the answer"))
+            choice = choices[0]
+            message = choice.get("message")
+            text = message.get("content") if isinstance(message, dict) else None
+        except UpstreamError as exc:
+            await self._abort(context, "Generate", exc, payload["model"])
+        except asyncio.CancelledError:
+            UPSTREAM_CALLS.labels("Generate", "CANCELLED").inc()
+            raise
+        UPSTREAM_CALLS.labels("Generate", "OK").inc()
+        return inference_pb2.GenerateResponse(
+            text=text if isinstance(text, str) else "",
+            model=str(answer.get("model") or payload["model"]),
+            finish_reason=str(choice.get("finish_reason") or ""),
+            usage=_usage(answer.get("usage")),
+        )
+
+    async def GenerateStream(
+        self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[inference_pb2.GenerateChunk]:
+        payload = await self._payload(request, context, stream=True)
+        started = time.perf_counter()
+        first = True
+        try:
+            # aclosing: when this call ends early (caller cancelled), the HTTP stream is closed now.
+            async with aclosing(self._upstream.stream_chat(payload, context.time_remaining())) as events:
+                async for event in events:
+                    if event.last:
+                        UPSTREAM_CALLS.labels("GenerateStream", "OK").inc()
+                        yield inference_pb2.GenerateChunk(
+                            model=event.model, finish_reason=event.finish_reason, usage=_usage(event.usage)
+                        )
+                    else:
+                        if first:
+                            FIRST_TOKEN_SECONDS.observe(time.perf_counter() - started)
+                            first = False
+                        yield inference_pb2.GenerateChunk(text=event.text, model=event.model)
+        except UpstreamError as exc:
+            await self._abort(context, "GenerateStream", exc, payload["model"])
+        except asyncio.CancelledError:
+            UPSTREAM_CALLS.labels("GenerateStream", "CANCELLED").inc()
+            raise
+
+    async def ListModels(
+        self, request: inference_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.ListModelsResponse:
+        try:
+            models = await self._upstream.list_models(context.time_remaining())
+        except UpstreamError as exc:
+            await self._abort(context, "ListModels", exc)
+        UPSTREAM_CALLS.labels("ListModels", "OK").inc()
+        return inference_pb2.ListModelsResponse(
+            models=[
+                inference_pb2.Model(
+                    id=m["id"],
+                    owned_by=str(m.get("owned_by") or ""),
+                    created=m["created"] if isinstance(m.get("created"), int) else 0,
+                    max_model_len=m["max_model_len"] if isinstance(m.get("max_model_len"), int) else 0,
+                )
+                for m in models
+            ]
+        )

@@ -1,0 +1,323 @@
+"""The OpenAI-compatible model server over HTTP, and the one place where its failures get gRPC codes.
+
+What can go wrong, and what the caller sees (see `map_error`):
+
+    connection refused / connect timeout / 5xx / reset mid-stream   -> UNAVAILABLE
+    no byte for READ_TIMEOUT_S, call longer than TOTAL_TIMEOUT_S
+      or than the caller's deadline                                 -> DEADLINE_EXCEEDED
+    400, 413, 422 (message passed on)                               -> INVALID_ARGUMENT
+    404 (unknown model)                                             -> NOT_FOUND
+    429                                                             -> RESOURCE_EXHAUSTED
+    401, 403 (the adapter's API key is wrong)                       -> UNAVAILABLE, logged as an error
+    a body that is not the OpenAI shape                             -> INTERNAL
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import httpx
+
+from genai_adapter.settings import AdapterSettings
+
+logger = logging.getLogger(__name__)
+
+# Below uvicorn's (and so vLLM's) 5 s keep-alive, so that a pooled connection is never reused just as
+# the server closes it, which would fail a request that cannot safely be retried.
+KEEPALIVE_EXPIRY_S = 4.0
+# An error body is a short JSON object; read no more than this of it.
+MAX_ERROR_BODY = 64 * 1024
+MAX_ERROR_MESSAGE = 1000
+# After [DONE] only the end of the chunked body should follow; never wait long for it.
+DRAIN_AFTER_DONE_S = 1.0
+
+UNAVAILABLE_MESSAGE = "model server unavailable"
+TIMEOUT_MESSAGE = "model server timed out"
+CREDENTIALS_MESSAGE = "upstream rejected the adapter's credentials"
+
+
+class UpstreamError(Exception):
+    """An upstream failure, already translated into the gRPC status the caller gets."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+class UpstreamStatus(Exception):
+    """The upstream answered with an HTTP error status (or an error object inside a stream)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class BadUpstreamResponse(Exception):
+    """The upstream answered, but not in the OpenAI shape."""
+
+
+def map_error(exc: Exception) -> UpstreamError:
+    """Translate whatever an upstream call raised into the caller's gRPC status and message."""
+    if isinstance(exc, UpstreamError):
+        return exc
+    code = grpc.StatusCode
+    if isinstance(exc, UpstreamStatus):
+        status, detail = exc.status, exc.message
+        if status in (400, 413, 422):
+            return UpstreamError(code.INVALID_ARGUMENT, detail or "the model server rejected the request")
+        if status == 404:
+            return UpstreamError(code.NOT_FOUND, detail or "model not found")
+        if status == 429:
+            return UpstreamError(code.RESOURCE_EXHAUSTED, "model server is overloaded; try again shortly")
+        if status in (401, 403):
+            logger.error("the model server refused the adapter's API key (HTTP %s)", status)
+            return UpstreamError(code.UNAVAILABLE, CREDENTIALS_MESSAGE)
+        if status in (408, 504):
+            return UpstreamError(code.DEADLINE_EXCEEDED, TIMEOUT_MESSAGE)
+        if status >= 500:
+            logger.warning("model server error HTTP %s: %s", status, detail)
+            return UpstreamError(code.UNAVAILABLE, UNAVAILABLE_MESSAGE)
+        logger.error("unexpected HTTP %s from the model server: %s", status, detail)
+        return UpstreamError(code.INTERNAL, f"unexpected answer from the model server (HTTP {status})")
+    # A connect timeout means the server is unreachable, not slow: checked before other timeouts.
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        logger.warning("model server unreachable: %s", exc)
+        return UpstreamError(code.UNAVAILABLE, UNAVAILABLE_MESSAGE)
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        logger.warning("model server timed out (%s)", type(exc).__name__)
+        return UpstreamError(code.DEADLINE_EXCEEDED, TIMEOUT_MESSAGE)
+    if isinstance(exc, httpx.TransportError):
+        # RemoteProtocolError, ReadError...: the connection broke, typically mid-stream.
+        logger.warning("model server connection failed: %s: %s", type(exc).__name__, exc)
+        return UpstreamError(code.UNAVAILABLE, UNAVAILABLE_MESSAGE)
+    if isinstance(exc, BadUpstreamResponse):
+        logger.error("invalid response from the model server: %s", exc)
+        return UpstreamError(code.INTERNAL, "the model server sent an invalid response")
+    raise TypeError(f"not an upstream failure: {exc!r}") from exc
+
+
+_UPSTREAM_FAILURES = (UpstreamStatus, BadUpstreamResponse, httpx.HTTPError, TimeoutError)
+
+
+@contextmanager
+def _mapped_errors() -> Iterator[None]:
+    try:
+        yield
+    except _UPSTREAM_FAILURES as exc:
+        raise map_error(exc) from exc
+
+
+def error_message(body: bytes) -> str:
+    """The human message in an error body, whichever shape the server used."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return text[:MAX_ERROR_MESSAGE]
+    message: Any = None
+    if isinstance(obj, dict):
+        err = obj.get("error")
+        if isinstance(err, dict):  # vLLM now, OpenAI, llama.cpp: {"error": {"message": ...}}
+            message = err.get("message")
+        elif isinstance(err, str):  # vLLM's API-key check: {"error": "Unauthorized"}
+            message = err
+        if message is None:  # older vLLM: {"object": "error", "message": ...}
+            message = obj.get("message")
+        if message is None:  # FastAPI validation: {"detail": ...}
+            message = obj.get("detail")
+    if message is None:
+        return text[:MAX_ERROR_MESSAGE]
+    return (message if isinstance(message, str) else json.dumps(message))[:MAX_ERROR_MESSAGE]
+
+
+def _status_of_error_event(obj: dict[str, Any]) -> int:
+    err = obj.get("error")
+    raw = err.get("code") if isinstance(err, dict) else obj.get("code")
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        return 500
+
+
+@dataclass(slots=True)
+class StreamEvent:
+    """One piece of a streamed answer: text, or (on the last event) the finish reason and usage."""
+
+    text: str = ""
+    model: str = ""
+    finish_reason: str = ""
+    usage: dict[str, Any] = field(default_factory=dict)
+    last: bool = False
+
+
+class Upstream:
+    """One pooled HTTP client to the model server, shared by all calls and closed on shutdown."""
+
+    def __init__(self, settings: AdapterSettings) -> None:
+        headers = {"accept": "application/json"}
+        if settings.upstream_api_key is not None:
+            headers["authorization"] = f"Bearer {settings.upstream_api_key.get_secret_value()}"
+        limits = httpx.Limits(
+            max_connections=settings.max_connections,
+            max_keepalive_connections=settings.max_connections,
+            keepalive_expiry=KEEPALIVE_EXPIRY_S,
+        )
+        # httpcore retries only failed connection attempts, which is exactly the safe case.
+        transport = httpx.AsyncHTTPTransport(limits=limits, retries=settings.retries)
+        timeout = httpx.Timeout(
+            connect=settings.connect_timeout_s,
+            read=settings.read_timeout_s,
+            write=settings.read_timeout_s,
+            # Waiting for a free connection is bounded by the total timeout and the caller's deadline.
+            pool=None,
+        )
+        self._client = httpx.AsyncClient(
+            base_url=settings.upstream_url + "/", headers=headers, timeout=timeout, transport=transport
+        )
+        self._total_s = settings.total_timeout_s
+        self._closed = False
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._client.aclose()
+
+    def _budget(self, time_remaining: float | None) -> float:
+        if time_remaining is None:
+            return self._total_s
+        return max(0.0, min(self._total_s, time_remaining))
+
+    async def list_models(self, time_remaining: float | None) -> list[dict[str, Any]]:
+        with _mapped_errors():
+            async with asyncio.timeout(self._budget(time_remaining)):
+                response = await self._client.get("models")
+                obj = _json_body(response)
+            data = obj.get("data")
+            if not isinstance(data, list) or not all(
+                isinstance(m, dict) and isinstance(m.get("id"), str) for m in data
+            ):
+                raise BadUpstreamResponse("/models has no list of models with ids")
+        return data
+
+    async def complete_chat(self, payload: dict[str, Any], time_remaining: float | None) -> dict[str, Any]:
+        """POST /chat/completions without streaming; return the response object."""
+        with _mapped_errors():
+            async with asyncio.timeout(self._budget(time_remaining)):
+                response = await self._client.post("chat/completions", json=payload)
+                return _json_body(response)
+
+    async def stream_chat(
+        self, payload: dict[str, Any], time_remaining: float | None
+    ) -> AsyncIterator[StreamEvent]:
+        """POST /chat/completions with stream=true and yield the text as it comes, then a last event.
+
+        The timeout is applied around each read rather than around the loop, because a timeout
+        spanning `yield` would fire while the consumer, not this generator, is running. Closing this
+        generator (the gRPC caller went away) closes the HTTP response, which makes vLLM abort the
+        request and free its slot.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._budget(time_remaining)
+        model = str(payload.get("model", ""))
+        with _mapped_errors():
+            async with asyncio.timeout_at(deadline):
+                request = self._client.build_request("POST", "chat/completions", json=payload)
+                response = await self._client.send(request, stream=True)
+            try:
+                if response.status_code >= 400:
+                    async with asyncio.timeout_at(deadline):
+                        body = await _read_capped(response)
+                    raise UpstreamStatus(response.status_code, error_message(body))
+                finish_reason = ""
+                usage: dict[str, Any] = {}
+                done = False
+                lines = response.aiter_lines()
+                data: list[str] = []
+                while not done:
+                    async with asyncio.timeout_at(deadline):
+                        line = await anext(lines, None)
+                    if line is None and not data:
+                        break
+                    if line:
+                        if line.startswith("data:"):
+                            value = line[5:]
+                            data.append(value[1:] if value.startswith(" ") else value)
+                        # Comments (":..."), event:, id: and retry: lines carry nothing we use.
+                        continue
+                    if not data:
+                        continue
+                    # A blank line (or the end of the body) completes an event.
+                    event, data = "\n".join(data), []
+                    if event == "[DONE]":
+                        done = True
+                        continue
+                    obj = _json_object(event)
+                    if "error" in obj or obj.get("object") == "error":
+                        # vLLM reports a failure after the 200 as one more event.
+                        raise UpstreamStatus(_status_of_error_event(obj), error_message(event.encode()))
+                    model = obj.get("model") or model
+                    for choice in obj.get("choices") or ():
+                        delta = choice.get("delta") if isinstance(choice, dict) else None
+                        if not isinstance(delta, dict):
+                            raise BadUpstreamResponse("a stream choice without a delta object")
+                        text = delta.get("content")
+                        if text:
+                            yield StreamEvent(text=text, model=model)
+                        if choice.get("finish_reason"):
+                            finish_reason = choice["finish_reason"]
+                    if isinstance(obj.get("usage"), dict):
+                        usage = obj["usage"]
+                if not done and not finish_reason:
+                    raise UpstreamError(grpc.StatusCode.UNAVAILABLE, "model server ended the stream early")
+                if done:
+                    await _drain(lines, min(deadline, loop.time() + DRAIN_AFTER_DONE_S))
+            finally:
+                await response.aclose()
+        yield StreamEvent(model=model, finish_reason=finish_reason, usage=usage, last=True)
+
+
+async def _drain(lines: AsyncIterator[str], deadline: float) -> None:
+    """Read the end of the body after [DONE], so that the connection goes back to the pool."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            async for _ in lines:
+                pass
+    except (TimeoutError, httpx.HTTPError):
+        # The answer is complete; a connection that cannot be reused is simply closed.
+        pass
+
+
+async def _read_capped(response: httpx.Response) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= MAX_ERROR_BODY:
+            break
+    return b"".join(chunks)[:MAX_ERROR_BODY]
+
+
+def _json_object(raw: str | bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(raw)
+    except ValueError as exc:
+        raise BadUpstreamResponse(f"not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise BadUpstreamResponse("not a JSON object")
+    return obj
+
+
+def _json_body(response: httpx.Response) -> dict[str, Any]:
+    if response.status_code >= 400:
+        raise UpstreamStatus(response.status_code, error_message(response.content[:MAX_ERROR_BODY]))
+    return _json_object(response.content)

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+from genai.inference.v1 import inference_pb2_grpc
+from genai_adapter.servicer import InferenceServicer
+from genai_adapter.settings import AdapterSettings
+from genai_adapter.upstream import Upstream
+from genai_common.grpc_client import create_channel
+from genai_common.grpc_server import ServiceInterceptor
+from genai_vllmsim.launcher import SimulatorPool, SimulatorProcess
+
+AdapterFactory = Callable[..., Awaitable[inference_pb2_grpc.InferenceServiceStub]]
+
+
+@pytest.fixture(scope="session")
+def simulators() -> Iterator[Callable[..., SimulatorProcess]]:
+    """simulators(*flags): a real simulator process with those flags and zeroed counters."""
+    pool = SimulatorPool()
+    yield pool.get
+    pool.close()
+
+
+@pytest.fixture
+def sim(simulators: Callable[..., SimulatorProcess]) -> SimulatorProcess:
+    return simulators("--output-tokens", "8")
+
+
+@pytest.fixture
+async def adapter() -> AsyncIterator[AdapterFactory]:
+    """adapter(upstream_url, **settings): a stub of an in-process adapter on a free port."""
+    started: list[tuple[grpc.aio.Server, grpc.aio.Channel, Upstream]] = []
+
+    async def start(upstream_url: str, **settings: Any) -> inference_pb2_grpc.InferenceServiceStub:
+        config = AdapterSettings(upstream_url=upstream_url, **settings)
+        upstream = Upstream(config)
+        server = grpc.aio.server(interceptors=[ServiceInterceptor()])
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server(
+            InferenceServicer(upstream, config.model), server
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        channel = create_channel(f"127.0.0.1:{port}")
+        started.append((server, channel, upstream))
+        return inference_pb2_grpc.InferenceServiceStub(channel)
+
+    yield start
+    for server, channel, upstream in started:
+        await channel.close()
+        await server.stop(None)
+        await upstream.aclose()
+
+
+@pytest.fixture
+def dead_upstream_url() -> str:
+    """An http URL where nothing listens (the port was free a moment ago)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
