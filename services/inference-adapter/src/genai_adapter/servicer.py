@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -13,7 +14,14 @@ import grpc
 from genai.inference.v1 import inference_pb2, inference_pb2_grpc
 from prometheus_client import Counter, Histogram
 
-from genai_adapter.upstream import BadUpstreamResponse, Upstream, UpstreamError, map_error
+from genai_adapter.upstream import (
+    CHAT_PATH,
+    COMPLETIONS_PATH,
+    BadUpstreamResponse,
+    Upstream,
+    UpstreamError,
+    map_error,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +34,24 @@ FIRST_TOKEN_SECONDS = Histogram(
     "genai_adapter_time_to_first_token_seconds",
     "Time from a GenerateStream call to its first text from the model server",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+
+
+# Body fields that only the adapter sets: a caller's extra_json cannot replace them.
+_RESERVED_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "prompt",
+        "stream",
+        "stream_options",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "seed",
+        "user",
+    }
 )
 
 
@@ -87,15 +113,33 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     async def _payload(
         self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext, *, stream: bool
-    ) -> dict[str, Any]:
-        if not request.messages:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "messages must not be empty")
+    ) -> tuple[str, dict[str, Any]]:
+        """The upstream path and JSON body for a request."""
+        if not request.messages and not request.prompt:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "messages or prompt must be given")
+        if request.messages and request.prompt:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give messages or prompt, not both")
         if request.max_tokens < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "max_tokens must not be negative")
-        payload: dict[str, Any] = {
-            "model": await self._model(request.model, context),
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-        }
+        payload: dict[str, Any] = {}
+        if request.extra_json:
+            try:
+                extra = json.loads(request.extra_json)
+            except ValueError:
+                extra = None
+            if not isinstance(extra, dict):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "extra_json must be a JSON object")
+            # The fields below are the adapter's to set; extra ones never override them.
+            payload.update({k: v for k, v in extra.items() if k not in _RESERVED_FIELDS})
+        payload["model"] = await self._model(request.model, context)
+        if request.prompt:
+            path = COMPLETIONS_PATH
+            payload["prompt"] = request.prompt
+        else:
+            path = CHAT_PATH
+            payload["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+        if request.user:
+            payload["user"] = request.user
         # Only what the caller set: the upstream's own defaults (e.g. the model's generation config) apply otherwise.
         if request.max_tokens:
             payload["max_tokens"] = request.max_tokens
@@ -110,7 +154,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if stream:
             payload["stream"] = True
             payload["stream_options"] = {"include_usage": True}
-        return payload
+        return path, payload
 
     async def _abort(
         self, context: grpc.aio.ServicerContext, method: str, exc: UpstreamError, model: str = ""
@@ -125,15 +169,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def Generate(
         self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.GenerateResponse:
-        payload = await self._payload(request, context, stream=False)
+        path, payload = await self._payload(request, context, stream=False)
         try:
-            answer = await self._upstream.complete_chat(payload, context.time_remaining())
+            answer = await self._upstream.complete(path, payload, context.time_remaining())
             choices = answer.get("choices")
             if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
                 raise map_error(BadUpstreamResponse("no choices in the answer"))
             choice = choices[0]
-            message = choice.get("message")
-            text = message.get("content") if isinstance(message, dict) else None
+            if path == CHAT_PATH:
+                message = choice.get("message")
+                text = message.get("content") if isinstance(message, dict) else None
+            else:
+                text = choice.get("text")
         except UpstreamError as exc:
             await self._abort(context, "Generate", exc, payload["model"])
         except asyncio.CancelledError:
@@ -150,12 +197,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def GenerateStream(
         self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_pb2.GenerateChunk]:
-        payload = await self._payload(request, context, stream=True)
+        path, payload = await self._payload(request, context, stream=True)
         started = time.perf_counter()
         first = True
         try:
             # aclosing: when this call ends early (caller cancelled), the HTTP stream is closed now.
-            async with aclosing(self._upstream.stream_chat(payload, context.time_remaining())) as events:
+            async with aclosing(self._upstream.stream(path, payload, context.time_remaining())) as events:
                 async for event in events:
                     if event.last:
                         UPSTREAM_CALLS.labels("GenerateStream", "OK").inc()

@@ -38,6 +38,9 @@ MAX_ERROR_MESSAGE = 1000
 # After [DONE] only the end of the chunked body should follow; never wait long for it.
 DRAIN_AFTER_DONE_S = 1.0
 
+CHAT_PATH = "chat/completions"
+COMPLETIONS_PATH = "completions"
+
 UNAVAILABLE_MESSAGE = "model server unavailable"
 TIMEOUT_MESSAGE = "model server timed out"
 CREDENTIALS_MESSAGE = "upstream rejected the adapter's credentials"
@@ -208,17 +211,21 @@ class Upstream:
                 raise BadUpstreamResponse("/models has no list of models with ids")
         return data
 
-    async def complete_chat(self, payload: dict[str, Any], time_remaining: float | None) -> dict[str, Any]:
-        """POST /chat/completions without streaming; return the response object."""
+    async def complete(
+        self, path: str, payload: dict[str, Any], time_remaining: float | None
+    ) -> dict[str, Any]:
+        """POST `path` (chat/completions or completions) without streaming; return the response object."""
         with _mapped_errors():
             async with asyncio.timeout(self._budget(time_remaining)):
-                response = await self._client.post("chat/completions", json=payload)
+                response = await self._client.post(path, json=payload)
                 return _json_body(response)
 
-    async def stream_chat(
-        self, payload: dict[str, Any], time_remaining: float | None
+    async def stream(
+        self, path: str, payload: dict[str, Any], time_remaining: float | None
     ) -> AsyncIterator[StreamEvent]:
-        """POST /chat/completions with stream=true and yield the text as it comes, then a last event.
+        """POST `path` with stream=true and yield the text as it comes, then a last event.
+
+        Chat chunks carry text in choices[].delta.content, completion chunks in choices[].text.
 
         The timeout is applied around each read rather than around the loop, because a timeout
         spanning `yield` would fire while the consumer, not this generator, is running. Closing this
@@ -228,9 +235,10 @@ class Upstream:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._budget(time_remaining)
         model = str(payload.get("model", ""))
+        chat = path == CHAT_PATH
         with _mapped_errors():
             async with asyncio.timeout_at(deadline):
-                request = self._client.build_request("POST", "chat/completions", json=payload)
+                request = self._client.build_request("POST", path, json=payload)
                 response = await self._client.send(request, stream=True)
             try:
                 if response.status_code >= 400:
@@ -266,10 +274,15 @@ class Upstream:
                         raise UpstreamStatus(_status_of_error_event(obj), error_message(event.encode()))
                     model = obj.get("model") or model
                     for choice in obj.get("choices") or ():
-                        delta = choice.get("delta") if isinstance(choice, dict) else None
-                        if not isinstance(delta, dict):
-                            raise BadUpstreamResponse("a stream choice without a delta object")
-                        text = delta.get("content")
+                        if not isinstance(choice, dict):
+                            raise BadUpstreamResponse("a stream choice that is not an object")
+                        if chat:
+                            delta = choice.get("delta")
+                            if not isinstance(delta, dict):
+                                raise BadUpstreamResponse("a stream choice without a delta object")
+                            text = delta.get("content")
+                        else:
+                            text = choice.get("text")
                         if text:
                             yield StreamEvent(text=text, model=model)
                         if choice.get("finish_reason"):
