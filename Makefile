@@ -6,6 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
+TOOLS_STAMP := $(VENV)/.tools-installed
 PROTO_STAMP := libs/protos/src/genai/.generated
 PROTOS := $(shell find protos -name '*.proto')
 
@@ -15,25 +16,30 @@ PACKAGES := -e libs/common -e libs/protos -e services/auth -e services/history \
 
 .PHONY: setup system-deps run test test-unit test-integration protos lint clean
 
-setup: system-deps $(STAMP) $(PROTO_STAMP)
+setup: system-deps $(STAMP)
 
 # nginx, redis-server and PostgreSQL's binaries, when missing (apt-get or dnf).
 system-deps:
 	./scripts/install-system-deps.sh
 
-$(STAMP): constraints.txt requirements-dev.txt $(wildcard */*/pyproject.toml)
+# Third-party tools and libraries first: grpcio-tools is needed to generate the protos.
+$(TOOLS_STAMP): constraints.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -U pip
 	$(PIP) install -q -c constraints.txt -r requirements-dev.txt
-	$(PIP) install -q -c constraints.txt --config-settings editable_mode=lenient $(PACKAGES)
 	touch $@
 
 # Generated code is made here (and in the Docker build), never edited or committed.
-$(PROTO_STAMP): $(PROTOS) $(STAMP)
+$(PROTO_STAMP): $(PROTOS) $(TOOLS_STAMP)
 	rm -rf libs/protos/src/genai
 	mkdir -p libs/protos/src
 	$(PY) -m grpc_tools.protoc -I protos --python_out=libs/protos/src \
 		--grpc_python_out=libs/protos/src --pyi_out=libs/protos/src $(PROTOS)
+	touch $@
+
+# The project's own packages, editable, once the generated code they import exists.
+$(STAMP): $(TOOLS_STAMP) $(PROTO_STAMP) $(wildcard */*/pyproject.toml)
+	$(PIP) install -q -c constraints.txt --config-settings editable_mode=lenient $(PACKAGES)
 	touch $@
 
 protos: $(PROTO_STAMP)
