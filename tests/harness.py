@@ -162,6 +162,7 @@ def launch(work_dir: Path, postgres_url: str, redis_url: str, upstream: str = "l
         https=infra.free_port(),
         http=infra.free_port(),
         gateway=infra.free_port(),
+        gateway_grpc=infra.free_port(),
         auth=infra.free_port(),
         history=infra.free_port(),
         adapter=infra.free_port(),

@@ -60,6 +60,6 @@ def test_retry_after_is_passed_on() -> None:
 def test_one_error_shape() -> None:
     body = error_body(429, "slow down", "rate_limited")
     assert body == {
-        "error": {"message": "slow down", "type": "rate_limit_error", "code": "rate_limited"},
+        "error": {"message": "slow down", "type": "rate_limit_error", "param": None, "code": "rate_limited"},
         "detail": "slow down",
     }

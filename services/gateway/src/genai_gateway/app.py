@@ -14,9 +14,10 @@ from fastapi.staticfiles import StaticFiles
 from genai_gateway.backends import Backends
 from genai_gateway.cache import AnswerCache
 from genai_gateway.errors import install_handlers
+from genai_gateway.grpc_api import start_server
 from genai_gateway.limiter import RateLimiter
 from genai_gateway.middleware import RequestIdMiddleware
-from genai_gateway.routers import ask, auth, health, history, users
+from genai_gateway.routers import ask, auth, health, history, openai, users
 from genai_gateway.serving import AskService
 from genai_gateway.settings import GatewaySettings
 from genai_gateway.spool import HistoryRecorder
@@ -42,12 +43,20 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             recorder,
         )
         drain = asyncio.create_task(recorder.drain_forever(settings.spool_drain_interval_s))
+        grpc_server = None
+        if settings.grpc_port:
+            grpc_server = await start_server(
+                app.state.ask_service, app.state.limiter, settings.host, settings.grpc_port
+            )
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(5)
             drain.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await drain
+            await app.state.ask_service.drain()
             await backends.close()
 
     app = FastAPI(
@@ -58,7 +67,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     )
     app.add_middleware(RequestIdMiddleware)
     install_handlers(app)
-    for router in (auth.router, ask.router, history.router, users.router, health.router):
+    for router in (auth.router, ask.router, openai.router, history.router, users.router, health.router):
         app.include_router(router)
 
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")

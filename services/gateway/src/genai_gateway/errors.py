@@ -89,7 +89,12 @@ def from_grpc(exc: grpc.aio.AioRpcError, what: str) -> ApiError:
 
 def error_body(status: int, message: str, code: str | None = None) -> dict[str, Any]:
     return {
-        "error": {"message": message, "type": _TYPES.get(status, "error"), "code": code or str(status)},
+        "error": {
+            "message": message,
+            "type": _TYPES.get(status, "error"),
+            "param": None,
+            "code": code or str(status),
+        },
         "detail": message,
     }
 

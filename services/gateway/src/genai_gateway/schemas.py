@@ -37,6 +37,11 @@ class AskRequest(BaseModel):
     # Length is checked by the service against its setting, with a message that names the limit.
     prompt: str
     max_tokens: int | None = Field(None, description="1 up to the server's limit; default 256")
+    stream: bool = Field(False, description="answer as server-sent events while the model writes")
+    conversation_id: str | None = Field(
+        None, max_length=64, description="continue this conversation: its earlier turns are sent as context"
+    )
+    model: str = Field("", max_length=256, description="empty: the server's default model")
 
 
 class Usage(BaseModel):
@@ -52,6 +57,7 @@ class AskResponse(BaseModel):
     usage: Usage
     conversation_id: str | None = None
     request_id: str
+    finish_reason: str = ""
 
 
 class Me(BaseModel):

@@ -1,11 +1,20 @@
-"""What /ask does once the caller is known and admitted: cache, generation, history."""
+"""What the gateway does once a caller is known and admitted: model, context, cache, generation, history.
+
+One request type serves POST /ask, the OpenAI-compatible endpoints and the public gRPC API, so that all of
+them get the same caching, context and history.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import logging
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from genai.auth.v1 import auth_pb2
@@ -20,7 +29,43 @@ from genai_gateway.errors import ApiError, from_grpc
 from genai_gateway.settings import GatewaySettings
 from genai_gateway.spool import HistoryRecorder
 
+logger = logging.getLogger(__name__)
+
 MODEL_SERVICE = "the model service"
+HISTORY_SERVICE = "the history service"
+# Finish reasons of a whole answer; anything else (cut off by an error or a cancel) is not cached.
+COMPLETE = ("stop", "length", "")
+# A cached answer is streamed in pieces of about this many characters.
+CACHED_CHUNK_CHARS = 16
+
+
+@dataclass
+class Generation:
+    """One request for text, whichever API it came through."""
+
+    # Chat messages, or a plain prompt (/v1/completions); exactly one is set.
+    messages: list[dict[str, str]] | None = None
+    prompt: str | None = None
+    model: str = ""
+    max_tokens: int = 256
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    # vLLM's further sampling fields (top_k, repetition_penalty, ...), already checked by the caller.
+    extra: dict[str, Any] = field(default_factory=dict)
+    conversation_id: str = ""
+    # Skip reading the cache (a "regenerate"); the new answer is still stored.
+    no_cache: bool = False
+
+    def user_text(self) -> str:
+        """What the user wrote, as history records it: the prompt, or the last user message."""
+        if self.prompt is not None:
+            return self.prompt
+        for message in reversed(self.messages or []):
+            if message["role"] == "user":
+                return message["content"]
+        return (self.messages or [{"content": ""}])[-1]["content"]
 
 
 @dataclass
@@ -28,10 +73,22 @@ class Answer:
     text: str
     source: str
     model: str
-    prompt_tokens: int
-    completion_tokens: int
-    conversation_id: str
-    latency_ms: int
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = ""
+    conversation_id: str = ""
+    latency_ms: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Delta:
+    """A piece of a streamed answer."""
+
+    text: str
 
 
 class AskService:
@@ -42,107 +99,289 @@ class AskService:
         self.backends = backends
         self.cache = cache
         self.recorder = recorder
-        self._model = settings.model
-        self._model_lock = asyncio.Lock()
+        self._models: list[inference_pb2.Model] = []
+        self._models_at = 0.0
+        self._models_lock = asyncio.Lock()
+        # History writes of streams whose client left: kept here so they finish and are not collected.
+        self._background: set[asyncio.Task[Any]] = set()
 
-    def check_input(self, prompt: str, max_tokens: int | None) -> int:
-        """Refuse what the service won't take, with a message that says why; return max_tokens to use."""
-        if not prompt.strip():
-            raise ApiError(422, "prompt must not be empty")
-        if len(prompt) > self.settings.max_prompt_chars:
+    # --- input -------------------------------------------------------------------------------------
+
+    def check_prompt(self, text: str, what: str = "prompt") -> None:
+        if not text.strip():
+            raise ApiError(422, f"{what} must not be empty")
+        if len(text) > self.settings.max_prompt_chars:
             raise ApiError(
                 413,
-                f"prompt is too long: {len(prompt)} characters, the limit is {self.settings.max_prompt_chars}",
+                f"{what} is too long: {len(text)} characters, the limit is {self.settings.max_prompt_chars}",
             )
+
+    def check_max_tokens(self, max_tokens: int | None) -> int:
         if max_tokens is None:
             return self.settings.default_max_tokens
         if not 1 <= max_tokens <= self.settings.max_tokens_limit:
             raise ApiError(422, f"max_tokens must be between 1 and {self.settings.max_tokens_limit}")
         return max_tokens
 
+    # --- models ------------------------------------------------------------------------------------
+
     @property
     def known_model(self) -> str:
-        """The model, if already configured or looked up; "" before that."""
-        return self._model
+        """The default model if already known, "" before the first look-up."""
+        return self.settings.model or (self._models[0].id if self._models else "")
 
-    async def model(self) -> str:
-        """The model to ask: the configured one, or the adapter's first, looked up once."""
-        if self._model:
-            return self._model
-        async with self._model_lock:
-            if not self._model:
+    async def models(self) -> list[inference_pb2.Model]:
+        """The served models, looked up again after `models_refresh_s`."""
+        if self._models and time.monotonic() - self._models_at < self.settings.models_refresh_s:
+            return self._models
+        async with self._models_lock:
+            if not self._models or time.monotonic() - self._models_at >= self.settings.models_refresh_s:
                 try:
                     listing = await self.backends.adapter.ListModels(
                         inference_pb2.ListModelsRequest(), timeout=10, metadata=call_metadata()
                     )
                 except grpc.aio.AioRpcError as exc:
-                    raise from_grpc(exc, MODEL_SERVICE) from None
-                if not listing.models:
-                    raise ApiError(503, "the model server serves no model")
-                self._model = listing.models[0].id
-        return self._model
+                    if not self._models:
+                        raise from_grpc(exc, MODEL_SERVICE) from None
+                    # A list we had is better than none while the adapter restarts.
+                    logger.warning("model list not refreshed: %s", exc.code().name)
+                else:
+                    self._models = list(listing.models)
+                    self._models_at = time.monotonic()
+        if not self._models:
+            raise ApiError(503, "the model server serves no model")
+        return self._models
 
-    async def ask(self, principal: auth_pb2.Principal, prompt: str, max_tokens: int) -> Answer:
-        started = time.perf_counter()
-        model = await self.model()
-        messages = [{"role": "user", "content": prompt}]
-        key = cache_key(model, messages, {"max_tokens": max_tokens})
-        cached = await self.cache.get(key)
-        if cached is not None:
-            source, result = "cache", cached
+    async def resolve_model(self, requested: str) -> str:
+        models = await self.models()
+        if not requested:
+            return self.settings.model or models[0].id
+        if requested == self.settings.model or any(m.id == requested for m in models):
+            return requested
+        raise ApiError(404, f"The model `{requested}` does not exist.", code="model_not_found")
+
+    # --- context -----------------------------------------------------------------------------------
+
+    async def with_context(
+        self, principal: auth_pb2.Principal, generation: Generation
+    ) -> list[dict[str, str]]:
+        """The messages to send: the request's, with earlier turns of its conversation before them."""
+        messages = generation.messages or []
+        if not generation.conversation_id:
+            return messages
+        try:
+            conversation = await self.backends.history.GetConversation(
+                history_pb2.GetConversationRequest(
+                    owner_id=principal.user_id, conversation_id=generation.conversation_id
+                ),
+                timeout=self.settings.history_timeout_s,
+                metadata=call_metadata(),
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise ApiError(404, "conversation not found", code="conversation_not_found") from None
+            raise from_grpc(exc, HISTORY_SERVICE) from None
+        budget = self.settings.context_budget_chars
+        turns: list[dict[str, str]] = []
+        # Newest turns first until the budget is spent; a turn is kept whole or not at all.
+        for message in reversed(conversation.messages):
+            size = len(message.prompt) + len(message.response)
+            if size > budget:
+                break
+            budget -= size
+            turns[:0] = [
+                {"role": "user", "content": message.prompt},
+                {"role": "assistant", "content": message.response},
+            ]
+        system = [m for m in messages if m["role"] == "system"]
+        rest = [m for m in messages if m["role"] != "system"]
+        return system + turns + rest
+
+    # --- generation --------------------------------------------------------------------------------
+
+    def _request(
+        self,
+        principal: auth_pb2.Principal,
+        generation: Generation,
+        model: str,
+        messages: list[dict[str, str]],
+    ) -> inference_pb2.GenerateRequest:
+        request = inference_pb2.GenerateRequest(
+            model=model, max_tokens=generation.max_tokens, stop=generation.stop, user=principal.user_id
+        )
+        if generation.prompt is not None:
+            request.prompt = generation.prompt
         else:
-            source, result = "model", await self._generate(principal, model, messages, max_tokens)
-            # Only complete answers are worth repeating; a cut-off one would be served cut off forever.
-            if result.finish_reason in ("stop", "length", ""):
-                await self.cache.put(key, result)
-        latency_ms = int((time.perf_counter() - started) * 1000)
-        conversation_id = await self.recorder.record(
+            request.messages.extend(inference_pb2.ChatMessage(**m) for m in messages)
+        if generation.temperature is not None:
+            request.temperature = generation.temperature
+        if generation.top_p is not None:
+            request.top_p = generation.top_p
+        if generation.seed is not None:
+            request.seed = generation.seed
+        if generation.extra:
+            request.extra_json = json.dumps(generation.extra)
+        return request
+
+    def _key(self, generation: Generation, model: str, messages: list[dict[str, str]]) -> str:
+        params = {
+            "max_tokens": generation.max_tokens,
+            "temperature": generation.temperature,
+            "top_p": generation.top_p,
+            "stop": generation.stop,
+            "seed": generation.seed,
+            "extra": generation.extra,
+        }
+        if generation.prompt is not None:
+            params["prompt"] = generation.prompt
+        return cache_key(model, messages, params)
+
+    async def _prepare(
+        self, principal: auth_pb2.Principal, generation: Generation
+    ) -> tuple[str, list[dict[str, str]], str, CachedAnswer | None]:
+        model = await self.resolve_model(generation.model)
+        messages = await self.with_context(principal, generation)
+        key = self._key(generation, model, messages)
+        cached = None if generation.no_cache else await self.cache.get(key)
+        return model, messages, key, cached
+
+    async def answer(self, principal: auth_pb2.Principal, generation: Generation) -> Answer:
+        """The whole answer at once."""
+        started = time.perf_counter()
+        model, messages, key, cached = await self._prepare(principal, generation)
+        if cached is not None:
+            answer = _from_cache(cached)
+        else:
+            try:
+                reply = await self.backends.adapter.Generate(
+                    self._request(principal, generation, model, messages),
+                    timeout=self.settings.generate_timeout_s,
+                    metadata=call_metadata(),
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise from_grpc(exc, MODEL_SERVICE) from None
+            answer = Answer(
+                text=reply.text,
+                source="model",
+                model=reply.model or model,
+                prompt_tokens=reply.usage.prompt_tokens,
+                completion_tokens=reply.usage.completion_tokens,
+                finish_reason=reply.finish_reason,
+            )
+            await self._store(key, answer)
+        answer.latency_ms = int((time.perf_counter() - started) * 1000)
+        answer.conversation_id = await self._record(principal, generation, answer)
+        return answer
+
+    async def stream(
+        self, principal: auth_pb2.Principal, generation: Generation
+    ) -> AsyncIterator[Delta | Answer]:
+        """The answer as it is generated: Delta pieces, then the whole Answer last.
+
+        If the consumer stops early (the client went away), the generation upstream is cancelled and
+        what was generated so far is still recorded in history.
+        """
+        started = time.perf_counter()
+        model, messages, key, cached = await self._prepare(principal, generation)
+        if cached is not None:
+            answer = _from_cache(cached)
+            for start in range(0, len(answer.text), CACHED_CHUNK_CHARS):
+                yield Delta(answer.text[start : start + CACHED_CHUNK_CHARS])
+            answer.latency_ms = int((time.perf_counter() - started) * 1000)
+            answer.conversation_id = await self._record(principal, generation, answer)
+            yield answer
+            return
+
+        answer = Answer(text="", source="model", model=model)
+        pieces: list[str] = []
+        finished = False
+        call = self.backends.adapter.GenerateStream(
+            self._request(principal, generation, model, messages),
+            timeout=self.settings.generate_timeout_s,
+            metadata=call_metadata(),
+        )
+        try:
+            async for chunk in call:
+                if chunk.text:
+                    pieces.append(chunk.text)
+                    yield Delta(chunk.text)
+                if chunk.finish_reason or chunk.usage.completion_tokens:
+                    answer.finish_reason = chunk.finish_reason
+                    answer.prompt_tokens = chunk.usage.prompt_tokens
+                    answer.completion_tokens = chunk.usage.completion_tokens
+                if chunk.model:
+                    answer.model = chunk.model
+            finished = True
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(exc, MODEL_SERVICE) from None
+        finally:
+            answer.text = "".join(pieces)
+            answer.latency_ms = int((time.perf_counter() - started) * 1000)
+            if not finished:
+                # The client left or the stream failed: stop the generation, keep what the user wrote.
+                call.cancel()
+                if pieces:
+                    answer.finish_reason = answer.finish_reason or "cancelled"
+                    self._in_background(self._record(principal, generation, answer))
+        await self._store(key, answer)
+        answer.conversation_id = await self._record(principal, generation, answer)
+        yield answer
+
+    # --- afterwards --------------------------------------------------------------------------------
+
+    async def _store(self, key: str, answer: Answer) -> None:
+        # Only whole answers are worth repeating; a cut-off one would be served cut off for the TTL.
+        if answer.finish_reason in COMPLETE and answer.text:
+            await self.cache.put(
+                key,
+                CachedAnswer(
+                    text=answer.text,
+                    model=answer.model,
+                    prompt_tokens=answer.prompt_tokens,
+                    completion_tokens=answer.completion_tokens,
+                    finish_reason=answer.finish_reason,
+                ),
+            )
+
+    async def _record(self, principal: auth_pb2.Principal, generation: Generation, answer: Answer) -> str:
+        return await self.recorder.record(
             history_pb2.AppendExchangeRequest(
                 owner_id=principal.user_id,
-                prompt=prompt,
-                response=result.text,
-                source=source,
-                model=result.model,
+                conversation_id=generation.conversation_id,
+                prompt=generation.user_text(),
+                response=answer.text,
+                source=answer.source,
+                model=answer.model,
                 usage=history_pb2.Usage(
-                    prompt_tokens=result.prompt_tokens,
-                    completion_tokens=result.completion_tokens,
-                    total_tokens=result.prompt_tokens + result.completion_tokens,
+                    prompt_tokens=answer.prompt_tokens,
+                    completion_tokens=answer.completion_tokens,
+                    total_tokens=answer.total_tokens,
                 ),
-                latency_ms=latency_ms,
+                latency_ms=answer.latency_ms,
                 request_id=current_request_id.get(),
                 created_at_ms=int(time.time() * 1000),
                 exchange_id=uuid.uuid4().hex,
             )
         )
-        return Answer(
-            text=result.text,
-            source=source,
-            model=result.model,
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            conversation_id=conversation_id,
-            latency_ms=latency_ms,
-        )
 
-    async def _generate(
-        self, principal: auth_pb2.Principal, model: str, messages: list[dict[str, str]], max_tokens: int
-    ) -> CachedAnswer:
-        request = inference_pb2.GenerateRequest(
-            model=model,
-            messages=[inference_pb2.ChatMessage(**m) for m in messages],
-            max_tokens=max_tokens,
-            user=principal.user_id,
-        )
-        try:
-            response = await self.backends.adapter.Generate(
-                request, timeout=self.settings.generate_timeout_s, metadata=call_metadata()
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise from_grpc(exc, MODEL_SERVICE) from None
-        return CachedAnswer(
-            text=response.text,
-            model=response.model or model,
-            prompt_tokens=response.usage.prompt_tokens,
-            completion_tokens=response.usage.completion_tokens,
-            finish_reason=response.finish_reason,
-        )
+    def _in_background(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for background history writes (on shutdown)."""
+        if self._background:
+            with contextlib.suppress(Exception):
+                await asyncio.wait(self._background, timeout=5)
+
+
+def _from_cache(cached: CachedAnswer) -> Answer:
+    return Answer(
+        text=cached.text,
+        source="cache",
+        model=cached.model,
+        prompt_tokens=cached.prompt_tokens,
+        completion_tokens=cached.completion_tokens,
+        finish_reason=cached.finish_reason or "stop",
+    )

@@ -21,8 +21,18 @@ class GatewaySettings(CommonSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_timeout_s: float = 0.5
 
-    # Model asked for when a request names none; empty: the adapter's default.
+    # Model asked for when a request names none; empty: the first one the adapter lists.
     model: str = ""
+    # How long the list of served models (for checking a requested model) is trusted.
+    models_refresh_s: float = 30.0
+
+    # The public gRPC API (genai.assistant.v1.Assistant); 0 turns it off.
+    grpc_port: int = 50050
+
+    # Earlier turns of a conversation sent as context, newest first, up to this many characters.
+    context_budget_chars: int = Field(8000, ge=0)
+    # Streams: a comment line this often while no token arrives (keeps proxies and clients patient).
+    stream_keepalive_s: float = Field(10.0, gt=0)
 
     # Deadlines of internal calls.
     auth_timeout_s: float = 3.0

@@ -34,6 +34,7 @@ class Ports:
     https: int = 8443
     http: int = 8080
     gateway: int = 8000
+    gateway_grpc: int = 50050
     auth: int = 50051
     history: int = 50052
     adapter: int = 50053
@@ -76,6 +77,7 @@ def environment(cfg: StackConfig) -> dict[str, str]:
         "GENAI_ADAPTER_UPSTREAM_URL": f"http://127.0.0.1:{p.upstream}/v1",
         "GENAI_GATEWAY_HOST": "127.0.0.1",
         "GENAI_GATEWAY_PORT": str(p.gateway),
+        "GENAI_GATEWAY_GRPC_PORT": str(p.gateway_grpc),
         "GENAI_GATEWAY_AUTH_TARGET": f"127.0.0.1:{p.auth}",
         "GENAI_GATEWAY_HISTORY_TARGET": f"127.0.0.1:{p.history}",
         "GENAI_GATEWAY_ADAPTER_TARGET": f"127.0.0.1:{p.adapter}",
@@ -93,6 +95,7 @@ def nginx_values(cfg: StackConfig) -> dict[str, str]:
         "GENAI_NGINX_HTTP_PORT": str(cfg.ports.http),
         "GENAI_NGINX_HTTPS_PORT": str(cfg.ports.https),
         "GENAI_GATEWAY_ADDR": f"127.0.0.1:{cfg.ports.gateway}",
+        "GENAI_GATEWAY_GRPC_ADDR": f"127.0.0.1:{cfg.ports.gateway_grpc}",
         "GENAI_TLS_CERT": str(cfg.tls.cert),
         "GENAI_TLS_KEY": str(cfg.tls.key),
         "GENAI_NGINX_BODY_LIMIT": "1m",

@@ -1,33 +1,45 @@
-"""The seeds' POST /ask."""
+"""The seeds' POST /ask, whole or streamed."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from genai_common.request_id import current_request_id
 
 from genai_gateway.admission import admit
-from genai_gateway.schemas import AskRequest, AskResponse, Usage
+from genai_gateway.responses import AskEncoder, ask_body, event_stream, no_cache
+from genai_gateway.schemas import AskRequest, AskResponse
 from genai_gateway.security import CurrentUser
+from genai_gateway.serving import Generation
 
 router = APIRouter(tags=["ask"])
 
 
-@router.post("/ask", response_model=AskResponse)
-async def ask(body: AskRequest, request: Request, response: Response, principal: CurrentUser) -> AskResponse:
+@router.post(
+    "/ask",
+    response_model=AskResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "with stream=true: events"}},
+)
+async def ask(body: AskRequest, request: Request, response: Response, principal: CurrentUser) -> Any:
     service = request.app.state.ask_service
     # Bad input is refused before it counts against the caller's rate limit.
-    max_tokens = service.check_input(body.prompt, body.max_tokens)
-    await admit(request, response, principal)
-    answer = await service.ask(principal, body.prompt, max_tokens)
-    return AskResponse(
-        response=answer.text,
-        source=answer.source,
-        model=answer.model,
-        usage=Usage(
-            prompt_tokens=answer.prompt_tokens,
-            completion_tokens=answer.completion_tokens,
-            total_tokens=answer.prompt_tokens + answer.completion_tokens,
-        ),
-        conversation_id=answer.conversation_id or None,
-        request_id=current_request_id.get(),
+    service.check_prompt(body.prompt)
+    generation = Generation(
+        messages=[{"role": "user", "content": body.prompt}],
+        model=body.model,
+        max_tokens=service.check_max_tokens(body.max_tokens),
+        conversation_id=body.conversation_id or "",
+        no_cache=no_cache(request.headers),
     )
+    await admit(request, response, principal)
+    request_id = current_request_id.get()
+    if body.stream:
+        return await event_stream(
+            service.stream(principal, generation),
+            AskEncoder(request_id),
+            keepalive_s=request.app.state.settings.stream_keepalive_s,
+            headers=response.headers,
+        )
+    answer = await service.answer(principal, generation)
+    return ask_body(answer, request_id)

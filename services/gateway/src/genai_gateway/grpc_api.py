@@ -1,0 +1,177 @@
+"""genai.assistant.v1.Assistant: the public gRPC API, with the same auth, limits, cache and history as HTTP."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import NoReturn
+
+import grpc
+from genai.assistant.v1 import assistant_pb2, assistant_pb2_grpc
+from genai.auth.v1 import auth_pb2
+from genai_common.grpc_client import call_metadata
+from genai_common.grpc_server import ServiceInterceptor
+from genai_common.request_id import current_request_id
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from genai_gateway.errors import ApiError, from_grpc
+from genai_gateway.limiter import RateLimiter
+from genai_gateway.serving import Answer, AskService, Delta, Generation
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = assistant_pb2.DESCRIPTOR.services_by_name["Assistant"].full_name
+
+_HTTP_TO_GRPC = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ALREADY_EXISTS,
+    413: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: ApiError) -> NoReturn:
+    retry_after = error.headers.get("Retry-After")
+    if retry_after:
+        context.set_trailing_metadata((("retry-after", retry_after),))
+    await context.abort(_HTTP_TO_GRPC.get(error.status, grpc.StatusCode.INTERNAL), error.message)
+    raise AssertionError("unreachable: abort raises")
+
+
+def _usage(answer: Answer) -> assistant_pb2.Usage:
+    return assistant_pb2.Usage(
+        prompt_tokens=answer.prompt_tokens,
+        completion_tokens=answer.completion_tokens,
+        total_tokens=answer.total_tokens,
+    )
+
+
+class AssistantServicer(assistant_pb2_grpc.AssistantServicer):
+    """Other services' way in. Credentials: metadata "authorization: Bearer <token or API key>"."""
+
+    def __init__(self, service: AskService, limiter: RateLimiter) -> None:
+        self.service = service
+        self.limiter = limiter
+
+    async def _principal(self, context: grpc.aio.ServicerContext) -> auth_pb2.Principal:
+        token = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                scheme, _, rest = str(value).partition(" ")
+                if scheme.lower() == "bearer":
+                    token = rest.strip()
+        if not token:
+            await _abort(
+                context, ApiError(401, "missing credentials: send 'authorization: Bearer <token>' metadata")
+            )
+        try:
+            return await self.service.backends.auth.Authenticate(
+                auth_pb2.AuthenticateRequest(token=token),
+                timeout=self.service.settings.auth_timeout_s,
+                metadata=call_metadata(),
+            )
+        except grpc.aio.AioRpcError as exc:
+            await _abort(context, from_grpc(exc, "the authentication service"))
+
+    async def _admitted(
+        self, request: assistant_pb2.AskRequest, context: grpc.aio.ServicerContext
+    ) -> tuple[auth_pb2.Principal, Generation]:
+        principal = await self._principal(context)
+        try:
+            self.service.check_prompt(request.prompt)
+            generation = Generation(
+                messages=[{"role": "user", "content": request.prompt}],
+                model=request.model,
+                # proto3 has no null: 0 means the server's default.
+                max_tokens=self.service.check_max_tokens(request.max_tokens or None),
+                temperature=request.temperature if request.HasField("temperature") else None,
+                top_p=request.top_p if request.HasField("top_p") else None,
+                conversation_id=request.conversation_id,
+                no_cache=request.no_cache,
+            )
+            decision = await self.limiter.hit(f"user:{principal.user_id}")
+            if not decision.allowed:
+                raise ApiError(
+                    429,
+                    f"rate limit of {decision.limit} requests per minute reached",
+                    headers=decision.headers(),
+                )
+        except ApiError as error:
+            await _abort(context, error)
+        return principal, generation
+
+    async def Ask(
+        self, request: assistant_pb2.AskRequest, context: grpc.aio.ServicerContext
+    ) -> assistant_pb2.AskResponse:
+        principal, generation = await self._admitted(request, context)
+        try:
+            answer = await self.service.answer(principal, generation)
+        except ApiError as error:
+            await _abort(context, error)
+        return assistant_pb2.AskResponse(
+            response=answer.text,
+            source=answer.source,
+            model=answer.model,
+            usage=_usage(answer),
+            conversation_id=answer.conversation_id,
+            request_id=current_request_id.get(),
+            finish_reason=answer.finish_reason,
+        )
+
+    async def AskStream(
+        self, request: assistant_pb2.AskRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[assistant_pb2.AskChunk]:
+        principal, generation = await self._admitted(request, context)
+        try:
+            async for item in self.service.stream(principal, generation):
+                if isinstance(item, Delta):
+                    yield assistant_pb2.AskChunk(text=item.text)
+                else:
+                    yield assistant_pb2.AskChunk(
+                        done=True,
+                        source=item.source,
+                        model=item.model,
+                        usage=_usage(item),
+                        conversation_id=item.conversation_id,
+                        request_id=current_request_id.get(),
+                        finish_reason=item.finish_reason,
+                    )
+        except ApiError as error:
+            await _abort(context, error)
+
+    async def ListModels(
+        self, request: assistant_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> assistant_pb2.ListModelsResponse:
+        await self._principal(context)
+        try:
+            models = await self.service.models()
+        except ApiError as error:
+            await _abort(context, error)
+        return assistant_pb2.ListModelsResponse(
+            models=[assistant_pb2.Model(id=m.id, owned_by=m.owned_by) for m in models]
+        )
+
+
+async def start_server(service: AskService, limiter: RateLimiter, host: str, port: int) -> grpc.aio.Server:
+    server = grpc.aio.server(interceptors=[ServiceInterceptor()])
+    assistant_pb2_grpc.add_AssistantServicer_to_server(AssistantServicer(service, limiter), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    if server.add_insecure_port(f"{host}:{port}") == 0:
+        raise RuntimeError(f"cannot listen on {host}:{port} for the gRPC API")
+    await server.start()
+    for name in (SERVICE_NAME, ""):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    logger.info("public gRPC API listening on %s:%s", host, port)
+    return server

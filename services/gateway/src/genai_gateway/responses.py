@@ -1,0 +1,105 @@
+"""Turning answers into HTTP responses: whole, or streamed as server-sent events."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from fastapi.responses import StreamingResponse
+
+from genai_gateway.errors import ApiError, error_body
+from genai_gateway.serving import Answer, Delta
+from genai_gateway.streaming import DONE, KEEPALIVE, SSE_HEADERS, Pull, sse
+
+# How long to wait for the first piece before sending the response head: a failure that comes at once
+# (model server down, unknown conversation) then gets a real HTTP status instead of an event.
+FIRST_EVENT_WAIT_S = 1.0
+
+
+class Encoder:
+    """How one API writes the pieces of a streamed answer."""
+
+    def start(self) -> list[bytes]:
+        return []
+
+    def delta(self, delta: Delta) -> bytes:
+        raise NotImplementedError
+
+    def final(self, answer: Answer) -> list[bytes]:
+        raise NotImplementedError
+
+    def error(self, error: ApiError) -> bytes:
+        return sse(error_body(error.status, error.message, error.code))
+
+
+async def event_stream(
+    events: AsyncIterator[Delta | Answer],
+    encoder: Encoder,
+    *,
+    keepalive_s: float,
+    headers: Mapping[str, str] | None = None,
+) -> StreamingResponse:
+    pull: Pull[Delta | Answer] = Pull(events)
+    await pull.first(FIRST_EVENT_WAIT_S)
+
+    async def body() -> AsyncIterator[bytes]:
+        for head in encoder.start():
+            yield head
+        try:
+            async for item in pull.items(keepalive_s):
+                if item is None:
+                    yield KEEPALIVE
+                elif isinstance(item, Delta):
+                    yield encoder.delta(item)
+                else:
+                    for tail in encoder.final(item):
+                        yield tail
+        except ApiError as exc:
+            yield encoder.error(exc)
+        yield DONE
+
+    return StreamingResponse(
+        body(), media_type="text/event-stream", headers={**SSE_HEADERS, **(headers or {})}
+    )
+
+
+def usage_dict(answer: Answer) -> dict[str, int]:
+    return {
+        "prompt_tokens": answer.prompt_tokens,
+        "completion_tokens": answer.completion_tokens,
+        "total_tokens": answer.total_tokens,
+    }
+
+
+class AskEncoder(Encoder):
+    """POST /ask with stream=true: {"type": "delta", "text"} events, then {"type": "done", ...}."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+
+    def delta(self, delta: Delta) -> bytes:
+        return sse({"type": "delta", "text": delta.text})
+
+    def final(self, answer: Answer) -> list[bytes]:
+        return [sse({"type": "done", **ask_body(answer, self.request_id)})]
+
+    def error(self, error: ApiError) -> bytes:
+        return sse({"type": "error", **error_body(error.status, error.message, error.code)})
+
+
+def ask_body(answer: Answer, request_id: str) -> dict[str, Any]:
+    return {
+        "response": answer.text,
+        "source": answer.source,
+        "model": answer.model,
+        "usage": usage_dict(answer),
+        "conversation_id": answer.conversation_id or None,
+        "request_id": request_id,
+        "finish_reason": answer.finish_reason,
+    }
+
+
+def no_cache(headers: Mapping[str, str]) -> bool:
+    """`Cache-Control: no-cache` (or no-store): answer from the model, not from the cache."""
+    value = headers.get("cache-control", "").lower()
+    return "no-cache" in value or "no-store" in value
