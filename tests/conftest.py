@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from genai_devstack import databases, infra
+
 from tests.harness import RunningStack, User, launch
 
 
-@pytest.fixture(scope="session")
-def stack_database(postgres_server: infra.Service) -> Iterator[str]:
+@contextlib.contextmanager
+def _own_database(postgres_server: infra.Service) -> Iterator[str]:
     """A database of the stack's own: unit tests in the same run write users of their own elsewhere."""
     url = databases.create_database(postgres_server.url)
     try:
@@ -22,12 +23,37 @@ def stack_database(postgres_server: infra.Service) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def live(work_dir: Path, stack_database: str, redis_url: str) -> Iterator[RunningStack]:
-    running = launch(work_dir, stack_database, redis_url)
-    try:
-        yield running
-    finally:
-        running.stop_all()
+def live(work_dir: Path, postgres_server: infra.Service, redis_url: str) -> Iterator[RunningStack]:
+    """The stack on llama.cpp with SmolLM2: a real model, for end-to-end behaviour."""
+    with _own_database(postgres_server) as database:
+        running = launch(work_dir, database, redis_url)
+        try:
+            yield running
+        finally:
+            running.stop_all()
+
+
+# The simulator's pace for the streaming tests: 20 tokens, 50 ms apart.
+SIM_ITL_MS = 50
+SIM_OUTPUT_TOKENS = 20
+
+
+@pytest.fixture(scope="session")
+def sim_stack(work_dir: Path, postgres_server: infra.Service, redis_url: str) -> Iterator[RunningStack]:
+    """The stack on the vLLM simulator: known timing, fault injection, and a view of what reached it."""
+    with _own_database(postgres_server) as database:
+        running = launch(
+            work_dir,
+            database,
+            redis_url,
+            upstream="sim",
+            upstream_args=["--itl-ms", str(SIM_ITL_MS), "--output-tokens", str(SIM_OUTPUT_TOKENS)],
+            name="sim-stack",
+        )
+        try:
+            yield running
+        finally:
+            running.stop_all()
 
 
 @pytest.fixture

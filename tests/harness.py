@@ -105,6 +105,11 @@ class RunningStack:
                 time.sleep(0.2)
         raise RuntimeError(f"stack not healthy within {timeout_s} s: {body}")
 
+    # --- the simulator's own view (sim stacks only) ---------------------------------------------------
+
+    def sim_stats(self) -> dict[str, object]:
+        return dict(httpx.get(f"http://127.0.0.1:{self.cfg.ports.upstream}/sim/stats", timeout=5).json())
+
     def _upstream_ready(self) -> bool:
         try:
             return (
@@ -155,7 +160,15 @@ class RunningStack:
         return User(username, password, self.login(username, password), created.json()["id"])
 
 
-def launch(work_dir: Path, postgres_url: str, redis_url: str, upstream: str = "llama") -> RunningStack:
+def launch(
+    work_dir: Path,
+    postgres_url: str,
+    redis_url: str,
+    upstream: str = "llama",
+    upstream_args: list[str] | None = None,
+    name: str = "stack",
+    overrides: dict[str, str] | None = None,
+) -> RunningStack:
     from genai_devstack.tls import ensure_certificates
 
     ports = stack.Ports(
@@ -169,19 +182,21 @@ def launch(work_dir: Path, postgres_url: str, redis_url: str, upstream: str = "l
         upstream=infra.free_port(),
     )
     cfg = stack.StackConfig(
-        work_dir=work_dir / "stack",
+        work_dir=work_dir / name,
         database_url=postgres_url,
         redis_url=redis_url,
         jwt_secret=secrets.token_urlsafe(48),
-        tls=ensure_certificates(work_dir / "stack" / "tls"),
+        tls=ensure_certificates(work_dir / name / "tls"),
         ports=ports,
         upstream=upstream,
+        upstream_args=upstream_args or [],
         overrides={
             # Answers stay short so the real model keeps the suite quick.
             "GENAI_GATEWAY_DEFAULT_MAX_TOKENS": "16",
             # Small argon2 cost keeps logins fast in tests; production uses the library's defaults.
             "GENAI_AUTH_ARGON2_TIME_COST": "1",
             "GENAI_AUTH_ARGON2_MEMORY_COST": "8192",
+            **(overrides or {}),
         },
     )
     admin_username, admin_password = f"admin{uuid.uuid4().hex[:6]}", secrets.token_urlsafe(16)
@@ -191,7 +206,9 @@ def launch(work_dir: Path, postgres_url: str, redis_url: str, upstream: str = "l
         "GENAI_ADMIN_USER": admin_username,
         "GENAI_ADMIN_PASSWORD": admin_password,
     }
-    running = RunningStack(cfg, env, stack.processes(cfg), admin_username, admin_password)
+    running = RunningStack(
+        cfg, env, stack.processes(cfg), admin_username, admin_password, log_dir=ARTIFACTS / "logs" / name
+    )
     subprocess.run(stack.init_command(), env=env, check=True, capture_output=True)
     try:
         for name in running.commands:

@@ -77,5 +77,7 @@ def test_shipped_config_allows_only_tls_1_2_and_1_3(live: RunningStack) -> None:
     # The handshake test above also passes where the system's OpenSSL refuses old versions by itself;
     # this one fails if the config ever lists them.
     rendered = (live.cfg.work_dir / "nginx" / "genai.conf").read_text()
-    protocols = [line.split()[1:] for line in rendered.splitlines() if line.strip().startswith("ssl_protocols")]
+    protocols = [
+        line.split()[1:] for line in rendered.splitlines() if line.strip().startswith("ssl_protocols")
+    ]
     assert protocols == [["TLSv1.2", "TLSv1.3;"]]
