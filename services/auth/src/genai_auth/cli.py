@@ -1,4 +1,4 @@
-"""genai-auth-admin: database setup, the first admin account, and user management from a shell.
+"""genai-auth-admin: database setup, the first admin account, user and API key management from a shell.
 
 Needs only GENAI_AUTH_DATABASE_URL (plus the optional GENAI_ADMIN_USER / GENAI_ADMIN_PASSWORD for
 `init`): no JWT secret and no Redis, so it runs as a one-shot job before the service starts.
@@ -11,14 +11,17 @@ import asyncio
 import logging
 import secrets
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import TextIO
 
 import asyncpg
 from genai_common.db import create_pool
 from genai_common.settings import load_settings
 
+from genai_auth.api_keys import ApiKeyStore, Cursor, TooManyKeys
 from genai_auth.passwords import Passwords
 from genai_auth.schema import apply_migrations
 from genai_auth.settings import CliSettings
@@ -46,10 +49,10 @@ def _show_generated_password(password: str) -> None:
 
 
 @asynccontextmanager
-async def _user_store(settings: CliSettings) -> AsyncIterator[UserStore]:
+async def _stores(settings: CliSettings) -> AsyncIterator[tuple[UserStore, ApiKeyStore]]:
     pool = await create_pool(settings.database_url, min_size=1, max_size=2)
     try:
-        yield UserStore(pool, Passwords.from_settings(settings))
+        yield UserStore(pool, Passwords.from_settings(settings)), ApiKeyStore(pool)
     finally:
         await pool.close()
 
@@ -58,7 +61,7 @@ async def init(settings: CliSettings) -> None:
     """Apply migrations and create the first admin if there is none; a no-op when run again."""
     for name in await apply_migrations(settings.database_url):
         _out(f"applied migration {name}")
-    async with _user_store(settings) as store:
+    async with _stores(settings) as (store, _):
         if await store.has_admin():
             _out("an admin account exists already; nothing to create")
             return
@@ -131,13 +134,81 @@ async def list_users(store: UserStore) -> None:
         after = users[-1].username
 
 
+def _when(moment: datetime | None, never: str) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else never
+
+
+async def create_api_key(
+    store: UserStore, keys: ApiKeyStore, username: str, name: str, expires_days: int | None
+) -> None:
+    owner = await store.get_by_username(username)
+    if owner is None:
+        raise CliError(f"no user named {username!r}")
+    if owner.disabled:
+        raise CliError(f"user {owner.username!r} is disabled; enable it first")
+    if expires_days is not None and expires_days < 1:
+        raise CliError("--expires-days must be at least 1 (leave it out for a key that never expires)")
+    try:
+        created = await keys.create(owner, name, (expires_days or 0) * 86_400)
+    except (InvalidInput, TooManyKeys) as exc:
+        raise CliError(str(exc)) from None
+    key = created.key
+    _out(f"created API key {key.name!r} for user {owner.username!r}")
+    _out(f"id: {key.id}")
+    _out(f"expires: {_when(key.expires_at, 'never')} UTC" if key.expires_at else "expires: never")
+    _out(f"key: {created.secret}")
+    _out("This key is shown only once and cannot be recovered: store it safely.")
+
+
+async def list_api_keys(
+    store: UserStore, keys: ApiKeyStore, username: str | None, include_revoked: bool
+) -> None:
+    owner_id = None
+    if username is not None:
+        owner = await store.get_by_username(username)
+        if owner is None:
+            raise CliError(f"no user named {username!r}")
+        owner_id = owner.id
+    now = keys.now()
+    # The name goes last: it is the one column that may contain spaces.
+    _out(
+        f"{'ID':<36} {'PREFIX':<11} {'OWNER':<32} {'STATUS':<7} {'CREATED':<19} "
+        f"{'LAST USED':<19} {'EXPIRES':<19} NAME"
+    )
+    after = None
+    while True:
+        page = await keys.list_page(owner_id, after=after, limit=LIST_PAGE, include_revoked=include_revoked)
+        for key in page:
+            _out(
+                f"{key.id!s:<36} {'gk-' + key.prefix:<11} {key.owner_username:<32} {key.status(now):<7} "
+                f"{_when(key.created_at, '-'):<19} {_when(key.last_used_at, 'never'):<19} "
+                f"{_when(key.expires_at, 'never'):<19} {key.name}"
+            )
+        if len(page) < LIST_PAGE:
+            return
+        after = Cursor(page[-1].created_at, page[-1].id)
+
+
+async def revoke_api_key(keys: ApiKeyStore, key_id: str) -> None:
+    try:
+        parsed = uuid.UUID(key_id)
+    except ValueError:
+        raise CliError(f"{key_id!r} is not an API key id (a UUID, as `list-api-keys` shows)") from None
+    before = await keys.get(parsed)
+    key = await keys.revoke(parsed)
+    if key is None:
+        raise CliError(f"no API key with id {key_id}")
+    already = " (it was revoked already)" if before is not None and before.revoked else ""
+    _out(f"revoked API key {key.name!r} of user {key.owner_username!r}{already}")
+
+
 async def run(args: argparse.Namespace, settings: CliSettings, password: str | None = None) -> int:
     """Run one parsed command; `password` is the one read from stdin, if any. Returns the exit status."""
     try:
         if args.command == "init":
             await init(settings)
             return 0
-        async with _user_store(settings) as store:
+        async with _stores(settings) as (store, keys):
             if args.command == "create-user":
                 await create_user(store, args.username, args.role, password)
             elif args.command == "reset-password":
@@ -146,6 +217,12 @@ async def run(args: argparse.Namespace, settings: CliSettings, password: str | N
                 await set_disabled(store, args.username, args.command == "disable")
             elif args.command == "list":
                 await list_users(store)
+            elif args.command == "create-api-key":
+                await create_api_key(store, keys, args.username, args.name, args.expires_days)
+            elif args.command == "list-api-keys":
+                await list_api_keys(store, keys, args.username, args.include_revoked)
+            elif args.command == "revoke-api-key":
+                await revoke_api_key(keys, args.id)
     except CliError as exc:
         _out(f"error: {exc}", err=True)
         return 1
@@ -189,9 +266,23 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument(
         "--password-stdin", action="store_true", help="read the password from stdin's first line"
     )
-    commands.add_parser("disable", help="disable a user: no login, tokens refused").add_argument("username")
+    commands.add_parser("disable", help="disable a user: no login, tokens and API keys refused").add_argument(
+        "username"
+    )
     commands.add_parser("enable", help="enable a disabled user").add_argument("username")
     commands.add_parser("list", help="list all users")
+    create_key = commands.add_parser("create-api-key", help="create an API key for a user (printed once)")
+    create_key.add_argument("username")
+    create_key.add_argument("--name", required=True, help="what the key is for, 1 to 100 characters")
+    create_key.add_argument(
+        "--expires-days", type=int, metavar="N", help="valid for N days (default: never expires)"
+    )
+    list_keys = commands.add_parser("list-api-keys", help="list API keys, of one user or of everyone")
+    list_keys.add_argument("username", nargs="?")
+    list_keys.add_argument("--include-revoked", action="store_true", help="list revoked keys too")
+    commands.add_parser("revoke-api-key", help="revoke an API key at once").add_argument(
+        "id", help="the key's id, as list-api-keys shows"
+    )
     return parser
 
 

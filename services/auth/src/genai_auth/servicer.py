@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from typing import NoReturn
 
 import asyncpg
@@ -16,6 +19,15 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from genai_auth.api_keys import (
+    ApiKey,
+    ApiKeyStore,
+    CreatedApiKey,
+    Cursor,
+    InvalidApiKey,
+    TooManyKeys,
+    looks_like_api_key,
+)
 from genai_auth.limiter import LoginLimiter
 from genai_auth.passwords import Passwords
 from genai_auth.revocation import RevocationList
@@ -32,6 +44,8 @@ MAX_PAGE_SIZE = 200
 # Deliberately vague: which check refused a token is logged at debug, never told to the caller.
 INVALID_TOKEN = "invalid or expired token"  # noqa: S105 (a message, not a credential)
 BAD_CREDENTIALS = "incorrect username or password"
+# ListApiKeysRequest.owner_username that means every user's keys.
+ALL_OWNERS = "*"
 
 # Redis being down looks like these; anything else from Redis is a bug and goes to the interceptor.
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -60,6 +74,41 @@ def _user_message(user: User) -> auth_pb2.User:
     )
 
 
+def _seconds(moment: datetime | None) -> int:
+    return int(moment.timestamp()) if moment else 0
+
+
+def _api_key_message(key: ApiKey) -> auth_pb2.ApiKey:
+    return auth_pb2.ApiKey(
+        id=str(key.id),
+        name=key.name,
+        prefix=key.prefix,
+        owner_username=key.owner_username,
+        created_at=_seconds(key.created_at),
+        last_used_at=_seconds(key.last_used_at),
+        revoked=key.revoked,
+        expires_at=_seconds(key.expires_at),
+    )
+
+
+def _created_api_key_message(created: CreatedApiKey) -> auth_pb2.CreatedApiKey:
+    return auth_pb2.CreatedApiKey(key=_api_key_message(created.key), secret=created.secret)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who presented a credential: the live user, when the credential expires (0: never) and, for an
+    API key, which one."""
+
+    user: User
+    expires_at: int
+    api_key_id: str = ""
+
+    @property
+    def is_admin(self) -> bool:
+        return self.user.role == "admin"
+
+
 def _token_pair(pair: IssuedPair, expires_in: int) -> auth_pb2.TokenPair:
     return auth_pb2.TokenPair(
         access_token=pair.access_token,
@@ -81,12 +130,19 @@ def _decode_page_token(token: str) -> str:
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
-    """Logins, JWT sessions (issue, refresh, revoke, verify) and user administration."""
+    """Logins, JWT sessions (issue, refresh, revoke, verify), API keys and user administration."""
 
     def __init__(
-        self, *, users: UserStore, tokens: Tokens, revocations: RevocationList, limiter: LoginLimiter
+        self,
+        *,
+        users: UserStore,
+        api_keys: ApiKeyStore,
+        tokens: Tokens,
+        revocations: RevocationList,
+        limiter: LoginLimiter,
     ) -> None:
         self._users = users
+        self._api_keys = api_keys
         self._tokens = tokens
         self._revocations = revocations
         self._limiter = limiter
@@ -95,6 +151,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def from_settings(cls, settings: AuthSettings, pool: asyncpg.Pool, client: Redis) -> AuthServicer:
         return cls(
             users=UserStore(pool, Passwords.from_settings(settings)),
+            api_keys=ApiKeyStore(pool),
             tokens=Tokens.from_settings(settings),
             revocations=RevocationList(client),
             limiter=LoginLimiter(
@@ -130,7 +187,19 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             await self._refuse_token(context, "user is disabled")
         return user, claims
 
-    async def _require_admin(self, context: grpc.aio.ServicerContext) -> User:
+    async def _identify(self, token: str, context: grpc.aio.ServicerContext) -> Caller:
+        """The caller behind an access token or an API key; aborts UNAUTHENTICATED if neither is valid."""
+        if not looks_like_api_key(token):
+            user, claims = await self._authenticated(token, context)
+            return Caller(user, claims.expires_at)
+        try:
+            key, user = await self._api_keys.authenticate(token)
+        except InvalidApiKey as exc:
+            await self._refuse_token(context, str(exc))
+        return Caller(user, _seconds(key.expires_at), api_key_id=str(key.id))
+
+    async def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
+        """The caller identified by the "authorization: Bearer ..." metadata."""
         header = ""
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
@@ -141,10 +210,27 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED, "missing bearer token in authorization metadata"
             )
-        user, _ = await self._authenticated(token.strip(), context)
-        if user.role != "admin":
+        return await self._identify(token.strip(), context)
+
+    async def _require_admin(self, context: grpc.aio.ServicerContext) -> User:
+        caller = await self._caller(context)
+        if not caller.is_admin:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this operation requires the admin role")
-        return user
+        return caller.user
+
+    async def _key_owner(self, caller: Caller, username: str, context: grpc.aio.ServicerContext) -> User:
+        """The user whose keys `username` names: the caller when empty; anyone else for an admin only."""
+        if not username or username.lower() == caller.user.username.lower():
+            return caller.user
+        if not caller.is_admin:
+            # Said before any lookup, so a non-admin learns nothing about which users exist.
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "only an admin can manage other users' API keys"
+            )
+        owner = await self._users.get_by_username(username)
+        if owner is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no user named {username!r}")
+        return owner
 
     async def _throttle(self, context: grpc.aio.ServicerContext, username: str, address: str) -> None:
         async with _redis_required(context, "login"):
@@ -211,9 +297,13 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def Authenticate(
         self, request: auth_pb2.AuthenticateRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.Principal:
-        user, claims = await self._authenticated(request.token, context)
+        caller = await self._identify(request.token, context)
         return auth_pb2.Principal(
-            user_id=str(user.id), username=user.username, role=user.role, expires_at=claims.expires_at
+            user_id=str(caller.user.id),
+            username=caller.user.username,
+            role=caller.user.role,
+            expires_at=caller.expires_at,
+            api_key_id=caller.api_key_id,
         )
 
     async def CreateUser(
@@ -279,3 +369,69 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         await self._users.set_password(user.id, request.new_password)
         logger.info("user %s changed their password", user.id)
         return auth_pb2.ChangePasswordResponse()
+
+    async def CreateApiKey(
+        self, request: auth_pb2.CreateApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.CreatedApiKey:
+        caller = await self._caller(context)
+        owner = await self._key_owner(caller, request.owner_username, context)
+        if owner.disabled:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"user {owner.username!r} is disabled; enable it first"
+            )
+        try:
+            created = await self._api_keys.create(owner, request.name, request.expires_in_s)
+        except InvalidInput as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except TooManyKeys as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        logger.info("user %s created api key %s for user %s", caller.user.id, created.key.id, owner.id)
+        return _created_api_key_message(created)
+
+    async def ListApiKeys(
+        self, request: auth_pb2.ListApiKeysRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.ListApiKeysResponse:
+        caller = await self._caller(context)
+        owner_id: uuid.UUID | None
+        if request.owner_username == ALL_OWNERS:
+            if not caller.is_admin:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED, "only an admin can list every user's API keys"
+                )
+            owner_id = None
+        else:
+            owner_id = (await self._key_owner(caller, request.owner_username, context)).id
+        if request.page_size < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_size must not be negative")
+        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = None
+        if request.page_token:
+            try:
+                after = Cursor.decode(request.page_token)
+            except ValueError:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid page_token")
+        # One extra row says whether another page follows.
+        keys = await self._api_keys.list_page(
+            owner_id, after=after, limit=size + 1, include_revoked=request.include_revoked
+        )
+        next_token = ""
+        if len(keys) > size:
+            next_token = Cursor(keys[size - 1].created_at, keys[size - 1].id).encode()
+        return auth_pb2.ListApiKeysResponse(
+            keys=[_api_key_message(k) for k in keys[:size]], next_page_token=next_token
+        )
+
+    async def RevokeApiKey(
+        self, request: auth_pb2.RevokeApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.RevokeApiKeyResponse:
+        caller = await self._caller(context)
+        try:
+            key_id = uuid.UUID(request.id)
+        except ValueError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "id must be an API key id (a UUID)")
+        # A non-admin may only touch their own keys, and someone else's looks exactly like a missing one.
+        key = await self._api_keys.revoke(key_id, owner_id=None if caller.is_admin else caller.user.id)
+        if key is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "API key not found")
+        logger.info("user %s revoked api key %s of user %s", caller.user.id, key.id, key.user_id)
+        return auth_pb2.RevokeApiKeyResponse(key=_api_key_message(key))
