@@ -151,3 +151,55 @@ def test_bad_requests_get_openai_errors(live: RunningStack, user: User) -> None:
     for response in (no_user, image, n2):
         assert 400 <= response.status_code < 500
         assert response.json()["error"]["message"]
+
+
+def test_api_key_works_with_the_sdk_and_can_be_revoked(live: RunningStack, user: User) -> None:
+    with live.client() as client:
+        created = client.post("/api/v1/keys", json={"name": "my script"}, headers=user.headers)
+        assert created.status_code == 201, created.text
+        key = created.json()
+        assert key["key"].startswith("gk-")
+        listed = client.get("/api/v1/keys", headers=user.headers).json()["keys"]
+        # Listed without the secret.
+        assert [k["id"] for k in listed] == [key["id"]] and "key" not in listed[0]
+
+    sync_client, async_client = sdk(live, key["key"]), async_sdk(live, key["key"])
+    reply = sync_client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": f"Hi {uuid.uuid4().hex[:6]}"}], max_tokens=4
+    )
+    assert reply.choices[0].message.content
+
+    async def streamed() -> str:
+        stream = await async_client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": f"Yo {uuid.uuid4().hex[:6]}"}],
+            max_tokens=4,
+            stream=True,
+        )
+        return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+    import asyncio
+
+    assert asyncio.run(streamed())
+
+    with live.client() as client:
+        assert client.delete(f"/api/v1/keys/{key['id']}", headers=user.headers).json()["revoked"] is True
+    with pytest.raises(openai.AuthenticationError):
+        sync_client.models.list()
+
+
+def test_keys_of_others_are_out_of_reach(live: RunningStack, user: User) -> None:
+    other = live.new_user()
+    with live.client() as client:
+        mine = client.post("/api/v1/keys", json={"name": "k"}, headers=user.headers).json()
+        assert client.delete(f"/api/v1/keys/{mine['id']}", headers=other.headers).status_code == 404
+        assert (
+            client.get("/api/v1/keys", params={"owner": user.username}, headers=other.headers).status_code
+            == 403
+        )
+        assert (
+            client.post(
+                "/api/v1/keys", json={"name": "x", "owner": user.username}, headers=other.headers
+            ).status_code
+            == 403
+        )

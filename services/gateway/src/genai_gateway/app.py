@@ -17,7 +17,7 @@ from genai_gateway.errors import install_handlers
 from genai_gateway.grpc_api import start_server
 from genai_gateway.limiter import RateLimiter
 from genai_gateway.middleware import RequestIdMiddleware
-from genai_gateway.routers import ask, auth, health, history, openai, users
+from genai_gateway.routers import ask, auth, health, history, keys, openai, users
 from genai_gateway.serving import AskService
 from genai_gateway.settings import GatewaySettings
 from genai_gateway.spool import HistoryRecorder
@@ -67,7 +67,15 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     )
     app.add_middleware(RequestIdMiddleware)
     install_handlers(app)
-    for router in (auth.router, ask.router, openai.router, history.router, users.router, health.router):
+    for router in (
+        auth.router,
+        ask.router,
+        openai.router,
+        history.router,
+        keys.router,
+        users.router,
+        health.router,
+    ):
         app.include_router(router)
 
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")

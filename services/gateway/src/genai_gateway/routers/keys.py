@@ -1,0 +1,112 @@
+"""API keys for scripts and services: create (shown once), list and revoke; admins for anyone."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import grpc
+from fastapi import APIRouter, Query, Request
+from genai.auth.v1 import auth_pb2
+from genai_common.grpc_client import call_metadata
+from pydantic import BaseModel, Field
+
+from genai_gateway.errors import from_grpc
+from genai_gateway.security import CurrentUser, bearer_token
+
+router = APIRouter(prefix="/api/v1/keys", tags=["api keys"])
+AUTH = "the authentication service"
+
+
+class KeyCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=100)
+    # Empty: the caller. Another user: admins only.
+    owner: str = Field("", max_length=64)
+    expires_in_days: int = Field(0, ge=0, le=3650, description="0: never")
+
+
+class KeyOut(BaseModel):
+    id: str
+    name: str
+    prefix: str
+    owner: str
+    created_at: int
+    last_used_at: int
+    expires_at: int
+    revoked: bool
+
+
+class KeyCreated(KeyOut):
+    # The whole key: shown in this answer only, stored nowhere in clear.
+    key: str
+
+
+class KeyList(BaseModel):
+    keys: list[KeyOut]
+    next_cursor: str | None = None
+
+
+def key_out(key: auth_pb2.ApiKey) -> KeyOut:
+    return KeyOut(
+        id=key.id,
+        name=key.name,
+        prefix=key.prefix,
+        owner=key.owner_username,
+        created_at=key.created_at,
+        last_used_at=key.last_used_at,
+        expires_at=key.expires_at,
+        revoked=key.revoked,
+    )
+
+
+def _as_caller(request: Request) -> tuple[tuple[str, str], ...]:
+    return call_metadata(("authorization", f"Bearer {bearer_token(request)}"))
+
+
+@router.post("", response_model=KeyCreated, status_code=201)
+async def create_key(body: KeyCreate, _: CurrentUser, request: Request) -> KeyCreated:
+    try:
+        created = await request.app.state.backends.auth.CreateApiKey(
+            auth_pb2.CreateApiKeyRequest(
+                name=body.name, owner_username=body.owner, expires_in_s=body.expires_in_days * 86400
+            ),
+            timeout=request.app.state.settings.auth_timeout_s,
+            metadata=_as_caller(request),
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise from_grpc(exc, AUTH) from None
+    return KeyCreated(**key_out(created.key).model_dump(), key=created.secret)
+
+
+@router.get("", response_model=KeyList)
+async def list_keys(
+    _: CurrentUser,
+    request: Request,
+    owner: Annotated[str, Query(max_length=64, description="admins: a username, or * for everyone")] = "",
+    include_revoked: bool = False,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str, Query(max_length=512)] = "",
+) -> KeyList:
+    try:
+        page = await request.app.state.backends.auth.ListApiKeys(
+            auth_pb2.ListApiKeysRequest(
+                owner_username=owner, include_revoked=include_revoked, page_size=limit, page_token=cursor
+            ),
+            timeout=request.app.state.settings.auth_timeout_s,
+            metadata=_as_caller(request),
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise from_grpc(exc, AUTH) from None
+    return KeyList(keys=[key_out(k) for k in page.keys], next_cursor=page.next_page_token or None)
+
+
+@router.delete("/{key_id}", response_model=KeyOut)
+async def revoke_key(key_id: str, _: CurrentUser, request: Request) -> KeyOut:
+    try:
+        revoked = await request.app.state.backends.auth.RevokeApiKey(
+            auth_pb2.RevokeApiKeyRequest(id=key_id),
+            timeout=request.app.state.settings.auth_timeout_s,
+            metadata=_as_caller(request),
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise from_grpc(exc, AUTH) from None
+    return key_out(revoked.key)
