@@ -193,6 +193,9 @@ def launch(
         overrides={
             # Answers stay short so the real model keeps the suite quick.
             "GENAI_GATEWAY_DEFAULT_MAX_TOKENS": "16",
+            # The seeds' 30 requests a minute is what these tests check; concurrency limits are tested
+            # with per-user overrides, so that bursts in other tests meet only the limit they are about.
+            "GENAI_GATEWAY_LIMITS_USER__CONCURRENT_REQUESTS": "-1",
             # Small argon2 cost keeps logins fast in tests; production uses the library's defaults.
             "GENAI_AUTH_ARGON2_TIME_COST": "1",
             "GENAI_AUTH_ARGON2_MEMORY_COST": "8192",

@@ -14,6 +14,16 @@ def test_key_depends_on_model_messages_and_parameters() -> None:
     assert base != cache_key("other", MESSAGES, {"max_tokens": 16})
     assert base != cache_key("m", MESSAGES, {"max_tokens": 17})
     assert base != cache_key("m", [{"role": "user", "content": "How do I list files"}], {"max_tokens": 16})
+    assert base != cache_key("m", MESSAGES, {"max_tokens": 16}, scope="user-1")
+
+
+def test_whitespace_always_and_case_by_setting() -> None:
+    a = [{"role": "user", "content": "Как исправить ошибку Permission denied?"}]
+    b = [{"role": "user", "content": "как исправить  ошибку permission denied?"}]
+    spaced = [{"role": "user", "content": "  Как исправить\tошибку Permission  denied? "}]
+    assert cache_key("m", a, {}) == cache_key("m", spaced, {})
+    assert cache_key("m", a, {}) != cache_key("m", b, {})
+    assert cache_key("m", a, {}, case_insensitive=True) == cache_key("m", b, {}, case_insensitive=True)
 
 
 async def test_round_trip_and_ttl(redis_client: redis.Redis, key_prefix: str) -> None:

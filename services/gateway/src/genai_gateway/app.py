@@ -15,8 +15,9 @@ from genai_gateway.backends import Backends
 from genai_gateway.cache import AnswerCache
 from genai_gateway.errors import install_handlers
 from genai_gateway.grpc_api import start_server
-from genai_gateway.limiter import RateLimiter
 from genai_gateway.middleware import RequestIdMiddleware
+from genai_gateway.quota import Quotas
+from genai_gateway.redis_guard import RedisGuard
 from genai_gateway.routers import ask, auth, health, history, keys, openai, users
 from genai_gateway.serving import AskService
 from genai_gateway.settings import GatewaySettings
@@ -29,24 +30,33 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         backends = Backends(settings)
-        recorder = HistoryRecorder(backends.history, backends.redis, settings.history_timeout_s)
+        guard = RedisGuard(settings.redis_cooldown_s)
+        app.state.redis_guard = guard
+        recorder = HistoryRecorder(backends.history, backends.redis, settings.history_timeout_s, guard=guard)
         app.state.settings = settings
         app.state.backends = backends
         app.state.recorder = recorder
-        app.state.limiter = RateLimiter(
-            backends.redis, settings.rate_limit_per_minute, settings.rate_limit_window_s
+        app.state.quotas = Quotas(
+            backends.redis,
+            guard,
+            {"user": settings.limits_user, "admin": settings.limits_admin},
+            # A slot outlives the longest generation, then frees itself (a gateway that died).
+            slot_ttl_s=settings.generate_timeout_s + 30,
+            failure_policy=settings.redis_failure_policy,
         )
-        app.state.ask_service = AskService(
-            settings,
-            backends,
-            AnswerCache(backends.redis, settings.cache_ttl_s, settings.cache_enabled),
-            recorder,
+        app.state.cache = AnswerCache(
+            backends.redis,
+            settings.cache_ttl_s,
+            settings.cache_enabled,
+            guard=guard,
+            max_entry_chars=settings.cache_max_entry_chars,
         )
+        app.state.ask_service = AskService(settings, backends, app.state.cache, recorder)
         drain = asyncio.create_task(recorder.drain_forever(settings.spool_drain_interval_s))
         grpc_server = None
         if settings.grpc_port:
             grpc_server = await start_server(
-                app.state.ask_service, app.state.limiter, settings.host, settings.grpc_port
+                app.state.ask_service, app.state.quotas, settings.host, settings.grpc_port
             )
         try:
             yield

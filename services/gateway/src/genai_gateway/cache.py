@@ -1,4 +1,9 @@
-"""Answers kept in Redis, keyed by everything that shapes an answer: model, messages, generation parameters."""
+"""Answers kept in Redis, keyed by everything that shapes an answer: model, messages, generation parameters.
+
+Requests that differ only in whitespace share an entry, and, with the case-insensitive setting, those
+that differ only in letter case ("identical or similar requests", as the seeds put it). Meaning-based
+("semantic") matching is deliberately absent: it answers questions that were not asked.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,15 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis.asyncio as redis
+from prometheus_client import Counter
 from redis.exceptions import RedisError
 
+from genai_gateway.redis_guard import RedisGuard
+
 logger = logging.getLogger(__name__)
+
+PREFIX = "cache:v1:"
+LOOKUPS = Counter("genai_gateway_cache_lookups_total", "Cache look-ups by result", ["result"])
 
 
 @dataclass
@@ -23,44 +34,91 @@ class CachedAnswer:
     finish_reason: str = ""
 
 
-def cache_key(model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
+def normalize(text: str, case_insensitive: bool) -> str:
+    collapsed = " ".join(text.split())
+    return collapsed.casefold() if case_insensitive else collapsed
+
+
+def cache_key(
+    model: str,
+    messages: list[dict[str, str]],
+    params: dict[str, Any],
+    *,
+    case_insensitive: bool = False,
+    scope: str = "",
+) -> str:
     material = json.dumps(
-        {"model": model, "messages": messages, "params": params},
+        {
+            "model": model,
+            "messages": [
+                {"role": m["role"], "content": normalize(m["content"], case_insensitive)} for m in messages
+            ],
+            "params": params,
+            "scope": scope,
+        },
         sort_keys=True,
         ensure_ascii=False,
         separators=(",", ":"),
     )
-    return "cache:v1:" + hashlib.sha256(material.encode()).hexdigest()
+    return PREFIX + hashlib.sha256(material.encode()).hexdigest()
 
 
 class AnswerCache:
     """Exact-match cache. Redis trouble is a miss, never an error for the caller."""
 
-    def __init__(self, client: redis.Redis, ttl_s: int, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        ttl_s: int,
+        enabled: bool = True,
+        guard: RedisGuard | None = None,
+        max_entry_chars: int = 100_000,
+    ) -> None:
         self.client = client
         self.ttl_s = ttl_s
         self.enabled = enabled
+        self.guard = guard or RedisGuard()
+        self.max_entry_chars = max_entry_chars
 
     async def get(self, key: str) -> CachedAnswer | None:
-        if not self.enabled:
+        if not self.enabled or not self.guard.available:
+            LOOKUPS.labels("bypassed").inc()
             return None
         try:
             raw = await self.client.get(key)
-        except RedisError as exc:
-            logger.warning("cache unavailable on read: %s", exc)
+        except (RedisError, OSError) as exc:
+            self.guard.failed(exc)
+            LOOKUPS.labels("error").inc()
             return None
+        self.guard.succeeded()
         if raw is None:
+            LOOKUPS.labels("miss").inc()
             return None
         try:
-            return CachedAnswer(**json.loads(raw))
+            answer = CachedAnswer(**json.loads(raw))
         except (ValueError, TypeError):
             logger.warning("dropping unreadable cache entry %s", key)
             return None
+        LOOKUPS.labels("hit").inc()
+        return answer
 
     async def put(self, key: str, answer: CachedAnswer) -> None:
-        if not self.enabled:
+        if not self.enabled or not self.guard.available or len(answer.text) > self.max_entry_chars:
             return
         try:
             await self.client.set(key, json.dumps(asdict(answer), ensure_ascii=False), ex=self.ttl_s)
-        except RedisError as exc:
-            logger.warning("cache unavailable on write: %s", exc)
+        except (RedisError, OSError) as exc:
+            self.guard.failed(exc)
+
+    async def purge(self) -> int:
+        """Delete every cached answer; return how many."""
+        deleted = 0
+        batch: list[bytes] = []
+        async for key in self.client.scan_iter(match=PREFIX + "*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += int(await self.client.unlink(*batch))
+                batch = []
+        if batch:
+            deleted += int(await self.client.unlink(*batch))
+        return deleted

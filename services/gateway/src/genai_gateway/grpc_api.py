@@ -15,9 +15,10 @@ from genai_common.request_id import current_request_id
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from genai_gateway.admission import settle
 from genai_gateway.errors import ApiError, from_grpc
-from genai_gateway.limiter import RateLimiter
-from genai_gateway.serving import Answer, AskService, Delta, Generation
+from genai_gateway.quota import Admission, Quotas
+from genai_gateway.serving import Answer, AskService, Delta, Generation, Queued
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +57,9 @@ def _usage(answer: Answer) -> assistant_pb2.Usage:
 class AssistantServicer(assistant_pb2_grpc.AssistantServicer):
     """Other services' way in. Credentials: metadata "authorization: Bearer <token or API key>"."""
 
-    def __init__(self, service: AskService, limiter: RateLimiter) -> None:
+    def __init__(self, service: AskService, quotas: Quotas) -> None:
         self.service = service
-        self.limiter = limiter
+        self.quotas = quotas
 
     async def _principal(self, context: grpc.aio.ServicerContext) -> auth_pb2.Principal:
         token = ""
@@ -82,7 +83,7 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer):
 
     async def _admitted(
         self, request: assistant_pb2.AskRequest, context: grpc.aio.ServicerContext
-    ) -> tuple[auth_pb2.Principal, Generation]:
+    ) -> tuple[auth_pb2.Principal, Generation, Admission]:
         principal = await self._principal(context)
         try:
             self.service.check_prompt(request.prompt)
@@ -110,11 +111,14 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer):
     async def Ask(
         self, request: assistant_pb2.AskRequest, context: grpc.aio.ServicerContext
     ) -> assistant_pb2.AskResponse:
-        principal, generation = await self._admitted(request, context)
+        principal, generation, admission = await self._admitted(request, context)
+        answer = None
         try:
             answer = await self.service.answer(principal, generation)
         except ApiError as error:
             await _abort(context, error)
+        finally:
+            await settle(self.quotas, admission, answer)
         return assistant_pb2.AskResponse(
             response=answer.text,
             source=answer.source,
@@ -128,12 +132,16 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer):
     async def AskStream(
         self, request: assistant_pb2.AskRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[assistant_pb2.AskChunk]:
-        principal, generation = await self._admitted(request, context)
+        principal, generation, admission = await self._admitted(request, context)
+        answer = None
         try:
             async for item in self.service.stream(principal, generation):
                 if isinstance(item, Delta):
                     yield assistant_pb2.AskChunk(text=item.text)
+                elif isinstance(item, Queued):
+                    continue
                 else:
+                    answer = item
                     yield assistant_pb2.AskChunk(
                         done=True,
                         source=item.source,
@@ -145,6 +153,8 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer):
                     )
         except ApiError as error:
             await _abort(context, error)
+        finally:
+            await settle(self.quotas, admission, answer)
 
     async def ListModels(
         self, request: assistant_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -159,9 +169,9 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer):
         )
 
 
-async def start_server(service: AskService, limiter: RateLimiter, host: str, port: int) -> grpc.aio.Server:
+async def start_server(service: AskService, quotas: Quotas, host: str, port: int) -> grpc.aio.Server:
     server = grpc.aio.server(interceptors=[ServiceInterceptor()])
-    assistant_pb2_grpc.add_AssistantServicer_to_server(AssistantServicer(service, limiter), server)
+    assistant_pb2_grpc.add_AssistantServicer_to_server(AssistantServicer(service, quotas), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi.responses import StreamingResponse
 
 from genai_gateway.errors import ApiError, error_body
-from genai_gateway.serving import Answer, Delta
+from genai_gateway.serving import Answer, Delta, Queued
 from genai_gateway.streaming import DONE, KEEPALIVE, SSE_HEADERS, Pull, sse
 
 # How long to wait for the first piece before sending the response head: a failure that comes at once
@@ -31,15 +31,19 @@ class Encoder:
     def error(self, error: ApiError) -> bytes:
         return sse(error_body(error.status, error.message, error.code))
 
+    def queued(self, queued: Queued) -> bytes:
+        # OpenAI clients know no such event: a comment keeps the connection alive and tells a person.
+        return f": queued, position {queued.position}\n\n".encode()
+
 
 async def event_stream(
-    events: AsyncIterator[Delta | Answer],
+    events: AsyncIterator[Delta | Queued | Answer],
     encoder: Encoder,
     *,
     keepalive_s: float,
     headers: Mapping[str, str] | None = None,
 ) -> StreamingResponse:
-    pull: Pull[Delta | Answer] = Pull(events)
+    pull: Pull[Delta | Queued | Answer] = Pull(events)
     await pull.first(FIRST_EVENT_WAIT_S)
 
     async def body() -> AsyncIterator[bytes]:
@@ -51,6 +55,8 @@ async def event_stream(
                     yield KEEPALIVE
                 elif isinstance(item, Delta):
                     yield encoder.delta(item)
+                elif isinstance(item, Queued):
+                    yield encoder.queued(item)
                 else:
                     for tail in encoder.final(item):
                         yield tail
@@ -85,6 +91,9 @@ class AskEncoder(Encoder):
 
     def error(self, error: ApiError) -> bytes:
         return sse({"type": "error", **error_body(error.status, error.message, error.code)})
+
+    def queued(self, queued: Queued) -> bytes:
+        return sse({"type": "queued", "position": queued.position})
 
 
 def ask_body(answer: Answer, request_id: str) -> dict[str, Any]:

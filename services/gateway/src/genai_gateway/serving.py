@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
@@ -22,6 +22,7 @@ from genai.history.v1 import history_pb2
 from genai.inference.v1 import inference_pb2
 from genai_common.grpc_client import call_metadata
 from genai_common.request_id import current_request_id
+from prometheus_client import Counter
 
 from genai_gateway.backends import Backends
 from genai_gateway.cache import AnswerCache, CachedAnswer, cache_key
@@ -78,6 +79,8 @@ class Answer:
     finish_reason: str = ""
     conversation_id: str = ""
     latency_ms: int = 0
+    # Shared from an identical request that was already being generated (single-flight).
+    coalesced: bool = False
 
     @property
     def total_tokens(self) -> int:
@@ -91,6 +94,81 @@ class Delta:
     text: str
 
 
+@dataclass
+class Queued:
+    """The request waits for the model; 1 = next in line."""
+
+    position: int
+
+
+COALESCED = Counter("genai_gateway_coalesced_total", "Requests that shared an identical request's generation")
+
+
+class Flight:
+    """One generation, shared by every identical request that arrives while it runs (single-flight).
+
+    The generation runs in a task of its own, not in any one request: it goes on while anybody follows
+    it, and is cancelled (freeing the GPU) when the last follower leaves.
+    """
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        self.position = 0
+        self.answer: Answer | None = None
+        self.error: BaseException | None = None
+        self.followers = 0
+        self.task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    @property
+    def done(self) -> bool:
+        return self.answer is not None or self.error is not None
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def publish(self, text: str) -> None:
+        self.position = 0
+        self.pieces.append(text)
+        self._notify()
+
+    def queued(self, position: int) -> None:
+        self.position = position
+        self._notify()
+
+    def finish(self, answer: Answer) -> None:
+        self.answer = answer
+        self._notify()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self._notify()
+
+    async def follow(self) -> AsyncIterator[Delta | Queued | Answer]:
+        self.followers += 1
+        seen, told = 0, 0
+        try:
+            while True:
+                changed = self._changed
+                if self.position and self.position != told and seen == 0:
+                    told = self.position
+                    yield Queued(self.position)
+                while seen < len(self.pieces):
+                    seen += 1
+                    yield Delta(self.pieces[seen - 1])
+                if self.error is not None:
+                    raise self.error
+                if self.answer is not None:
+                    yield self.answer
+                    return
+                await changed.wait()
+        finally:
+            self.followers -= 1
+            if self.followers == 0 and not self.done and self.task is not None:
+                self.task.cancel()
+
+
 class AskService:
     def __init__(
         self, settings: GatewaySettings, backends: Backends, cache: AnswerCache, recorder: HistoryRecorder
@@ -102,6 +180,7 @@ class AskService:
         self._models: list[inference_pb2.Model] = []
         self._models_at = 0.0
         self._models_lock = asyncio.Lock()
+        self._flights: dict[str, Flight] = {}
         # History writes of streams whose client left: kept here so they finish and are not collected.
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -223,7 +302,13 @@ class AskService:
             request.extra_json = json.dumps(generation.extra)
         return request
 
-    def _key(self, generation: Generation, model: str, messages: list[dict[str, str]]) -> str:
+    def _key(
+        self,
+        principal: auth_pb2.Principal,
+        generation: Generation,
+        model: str,
+        messages: list[dict[str, str]],
+    ) -> str:
         params = {
             "max_tokens": generation.max_tokens,
             "temperature": generation.temperature,
@@ -233,53 +318,124 @@ class AskService:
             "extra": generation.extra,
         }
         if generation.prompt is not None:
-            params["prompt"] = generation.prompt
-        return cache_key(model, messages, params)
+            params["prompt"] = " ".join(generation.prompt.split())
+        return cache_key(
+            model,
+            messages,
+            params,
+            case_insensitive=self.settings.cache_case_insensitive,
+            scope=principal.user_id if self.settings.cache_scope == "user" else "",
+        )
 
     async def _prepare(
         self, principal: auth_pb2.Principal, generation: Generation
     ) -> tuple[str, list[dict[str, str]], str, CachedAnswer | None]:
         model = await self.resolve_model(generation.model)
         messages = await self.with_context(principal, generation)
-        key = self._key(generation, model, messages)
+        key = self._key(principal, generation, model, messages)
         cached = None if generation.no_cache else await self.cache.get(key)
         return model, messages, key, cached
 
-    async def answer(self, principal: auth_pb2.Principal, generation: Generation) -> Answer:
-        """The whole answer at once."""
-        started = time.perf_counter()
-        model, messages, key, cached = await self._prepare(principal, generation)
-        if cached is not None:
-            answer = _from_cache(cached)
-        else:
+    def _flight(
+        self,
+        key: str,
+        principal: auth_pb2.Principal,
+        generation: Generation,
+        model: str,
+        messages: list[dict[str, str]],
+        streaming: bool,
+    ) -> Flight:
+        """The generation for `key`: the one in progress if there is one, otherwise a new one."""
+        flight = self._flights.get(key)
+        if flight is not None and not flight.done:
+            COALESCED.inc()
+            return flight
+        flight = Flight()
+        self._flights[key] = flight
+        request = self._request(principal, generation, model, messages)
+
+        async def run() -> None:
             try:
-                reply = await self.backends.adapter.Generate(
-                    self._request(principal, generation, model, messages),
-                    timeout=self.settings.generate_timeout_s,
-                    metadata=call_metadata(),
-                )
+                if streaming:
+                    answer = await self._generate_stream(flight, request, model)
+                else:
+                    answer = await self._generate(flight, request, model)
+                # Cached before the flight ends, so that no identical request slips in between the two.
+                await self._store(key, answer)
+                flight.finish(answer)
             except grpc.aio.AioRpcError as exc:
-                raise from_grpc(exc, MODEL_SERVICE) from None
-            answer = Answer(
-                text=reply.text,
-                source="model",
-                model=reply.model or model,
-                prompt_tokens=reply.usage.prompt_tokens,
-                completion_tokens=reply.usage.completion_tokens,
-                finish_reason=reply.finish_reason,
-            )
-            await self._store(key, answer)
-        answer.latency_ms = int((time.perf_counter() - started) * 1000)
-        answer.conversation_id = await self._record(principal, generation, answer)
+                flight.fail(from_grpc(exc, MODEL_SERVICE))
+            except asyncio.CancelledError:
+                flight.fail(ApiError(503, "the generation was cancelled"))
+                raise
+            except Exception as exc:
+                logger.exception("generation failed")
+                flight.fail(ApiError(500, "internal error"))
+                raise exc from None
+            finally:
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
+
+        flight.task = asyncio.create_task(run())
+        return flight
+
+    async def _generate(self, flight: Flight, request: inference_pb2.GenerateRequest, model: str) -> Answer:
+        reply = await self.backends.adapter.Generate(
+            request, timeout=self.settings.generate_timeout_s, metadata=call_metadata()
+        )
+        if reply.text:
+            flight.publish(reply.text)
+        return Answer(
+            text=reply.text,
+            source="model",
+            model=reply.model or model,
+            prompt_tokens=reply.usage.prompt_tokens,
+            completion_tokens=reply.usage.completion_tokens,
+            finish_reason=reply.finish_reason,
+        )
+
+    async def _generate_stream(
+        self, flight: Flight, request: inference_pb2.GenerateRequest, model: str
+    ) -> Answer:
+        answer = Answer(text="", source="model", model=model)
+        call = self.backends.adapter.GenerateStream(
+            request, timeout=self.settings.generate_timeout_s, metadata=call_metadata()
+        )
+        try:
+            async for chunk in call:
+                if chunk.queue_position:
+                    flight.queued(chunk.queue_position)
+                if chunk.text:
+                    flight.publish(chunk.text)
+                if chunk.finish_reason or chunk.usage.completion_tokens:
+                    answer.finish_reason = chunk.finish_reason
+                    answer.prompt_tokens = chunk.usage.prompt_tokens
+                    answer.completion_tokens = chunk.usage.completion_tokens
+                if chunk.model:
+                    answer.model = chunk.model
+        finally:
+            # Ends the upstream generation too when this task is cancelled (nobody listens any more).
+            call.cancel()
+        answer.text = "".join(flight.pieces)
         return answer
 
-    async def stream(
-        self, principal: auth_pb2.Principal, generation: Generation
-    ) -> AsyncIterator[Delta | Answer]:
-        """The answer as it is generated: Delta pieces, then the whole Answer last.
+    async def answer(self, principal: auth_pb2.Principal, generation: Generation) -> Answer:
+        """The whole answer at once."""
+        result: Answer | None = None
+        async for item in self.stream(principal, generation, streaming=False):
+            if isinstance(item, Answer):
+                result = item
+        assert result is not None
+        return result
 
-        If the consumer stops early (the client went away), the generation upstream is cancelled and
-        what was generated so far is still recorded in history.
+    async def stream(
+        self, principal: auth_pb2.Principal, generation: Generation, *, streaming: bool = True
+    ) -> AsyncIterator[Delta | Queued | Answer]:
+        """The answer as it is generated: Queued and Delta events, then the whole Answer last.
+
+        Identical requests in flight share one generation. If the consumer stops early (the client went
+        away) and nobody else follows that generation, it is cancelled upstream; what was generated so far
+        is still recorded in history.
         """
         started = time.perf_counter()
         model, messages, key, cached = await self._prepare(principal, generation)
@@ -292,38 +448,36 @@ class AskService:
             yield answer
             return
 
-        answer = Answer(text="", source="model", model=model)
+        existing = self._flights.get(key)
+        coalesced = existing is not None and not existing.done
+        flight = self._flight(key, principal, generation, model, messages, streaming)
         pieces: list[str] = []
-        finished = False
-        call = self.backends.adapter.GenerateStream(
-            self._request(principal, generation, model, messages),
-            timeout=self.settings.generate_timeout_s,
-            metadata=call_metadata(),
-        )
+        finished: Answer | None = None
         try:
-            async for chunk in call:
-                if chunk.text:
-                    pieces.append(chunk.text)
-                    yield Delta(chunk.text)
-                if chunk.finish_reason or chunk.usage.completion_tokens:
-                    answer.finish_reason = chunk.finish_reason
-                    answer.prompt_tokens = chunk.usage.prompt_tokens
-                    answer.completion_tokens = chunk.usage.completion_tokens
-                if chunk.model:
-                    answer.model = chunk.model
-            finished = True
-        except grpc.aio.AioRpcError as exc:
-            raise from_grpc(exc, MODEL_SERVICE) from None
+            async for item in flight.follow():
+                if isinstance(item, Delta):
+                    pieces.append(item.text)
+                    if streaming:
+                        yield item
+                elif isinstance(item, Queued):
+                    if streaming:
+                        yield item
+                else:
+                    finished = item
         finally:
-            answer.text = "".join(pieces)
-            answer.latency_ms = int((time.perf_counter() - started) * 1000)
-            if not finished:
-                # The client left or the stream failed: stop the generation, keep what the user wrote.
-                call.cancel()
-                if pieces:
-                    answer.finish_reason = answer.finish_reason or "cancelled"
-                    self._in_background(self._record(principal, generation, answer))
-        await self._store(key, answer)
+            if finished is None and pieces:
+                # The client left mid-answer: keep what the user wrote and what they were shown.
+                partial = Answer(
+                    text="".join(pieces),
+                    source="model",
+                    model=model,
+                    finish_reason="cancelled",
+                    latency_ms=int((time.perf_counter() - started) * 1000),
+                )
+                self._in_background(self._record(principal, generation, partial))
+        answer = replace(
+            finished, coalesced=coalesced, latency_ms=int((time.perf_counter() - started) * 1000)
+        )
         answer.conversation_id = await self._record(principal, generation, answer)
         yield answer
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from genai_common.settings import CommonSettings
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from genai_gateway.quota import LimitSet
+
 
 class GatewaySettings(CommonSettings):
-    model_config = SettingsConfigDict(env_prefix="GENAI_GATEWAY_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="GENAI_GATEWAY_", env_nested_delimiter="__", extra="ignore")
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -44,12 +48,24 @@ class GatewaySettings(CommonSettings):
     default_max_tokens: int = Field(256, ge=1)
     max_tokens_limit: int = Field(2048, ge=1)
 
-    # Requests per user per minute (the seeds' 30/minute).
-    rate_limit_per_minute: int = Field(30, ge=1)
-    rate_limit_window_s: int = Field(60, ge=1)
+    # Limits per role (-1: unlimited); an admin can override them per user. Set as JSON, e.g.
+    # GENAI_GATEWAY_LIMITS_USER='{"requests_per_minute": 30, "concurrent_requests": 4}', or one by one,
+    # e.g. GENAI_GATEWAY_LIMITS_USER__REQUESTS_PER_MINUTE=30. The seeds' 30 requests a minute is the default.
+    limits_user: LimitSet = LimitSet()
+    limits_admin: LimitSet = LimitSet(requests_per_minute=120, concurrent_requests=16)
+    # With Redis down: "open" keeps answering under per-process limits, "closed" refuses with 503.
+    redis_failure_policy: Literal["open", "closed"] = "open"
+    # After a Redis failure, how long to answer without trying Redis again.
+    redis_cooldown_s: float = Field(2.0, gt=0)
 
     cache_enabled: bool = True
     cache_ttl_s: int = Field(3600, ge=1)
+    # "global": identical requests of different users share answers; "user": each user has their own.
+    cache_scope: Literal["global", "user"] = "global"
+    # Match requests that differ only in letter case (whitespace differences always match).
+    cache_case_insensitive: bool = False
+    # Answers longer than this are not cached.
+    cache_max_entry_chars: int = Field(100_000, ge=1)
 
     # Exchanges that history could not take are kept in Redis and replayed by this loop.
     spool_drain_interval_s: float = 2.0

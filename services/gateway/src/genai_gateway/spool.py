@@ -18,6 +18,8 @@ from genai_common.grpc_client import call_metadata
 from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
 
+from genai_gateway.redis_guard import RedisGuard
+
 logger = logging.getLogger(__name__)
 
 SPOOL_KEY = "history:spool"
@@ -36,10 +38,12 @@ class HistoryRecorder:
         client: redis.Redis,
         timeout_s: float,
         memory_limit: int = 10_000,
+        guard: RedisGuard | None = None,
     ) -> None:
         self.stub = stub
         self.redis = client
         self.timeout_s = timeout_s
+        self.guard = guard or RedisGuard()
         self._memory: deque[bytes] = deque(maxlen=memory_limit)
 
     async def record(self, exchange: history_pb2.AppendExchangeRequest) -> str:
@@ -61,17 +65,22 @@ class HistoryRecorder:
 
     async def _spool(self, raw: bytes) -> None:
         SPOOLED.inc()
-        try:
-            await self.redis.rpush(SPOOL_KEY, raw)
-        except RedisError:
-            self._memory.append(raw)
-            IN_MEMORY.set(len(self._memory))
+        if self.guard.available:
+            try:
+                await self.redis.rpush(SPOOL_KEY, raw)
+                return
+            except (RedisError, OSError) as exc:
+                self.guard.failed(exc)
+        self._memory.append(raw)
+        IN_MEMORY.set(len(self._memory))
 
     async def pending(self) -> int:
-        try:
-            in_redis = int(await self.redis.llen(SPOOL_KEY))
-        except RedisError:
-            in_redis = 0
+        in_redis = 0
+        if self.guard.available:
+            try:
+                in_redis = int(await self.redis.llen(SPOOL_KEY))
+            except (RedisError, OSError) as exc:
+                self.guard.failed(exc)
         return in_redis + len(self._memory)
 
     async def _replay(self, raw: bytes) -> bool:
@@ -96,6 +105,8 @@ class HistoryRecorder:
             self._memory.popleft()
             IN_MEMORY.set(len(self._memory))
             written += 1
+        if not self.guard.available:
+            return written
         try:
             while True:
                 # Peek, write, then remove: a crash in between replays it later, and the exchange id
@@ -105,8 +116,8 @@ class HistoryRecorder:
                     return written
                 await self.redis.lrem(SPOOL_KEY, 1, raw)
                 written += 1
-        except RedisError as exc:
-            logger.warning("history spool unavailable: %s", exc)
+        except (RedisError, OSError) as exc:
+            self.guard.failed(exc)
             return written
 
     async def drain_forever(self, interval_s: float) -> None:

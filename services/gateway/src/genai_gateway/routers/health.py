@@ -35,10 +35,15 @@ async def _model(request: Request) -> str:
 
 
 async def _redis(request: Request) -> str:
+    guard = request.app.state.redis_guard
+    if not guard.available:
+        return "down: cooling off after a failure"
     try:
         await request.app.state.backends.redis.ping()
     except (RedisError, OSError) as exc:
+        guard.failed(exc)
         return f"down: {type(exc).__name__}"
+    guard.succeeded()
     return "ok"
 
 
@@ -66,6 +71,8 @@ async def health(request: Request) -> JSONResponse:
         "model": request.app.state.ask_service.known_model or None,
         "dependencies": dependencies,
         "history_spool": spooled,
+        # What a Redis outage means here: limits per process ("open") or 503s ("closed"), no cache.
+        "redis_failure_policy": request.app.state.settings.redis_failure_policy,
     }
     return JSONResponse(body, status_code=code)
 

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request, Response
 from genai_common.request_id import current_request_id
 from pydantic import BaseModel, ConfigDict, Field
 
-from genai_gateway.admission import admit
+from genai_gateway.admission import admit, metered, settle
 from genai_gateway.errors import ApiError
 from genai_gateway.responses import Encoder, event_stream, no_cache, usage_dict
 from genai_gateway.security import CurrentUser
@@ -224,16 +224,22 @@ async def chat_completions(
         service, body.max_completion_tokens or body.max_tokens, messages=_chat_messages(service, body)
     )
     generation.no_cache = no_cache(request.headers)
-    await admit(request, response, principal)
+    # An unknown model is refused before it counts against the caller's limits.
     model = await service.resolve_model(body.model)
+    quotas = request.app.state.quotas
+    admission = await admit(request, response, principal)
     if body.stream:
         return await event_stream(
-            service.stream(principal, generation),
+            metered(service.stream(principal, generation), quotas, admission),
             ChatEncoder(model, body.include_usage),
             keepalive_s=service.settings.stream_keepalive_s,
             headers=response.headers,
         )
-    answer = await service.answer(principal, generation)
+    answer = None
+    try:
+        answer = await service.answer(principal, generation)
+    finally:
+        await settle(quotas, admission, answer)
     return {
         "id": f"chatcmpl-{current_request_id.get()}",
         "object": "chat.completion",
@@ -266,16 +272,22 @@ async def completions(
     service.check_prompt(prompt)
     generation = body.generation(service, body.max_tokens, prompt=prompt)
     generation.no_cache = no_cache(request.headers)
-    await admit(request, response, principal)
+    # An unknown model is refused before it counts against the caller's limits.
     model = await service.resolve_model(body.model)
+    quotas = request.app.state.quotas
+    admission = await admit(request, response, principal)
     if body.stream:
         return await event_stream(
-            service.stream(principal, generation),
+            metered(service.stream(principal, generation), quotas, admission),
             CompletionEncoder(model, body.include_usage),
             keepalive_s=service.settings.stream_keepalive_s,
             headers=response.headers,
         )
-    answer = await service.answer(principal, generation)
+    answer = None
+    try:
+        answer = await service.answer(principal, generation)
+    finally:
+        await settle(quotas, admission, answer)
     return {
         "id": f"cmpl-{current_request_id.get()}",
         "object": "text_completion",

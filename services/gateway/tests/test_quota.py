@@ -1,0 +1,132 @@
+"""Per-user limits against a real Redis: exact under concurrency, across processes, and when Redis fails."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as redis
+from genai_common.redis_client import create_redis
+from genai_devstack.infra import free_port
+from genai_gateway.errors import ApiError
+from genai_gateway.quota import UNLIMITED, LimitSet, Quotas
+from genai_gateway.redis_guard import RedisGuard
+
+LOOSE = LimitSet(requests_per_minute=UNLIMITED, concurrent_requests=UNLIMITED)
+
+
+def quotas(client: redis.Redis, prefix: str, **kwargs: object) -> Quotas:
+    return Quotas(client, RedisGuard(), {"user": LimitSet()}, slot_ttl_s=60, prefix=prefix, **kwargs)  # type: ignore[arg-type]
+
+
+async def _outcomes(q: Quotas, subject: str, limits: LimitSet, n: int) -> list[ApiError | object]:
+    async def one() -> ApiError | object:
+        try:
+            return await q.admit(subject, limits)
+        except ApiError as error:
+            return error
+
+    return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+async def test_200_concurrent_requests_against_50_admit_exactly_50(redis_url: str, key_prefix: str) -> None:
+    # Two clients stand for two gateway processes: the counts live in Redis, not in either of them.
+    first, second = create_redis(redis_url), create_redis(redis_url)
+    try:
+        limits = LimitSet(requests_per_minute=50, concurrent_requests=UNLIMITED)
+        a, b = quotas(first, key_prefix), quotas(second, key_prefix)
+        results = await asyncio.gather(_outcomes(a, "u", limits, 100), _outcomes(b, "u", limits, 100))
+    finally:
+        await first.aclose()
+        await second.aclose()
+    flat = results[0] + results[1]
+    refused = [r for r in flat if isinstance(r, ApiError)]
+    assert len(flat) - len(refused) == 50
+    assert all(r.status == 429 and "Retry-After" in r.headers for r in refused)
+
+
+async def test_concurrency_slots_are_exact_and_given_back(redis_client: redis.Redis, key_prefix: str) -> None:
+    q = quotas(redis_client, key_prefix)
+    limits = LimitSet(requests_per_minute=UNLIMITED, concurrent_requests=3)
+    outcomes = await _outcomes(q, "u", limits, 20)
+    admitted = [o for o in outcomes if not isinstance(o, ApiError)]
+    assert len(admitted) == 3
+    assert await q.in_use("u") == 3
+    for admission in admitted:
+        await q.release(admission)  # type: ignore[arg-type]
+        await q.release(admission)  # type: ignore[arg-type]  # twice is harmless
+    assert await q.in_use("u") == 0
+    assert not isinstance((await _outcomes(q, "u", limits, 1))[0], ApiError)
+
+
+async def test_slots_of_a_dead_gateway_expire(redis_client: redis.Redis, key_prefix: str) -> None:
+    q = Quotas(redis_client, RedisGuard(), {}, slot_ttl_s=0.3, prefix=key_prefix)
+    limits = LimitSet(requests_per_minute=UNLIMITED, concurrent_requests=1)
+    await q.admit("u", limits)  # never released: its gateway "died"
+    with pytest.raises(ApiError):
+        await q.admit("u", limits)
+    await asyncio.sleep(0.4)
+    await q.admit("u", limits)
+
+
+async def test_tokens_per_minute_and_per_day_are_charged_after_answers(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    q = quotas(redis_client, key_prefix)
+    per_minute = LimitSet(requests_per_minute=UNLIMITED, concurrent_requests=UNLIMITED, tokens_per_minute=100)
+    admission = await q.admit("m", per_minute)
+    await q.charge(admission, 100)
+    with pytest.raises(ApiError) as refused:
+        await q.admit("m", per_minute)
+    assert "token limit of 100 tokens per minute" in refused.value.message
+
+    per_day = LimitSet(requests_per_minute=UNLIMITED, concurrent_requests=UNLIMITED, tokens_per_day=50)
+    admission = await q.admit("d", per_day)
+    await q.charge(admission, 60)
+    with pytest.raises(ApiError) as refused:
+        await q.admit("d", per_day)
+    assert "daily token limit" in refused.value.message
+    assert int(refused.value.headers["Retry-After"]) <= 86_400
+
+
+def test_overrides_replace_role_defaults(redis_client: redis.Redis, key_prefix: str) -> None:
+    q = Quotas(redis_client, RedisGuard(), {"user": LimitSet(requests_per_minute=30)}, slot_ttl_s=60)
+    assert q.limits_for("user", "{}").requests_per_minute == 30
+    assert q.limits_for("user", '{"requests_per_minute": 5, "tokens_per_day": -1}').requests_per_minute == 5
+    # An unknown role gets the user defaults, never no limits.
+    assert q.limits_for("guest").requests_per_minute == 30
+
+
+async def test_redis_down_fail_open_uses_per_process_limits(key_prefix: str) -> None:
+    dead = create_redis(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2)
+    try:
+        q = Quotas(
+            dead, RedisGuard(cooldown_s=60), {}, slot_ttl_s=60, failure_policy="open", prefix=key_prefix
+        )
+        limits = LimitSet(requests_per_minute=2, concurrent_requests=UNLIMITED)
+        await q.admit("u", limits)
+        await q.admit("u", limits)
+        with pytest.raises(ApiError) as refused:
+            await q.admit("u", limits)
+        assert refused.value.status == 429
+        assert q.guard.degraded
+    finally:
+        await dead.aclose()
+
+
+async def test_redis_down_fail_closed_is_503(key_prefix: str) -> None:
+    dead = create_redis(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2)
+    try:
+        q = Quotas(dead, RedisGuard(), {}, slot_ttl_s=60, failure_policy="closed", prefix=key_prefix)
+        with pytest.raises(ApiError) as refused:
+            await q.admit("u", LOOSE)
+        assert refused.value.status == 503 and "Redis" in refused.value.message
+    finally:
+        await dead.aclose()
+
+
+async def test_headers_count_down(redis_client: redis.Redis, key_prefix: str) -> None:
+    q = quotas(redis_client, key_prefix)
+    limits = LimitSet(requests_per_minute=3, concurrent_requests=UNLIMITED)
+    remaining = [(await q.admit("h", limits)).headers()["X-RateLimit-Remaining"] for _ in range(3)]
+    assert remaining == ["2", "1", "0"]
