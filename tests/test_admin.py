@@ -6,6 +6,8 @@ import subprocess
 import sys
 import uuid
 
+import httpx
+
 from tests.harness import RunningStack, User
 
 
@@ -54,6 +56,71 @@ def test_disabled_user_is_locked_out_at_once(live: RunningStack) -> None:
         assert client.get("/api/v1/me", headers=victim.headers).status_code == 401
         login = client.post("/token", json={"username": victim.username, "password": victim.password})
     assert login.status_code in (401, 403)
+
+
+def test_admin_sets_per_user_limits(live: RunningStack, user: User) -> None:
+    target = live.new_user()
+    admin = {"Authorization": f"Bearer {live.login(live.admin_username, live.admin_password)}"}
+    url = f"/api/v1/users/{target.username}"
+
+    def listed(client: httpx.Client) -> dict[str, object]:
+        """The target as GET /api/v1/users shows it, whichever page it is on."""
+        params: dict[str, str | int] = {"limit": 200}
+        for _ in range(1000):
+            page = client.get("/api/v1/users", params=params, headers=admin)
+            assert page.status_code == 200, page.text
+            for shown in page.json()["users"]:
+                if shown["username"] == target.username:
+                    return shown
+            if not page.json()["next_cursor"]:
+                break
+            params["cursor"] = page.json()["next_cursor"]
+        raise AssertionError(f"{target.username} not listed")
+
+    with live.client() as client:
+        assert listed(client)["limits"] == {}
+        limits = {"requests_per_minute": 5, "tokens_per_day": -1}
+        patched = client.patch(url, json={"limits": limits}, headers=admin)
+        assert patched.status_code == 200, patched.text
+        assert patched.json()["limits"] == limits and patched.json()["disabled"] is False
+        assert listed(client)["limits"] == limits
+
+        # Both at once; the new object replaces the old one as a whole.
+        patched = client.patch(
+            url, json={"disabled": True, "limits": {"concurrent_requests": 2}}, headers=admin
+        )
+        assert patched.status_code == 200, patched.text
+        assert (patched.json()["disabled"], patched.json()["limits"]) == (True, {"concurrent_requests": 2})
+        shown = listed(client)
+        assert (shown["disabled"], shown["limits"]) == (True, {"concurrent_requests": 2})
+
+        for bad in (
+            {},
+            {"limits": {"requests_per_minute": 0}},
+            {"limits": {"requests_per_minute": -2}},
+            {"limits": {"requests_per_minute": 1.5}},
+            {"limits": {"requests_per_minute": 10**9 + 1}},
+            {"limits": {"requests_per_hour": 5}},
+        ):
+            refused = client.patch(url, json=bad, headers=admin)
+            assert refused.status_code == 422, (bad, refused.text)
+        assert listed(client)["limits"] == {"concurrent_requests": 2}
+
+        # A plain user may not set anyone's limits, their own included.
+        for name in (target.username, user.username):
+            denied = client.patch(
+                f"/api/v1/users/{name}", json={"limits": {"requests_per_minute": -1}}, headers=user.headers
+            )
+            assert denied.status_code == 403, denied.text
+        assert listed(client)["limits"] == {"concurrent_requests": 2}
+
+        cleared = client.patch(url, json={"limits": None}, headers=admin)
+        assert cleared.status_code == 200 and cleared.json()["limits"] == {}
+        assert listed(client)["limits"] == {}
+        missing = client.patch(
+            f"/api/v1/users/nobody{uuid.uuid4().hex[:8]}", json={"limits": {}}, headers=admin
+        )
+        assert missing.status_code == 404
 
 
 def test_cli_creates_a_user(live: RunningStack) -> None:

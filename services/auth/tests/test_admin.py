@@ -38,6 +38,9 @@ ADMIN_CALLS: dict[str, Callable[[Stub, Metadata], Awaitable[object]]] = {
     "SetUserDisabled": lambda s, m: s.SetUserDisabled(
         auth_pb2.SetUserDisabledRequest(username="nobody-here", disabled=True), metadata=m
     ),
+    "SetUserLimits": lambda s, m: s.SetUserLimits(
+        auth_pb2.SetUserLimitsRequest(username="nobody-here", limits_json="{}"), metadata=m
+    ),
 }
 
 

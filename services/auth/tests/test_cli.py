@@ -124,7 +124,7 @@ async def test_user_commands(
 
     assert await cli.run(parse(["list"]), settings) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["USERNAME", "ROLE", "STATUS", "CREATED", "ID"]
+    assert lines[0].split() == ["USERNAME", "ROLE", "STATUS", "CREATED", "ID", "LIMITS"]
     assert [line.split()[:3] for line in lines[1:]] == [
         ["Carol", "admin", "active"],
         ["dave", "user", "active"],

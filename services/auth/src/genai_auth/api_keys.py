@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import logging
 import re
 import secrets
@@ -239,7 +240,7 @@ class ApiKeyStore:
             raise InvalidApiKey("malformed api key")
         row = await self._pool.fetchrow(
             f"SELECT {_KEY_COLUMNS}, k.key_hash, u.password_hash, u.role, u.disabled, "  # noqa: S608 (constant columns)
-            "u.created_at AS user_created_at "
+            "u.created_at AS user_created_at, u.limits "
             "FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.prefix = $1",
             match.group(1),
         )
@@ -262,6 +263,7 @@ class ApiKeyStore:
             disabled=row["disabled"],
             created_at=row["user_created_at"],
             password_hash=row["password_hash"],
+            limits=json.loads(row["limits"]),
         )
         if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
             # Conditional, so concurrent requests with the same key (on any replica) write it once.

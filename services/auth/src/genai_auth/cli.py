@@ -22,6 +22,7 @@ from genai_common.db import create_pool
 from genai_common.settings import load_settings
 
 from genai_auth.api_keys import ApiKeyStore, Cursor, TooManyKeys
+from genai_auth.limits import LIMIT_KEYS, MAX_LIMIT, UNLIMITED, InvalidLimits, dump_limits
 from genai_auth.passwords import Passwords
 from genai_auth.schema import apply_migrations
 from genai_auth.settings import CliSettings
@@ -120,15 +121,42 @@ async def set_disabled(store: UserStore, username: str, disabled: bool) -> None:
     _out(f"user {user.username!r} {'disabled' if disabled else 'enabled'}")
 
 
+async def set_limits(store: UserStore, username: str, limits: dict[str, int]) -> None:
+    try:
+        user = await store.set_limits(username, limits)
+    except InvalidLimits as exc:
+        raise CliError(str(exc)) from None
+    if user is None:
+        raise CliError(f"no user named {username!r}")
+    if user.limits:
+        _out(f"limits of {user.username!r}: {dump_limits(user.limits)}")
+    else:
+        _out(f"limits of {user.username!r} cleared: the role's defaults apply")
+
+
+def _limits_from_args(args: argparse.Namespace) -> dict[str, int]:
+    given = {key: getattr(args, key) for key in LIMIT_KEYS if getattr(args, key) is not None}
+    if args.clear and given:
+        raise CliError("--clear replaces all overrides with none; give it alone")
+    if not args.clear and not given:
+        # Replacing with nothing would silently clear them: make the operator say so.
+        raise CliError("give at least one limit, or --clear to remove all overrides")
+    return given
+
+
 async def list_users(store: UserStore) -> None:
-    _out(f"{'USERNAME':<32} {'ROLE':<6} {'STATUS':<9} {'CREATED':<20} ID")
+    # The limits go last: the one column of varying width.
+    _out(f"{'USERNAME':<32} {'ROLE':<6} {'STATUS':<9} {'CREATED':<20} {'ID':<36} LIMITS")
     after: str | None = None
     while True:
         users = await store.list_page(after, LIST_PAGE)
         for user in users:
             status = "disabled" if user.disabled else "active"
             created = user.created_at.strftime("%Y-%m-%d %H:%M:%S")
-            _out(f"{user.username:<32} {user.role:<6} {status:<9} {created:<20} {user.id}")
+            _out(
+                f"{user.username:<32} {user.role:<6} {status:<9} {created:<20} {user.id!s:<36} "
+                f"{dump_limits(user.limits)}"
+            )
         if len(users) < LIST_PAGE:
             return
         after = users[-1].username
@@ -215,6 +243,8 @@ async def run(args: argparse.Namespace, settings: CliSettings, password: str | N
                 await reset_password(store, args.username, password)
             elif args.command in ("disable", "enable"):
                 await set_disabled(store, args.username, args.command == "disable")
+            elif args.command == "set-limits":
+                await set_limits(store, args.username, _limits_from_args(args))
             elif args.command == "list":
                 await list_users(store)
             elif args.command == "create-api-key":
@@ -270,6 +300,23 @@ def build_parser() -> argparse.ArgumentParser:
         "username"
     )
     commands.add_parser("enable", help="enable a disabled user").add_argument("username")
+    limits = commands.add_parser(
+        "set-limits",
+        help="replace a user's limit overrides: the given limits become the whole set, the others "
+        "follow the role's defaults",
+    )
+    limits.add_argument("username")
+    for key in LIMIT_KEYS:
+        limits.add_argument(
+            f"--{key.replace('_', '-')}",
+            dest=key,
+            type=int,
+            metavar="N",
+            help=f"1 to {MAX_LIMIT}, or {UNLIMITED} for unlimited",
+        )
+    limits.add_argument(
+        "--clear", action="store_true", help="remove all overrides: the role's defaults apply"
+    )
     commands.add_parser("list", help="list all users")
     create_key = commands.add_parser("create-api-key", help="create an API key for a user (printed once)")
     create_key.add_argument("username")

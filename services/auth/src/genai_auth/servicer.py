@@ -29,6 +29,7 @@ from genai_auth.api_keys import (
     looks_like_api_key,
 )
 from genai_auth.limiter import LoginLimiter
+from genai_auth.limits import InvalidLimits, dump_limits, parse_limits
 from genai_auth.passwords import Passwords
 from genai_auth.revocation import RevocationList
 from genai_auth.settings import AuthSettings
@@ -71,6 +72,7 @@ def _user_message(user: User) -> auth_pb2.User:
         role=user.role,
         disabled=user.disabled,
         created_at=int(user.created_at.timestamp()),
+        limits_json=dump_limits(user.limits),
     )
 
 
@@ -304,6 +306,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             role=caller.user.role,
             expires_at=caller.expires_at,
             api_key_id=caller.api_key_id,
+            limits_json=dump_limits(caller.user.limits),
         )
 
     async def CreateUser(
@@ -435,3 +438,16 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, "API key not found")
         logger.info("user %s revoked api key %s of user %s", caller.user.id, key.id, key.user_id)
         return auth_pb2.RevokeApiKeyResponse(key=_api_key_message(key))
+
+    async def SetUserLimits(
+        self, request: auth_pb2.SetUserLimitsRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.User:
+        admin = await self._require_admin(context)
+        try:
+            user = await self._users.set_limits(request.username, parse_limits(request.limits_json))
+        except InvalidLimits as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if user is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "user not found")
+        logger.info("admin %s set limits %s on user %s", admin.id, dump_limits(user.limits), user.id)
+        return _user_message(user)

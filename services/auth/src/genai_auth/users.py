@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
 
+from genai_auth.limits import check_limits, dump_limits
 from genai_auth.passwords import Passwords
 
 logger = logging.getLogger(__name__)
@@ -20,6 +23,8 @@ DEFAULT_ROLE = "user"
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024
 _USERNAME = re.compile(r"[A-Za-z0-9_.@-]{3,64}")
+
+_COLUMNS = "id, username, password_hash, role, disabled, created_at, limits"
 
 # Serialises "is there an admin yet? if not, create one" across concurrent `genai-auth-admin init` runs.
 _FIRST_ADMIN_LOCK = int.from_bytes(hashlib.sha256(b"genai-auth-first-admin").digest()[:8], "big", signed=True)
@@ -61,6 +66,8 @@ class User:
     disabled: bool
     created_at: datetime
     password_hash: str = field(repr=False)
+    # Per-user limit overrides (see genai_auth.limits); empty: the role's defaults apply.
+    limits: dict[str, int]
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> User:
@@ -71,6 +78,8 @@ class User:
             disabled=row["disabled"],
             created_at=row["created_at"],
             password_hash=row["password_hash"],
+            # Written only by set_limits, which checked it; asyncpg hands jsonb over as text.
+            limits=json.loads(row["limits"]),
         )
 
 
@@ -90,8 +99,8 @@ class UserStore:
         password_hash = await self._passwords.hash(password)
         try:
             row = await self._pool.fetchrow(
-                "INSERT INTO users (username, password_hash, role) VALUES ($1, $2, $3) "
-                "RETURNING id, username, password_hash, role, disabled, created_at",
+                "INSERT INTO users (username, password_hash, role) VALUES ($1, $2, $3) "  # noqa: S608 (constant columns)
+                f"RETURNING {_COLUMNS}",
                 username,
                 password_hash,
                 role,
@@ -112,8 +121,8 @@ class UserStore:
                 return None
             try:
                 row = await conn.fetchrow(
-                    "INSERT INTO users (username, password_hash, role) VALUES ($1, $2, 'admin') "
-                    "RETURNING id, username, password_hash, role, disabled, created_at",
+                    "INSERT INTO users (username, password_hash, role) VALUES ($1, $2, 'admin') "  # noqa: S608 (constant columns)
+                    f"RETURNING {_COLUMNS}",
                     username,
                     password_hash,
                 )
@@ -127,8 +136,7 @@ class UserStore:
 
     async def get_by_username(self, username: str) -> User | None:
         row = await self._pool.fetchrow(
-            "SELECT id, username, password_hash, role, disabled, created_at FROM users "
-            "WHERE lower(username) = lower($1)",
+            f"SELECT {_COLUMNS} FROM users WHERE lower(username) = lower($1)",  # noqa: S608 (constant columns)
             username,
         )
         return User.from_row(row) if row else None
@@ -139,14 +147,15 @@ class UserStore:
         except ValueError:
             return None
         row = await self._pool.fetchrow(
-            "SELECT id, username, password_hash, role, disabled, created_at FROM users WHERE id = $1", key
+            f"SELECT {_COLUMNS} FROM users WHERE id = $1",  # noqa: S608 (constant columns)
+            key,
         )
         return User.from_row(row) if row else None
 
     async def list_page(self, after: str | None, limit: int) -> list[User]:
         """Up to `limit` users ordered by lower-cased name, starting after the name `after`."""
         rows = await self._pool.fetch(
-            "SELECT id, username, password_hash, role, disabled, created_at FROM users "
+            f"SELECT {_COLUMNS} FROM users "  # noqa: S608 (constant columns)
             "WHERE $1::text IS NULL OR lower(username) > $1 "
             "ORDER BY lower(username) LIMIT $2",
             after.lower() if after is not None else None,
@@ -157,10 +166,22 @@ class UserStore:
     async def set_disabled(self, username: str, disabled: bool) -> User | None:
         """Disable or enable a user; None if there is no such user."""
         row = await self._pool.fetchrow(
-            "UPDATE users SET disabled = $2, updated_at = now() WHERE lower(username) = lower($1) "
-            "RETURNING id, username, password_hash, role, disabled, created_at",
+            "UPDATE users SET disabled = $2, updated_at = now() WHERE lower(username) = lower($1) "  # noqa: S608 (constant columns)
+            f"RETURNING {_COLUMNS}",
             username,
             disabled,
+        )
+        return User.from_row(row) if row else None
+
+    async def set_limits(self, username: str, limits: Mapping[str, int]) -> User | None:
+        """Replace a user's limit overrides as a whole ({} clears them); None if there is no such user.
+        Raises InvalidLimits, so that nothing but valid overrides is ever stored."""
+        limits_json = dump_limits(check_limits(limits))
+        row = await self._pool.fetchrow(
+            "UPDATE users SET limits = $2::jsonb, updated_at = now() WHERE lower(username) = lower($1) "  # noqa: S608 (constant columns)
+            f"RETURNING {_COLUMNS}",
+            username,
+            limits_json,
         )
         return User.from_row(row) if row else None
 

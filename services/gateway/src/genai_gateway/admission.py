@@ -17,7 +17,7 @@ def subject(principal: auth_pb2.Principal) -> str:
 
 
 async def admit_principal(quotas: Quotas, principal: auth_pb2.Principal) -> Admission:
-    limits = quotas.limits_for(principal.role, getattr(principal, "limits_json", ""))
+    limits = quotas.limits_for(principal.role, principal.limits_json)
     return await quotas.admit(subject(principal), limits)
 
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, model_validator
+
+# Per-user limit overrides, as auth stores them (genai_auth.limits): a limit is 1 to MAX_LIMIT, or
+# UNLIMITED; a limit left out follows the role's default from the gateway's settings.
+UNLIMITED = -1
+MAX_LIMIT = 10**9
 
 
 class TokenRequest(BaseModel):
@@ -73,12 +78,36 @@ class UserCreate(BaseModel):
     role: Literal["user", "admin"] = "user"
 
 
+def _limit(value: int) -> int:
+    # 0 is refused rather than read as "no access": disabling the user is the way to deny access.
+    if value != UNLIMITED and not 1 <= value <= MAX_LIMIT:
+        raise ValueError(f"must be 1 to {MAX_LIMIT}, or {UNLIMITED} for unlimited")
+    return value
+
+
+# Strict: true, 1.5 or "10" are mistakes, not limits.
+Limit = Annotated[StrictInt, AfterValidator(_limit)]
+
+
+class UserLimits(BaseModel):
+    """A user's limit overrides; a limit left out (or null) follows the role's default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_minute: Limit | None = None
+    tokens_per_minute: Limit | None = None
+    concurrent_requests: Limit | None = None
+    tokens_per_day: Limit | None = None
+
+
 class UserOut(BaseModel):
     id: str
     username: str
     role: str
     disabled: bool
     created_at: int
+    # The overrides only, e.g. {"requests_per_minute": 60}; {}: the role's defaults apply throughout.
+    limits: dict[str, int]
 
 
 class UserCreated(UserOut):
@@ -92,7 +121,26 @@ class UserList(BaseModel):
 
 
 class UserPatch(BaseModel):
-    disabled: bool
+    """Changes to one user: `disabled`, `limits` or both."""
+
+    # Forbidden extras: a misspelt field must not look like a change that was made.
+    model_config = ConfigDict(extra="forbid")
+
+    disabled: bool | None = None
+    # Replaces the user's overrides as a whole; null or {} removes them all.
+    limits: UserLimits | None = None
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> UserPatch:
+        if not self.model_fields_set & {"disabled", "limits"}:
+            raise ValueError("give disabled, limits or both")
+        if "disabled" in self.model_fields_set and self.disabled is None:
+            raise ValueError("disabled must be true or false")
+        return self
+
+    def limits_json(self) -> str:
+        """The new overrides as SetUserLimits takes them."""
+        return self.limits.model_dump_json(exclude_none=True) if self.limits else "{}"
 
 
 class MessageOut(BaseModel):

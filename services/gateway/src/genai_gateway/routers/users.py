@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from typing import Annotated
 
@@ -24,7 +25,12 @@ def _as_caller(request: Request) -> tuple[tuple[str, str], ...]:
 
 def user_out(user: auth_pb2.User) -> UserOut:
     return UserOut(
-        id=user.id, username=user.username, role=user.role, disabled=user.disabled, created_at=user.created_at
+        id=user.id,
+        username=user.username,
+        role=user.role,
+        disabled=user.disabled,
+        created_at=user.created_at,
+        limits=json.loads(user.limits_json or "{}"),
     )
 
 
@@ -63,12 +69,27 @@ async def list_users(
 
 @router.patch("/{username}", response_model=UserOut)
 async def update_user(username: str, body: UserPatch, _: AdminUser, request: Request) -> UserOut:
+    """Disable or enable a user and/or replace their limit overrides."""
+    auth = request.app.state.backends.auth
+    timeout = request.app.state.settings.auth_timeout_s
+    metadata = _as_caller(request)
+    user: auth_pb2.User | None = None
+    # Two calls, not one transaction: `disabled` goes first because it is the one that can be refused
+    # (an admin disabling themselves); the limits were validated here already.
     try:
-        user = await request.app.state.backends.auth.SetUserDisabled(
-            auth_pb2.SetUserDisabledRequest(username=username, disabled=body.disabled),
-            timeout=request.app.state.settings.auth_timeout_s,
-            metadata=_as_caller(request),
-        )
+        if body.disabled is not None:
+            user = await auth.SetUserDisabled(
+                auth_pb2.SetUserDisabledRequest(username=username, disabled=body.disabled),
+                timeout=timeout,
+                metadata=metadata,
+            )
+        if "limits" in body.model_fields_set:
+            user = await auth.SetUserLimits(
+                auth_pb2.SetUserLimitsRequest(username=username, limits_json=body.limits_json()),
+                timeout=timeout,
+                metadata=metadata,
+            )
     except grpc.aio.AioRpcError as exc:
         raise from_grpc(exc, AUTH) from None
+    assert user is not None  # UserPatch lets no body through that changes nothing
     return user_out(user)
