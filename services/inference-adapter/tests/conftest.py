@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import pytest
 from genai.inference.v1 import inference_pb2_grpc
+from genai_adapter.scheduler import FairScheduler
 from genai_adapter.servicer import InferenceServicer
 from genai_adapter.settings import AdapterSettings
 from genai_adapter.upstream import Upstream
@@ -30,29 +32,48 @@ def sim(simulators: Callable[..., SimulatorProcess]) -> SimulatorProcess:
     return simulators("--output-tokens", "8")
 
 
+@dataclass
+class RunningAdapter:
+    """An in-process adapter: a stub of it, and its scheduler (to read the queue from tests)."""
+
+    stub: inference_pb2_grpc.InferenceServiceStub
+    scheduler: FairScheduler
+
+
 @pytest.fixture
-async def adapter() -> AsyncIterator[AdapterFactory]:
-    """adapter(upstream_url, **settings): a stub of an in-process adapter on a free port."""
+async def adapter_server() -> AsyncIterator[Callable[..., Awaitable[RunningAdapter]]]:
+    """adapter_server(upstream_url, **settings): an in-process adapter on a free port."""
     started: list[tuple[grpc.aio.Server, grpc.aio.Channel, Upstream]] = []
 
-    async def start(upstream_url: str, **settings: Any) -> inference_pb2_grpc.InferenceServiceStub:
+    async def start(upstream_url: str, **settings: Any) -> RunningAdapter:
         config = AdapterSettings(upstream_url=upstream_url, **settings)
         upstream = Upstream(config)
+        scheduler = FairScheduler(config.max_concurrent, config.queue_max, config.queue_timeout_s)
         server = grpc.aio.server(interceptors=[ServiceInterceptor()])
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(
-            InferenceServicer(upstream, config.model), server
+            InferenceServicer(upstream, scheduler, config.model), server
         )
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         channel = create_channel(f"127.0.0.1:{port}")
         started.append((server, channel, upstream))
-        return inference_pb2_grpc.InferenceServiceStub(channel)
+        return RunningAdapter(inference_pb2_grpc.InferenceServiceStub(channel), scheduler)
 
     yield start
     for server, channel, upstream in started:
         await channel.close()
         await server.stop(None)
         await upstream.aclose()
+
+
+@pytest.fixture
+def adapter(adapter_server: Callable[..., Awaitable[RunningAdapter]]) -> AdapterFactory:
+    """adapter(upstream_url, **settings): a stub of an in-process adapter on a free port."""
+
+    async def start(upstream_url: str, **settings: Any) -> inference_pb2_grpc.InferenceServiceStub:
+        return (await adapter_server(upstream_url, **settings)).stub
+
+    return start
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from genai_common.grpc_server import serve
 from genai_common.logs import setup_logging
 from genai_common.settings import load_settings
 
+from genai_adapter.scheduler import FairScheduler
 from genai_adapter.servicer import SERVICE_NAME, InferenceServicer
 from genai_adapter.settings import AdapterSettings
 from genai_adapter.upstream import Upstream
@@ -20,12 +21,19 @@ logger = logging.getLogger(__name__)
 
 async def run(settings: AdapterSettings) -> None:
     upstream = Upstream(settings)
-    servicer = InferenceServicer(upstream, settings.model)
+    scheduler = FairScheduler(settings.max_concurrent, settings.queue_max, settings.queue_timeout_s)
+    servicer = InferenceServicer(upstream, scheduler, settings.model)
 
     def register(server: grpc.aio.Server) -> None:
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
 
     logger.info("upstream %s, default model %s", settings.upstream_url, settings.model or "(first listed)")
+    logger.info(
+        "at most %s generations upstream, up to %s waiting for %s s",
+        settings.max_concurrent,
+        settings.queue_max,
+        settings.queue_timeout_s,
+    )
     try:
         await serve(
             name="inference-adapter",

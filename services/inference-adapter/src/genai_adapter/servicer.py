@@ -14,6 +14,7 @@ import grpc
 from genai.inference.v1 import inference_pb2, inference_pb2_grpc
 from prometheus_client import Counter, Histogram
 
+from genai_adapter.scheduler import FairScheduler, QueueFull, QueueTimeout
 from genai_adapter.upstream import (
     CHAT_PATH,
     COMPLETIONS_PATH,
@@ -26,6 +27,8 @@ from genai_adapter.upstream import (
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "genai.inference.v1.InferenceService"
+# Trailing metadata of RESOURCE_EXHAUSTED from the queue: whole seconds to wait before trying again.
+RETRY_AFTER_KEY = "retry-after"
 
 UPSTREAM_CALLS = Counter(
     "genai_adapter_upstream_calls_total", "Calls to the model server by outcome", ["method", "outcome"]
@@ -60,6 +63,12 @@ def _sampling_value(value: float) -> float:
     return float(f"{value:.6g}")
 
 
+def _caller_deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The caller's gRPC deadline in event-loop time, or None without one."""
+    remaining = context.time_remaining()
+    return None if remaining is None else asyncio.get_running_loop().time() + remaining
+
+
 def _usage(raw: Any) -> inference_pb2.Usage:
     if not isinstance(raw, dict):
         return inference_pb2.Usage()
@@ -80,11 +89,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     """Generates text and lists models on the upstream; every upstream failure becomes a clear status.
 
     A request without a model uses GENAI_ADAPTER_MODEL, or else the first model the upstream lists
-    (asked once, and again after the upstream says that model no longer exists).
+    (asked once, and again after the upstream says that model no longer exists). Generations take
+    a slot from the scheduler first (validation happens before, so that a bad request never
+    waits); listing models does not.
     """
 
-    def __init__(self, upstream: Upstream, default_model: str = "") -> None:
+    def __init__(self, upstream: Upstream, scheduler: FairScheduler, default_model: str = "") -> None:
         self._upstream = upstream
+        self._scheduler = scheduler
         self._configured_model = default_model
         self._resolved_model = ""
         self._resolve_lock = asyncio.Lock()
@@ -166,10 +178,45 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         await context.abort(exc.code, exc.message)
         raise AssertionError("unreachable: abort raises")
 
+    async def _queue_abort(
+        self, context: grpc.aio.ServicerContext, exc: QueueFull | QueueTimeout
+    ) -> NoReturn:
+        """Answer a request that got no slot upstream.
+
+        A full queue or the queue timeout is the service being busy: RESOURCE_EXHAUSTED with a
+        retry-after, for the gateway to answer 503 + Retry-After. When the caller's own deadline
+        ran out first, the caller chose to wait no longer: DEADLINE_EXCEEDED, as for any other call
+        that outlives its deadline (and nothing to retry after).
+        """
+        if isinstance(exc, QueueFull):
+            # info, not warning: under overload this is every request, and the metric counts them.
+            logger.info("queue full: %s requests waiting", exc.waiting)
+            message = f"the model is busy: {exc.waiting} requests are waiting; try again shortly"
+        elif exc.by_caller:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "waited too long for the model")
+        else:
+            logger.info("a request left the queue after %s s without a slot", self._scheduler.queue_timeout_s)
+            message = "waited too long for the model"
+        await context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            message,
+            trailing_metadata=((RETRY_AFTER_KEY, str(exc.retry_after_s)),),
+        )
+        raise AssertionError("unreachable: abort raises")
+
     async def Generate(
         self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.GenerateResponse:
         path, payload = await self._payload(request, context, stream=False)
+        try:
+            async with self._scheduler.slot(request.user, _caller_deadline(context)):
+                return await self._generate(path, payload, context)
+        except (QueueFull, QueueTimeout) as exc:
+            await self._queue_abort(context, exc)
+
+    async def _generate(
+        self, path: str, payload: dict[str, Any], context: grpc.aio.ServicerContext
+    ) -> inference_pb2.GenerateResponse:
         try:
             answer = await self._upstream.complete(path, payload, context.time_remaining())
             choices = answer.get("choices")
@@ -199,6 +246,21 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     ) -> AsyncIterator[inference_pb2.GenerateChunk]:
         path, payload = await self._payload(request, context, stream=True)
         started = time.perf_counter()
+        try:
+            async with self._scheduler.slot(request.user, _caller_deadline(context), wait=False) as ticket:
+                # Chunks with only the place in the queue until the turn comes (none if a slot was free).
+                async with aclosing(ticket.positions()) as positions:
+                    async for position in positions:
+                        yield inference_pb2.GenerateChunk(queue_position=position)
+                async with aclosing(self._generate_stream(path, payload, context, started)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
+        except (QueueFull, QueueTimeout) as exc:
+            await self._queue_abort(context, exc)
+
+    async def _generate_stream(
+        self, path: str, payload: dict[str, Any], context: grpc.aio.ServicerContext, started: float
+    ) -> AsyncIterator[inference_pb2.GenerateChunk]:
         first = True
         try:
             # aclosing: when this call ends early (caller cancelled), the HTTP stream is closed now.

@@ -26,6 +26,13 @@ class AdapterSettings(CommonSettings):
     max_connections: int = Field(256, ge=1)
     # Extra attempts when the connection cannot be made (nothing was sent, so nothing can be doubled).
     retries: int = Field(1, ge=0, le=5)
+    # Generations allowed upstream at once; set it to vLLM's --max-num-seqs, so that requests wait
+    # here, where users take turns, rather than first come first served inside vLLM.
+    max_concurrent: int = Field(16, ge=1)
+    # Requests allowed to wait for a slot; beyond it RESOURCE_EXHAUSTED with a retry-after.
+    queue_max: int = Field(1000, ge=0)
+    # Longest wait for a slot (the caller's deadline, if sooner, ends it first).
+    queue_timeout_s: float = Field(60.0, gt=0)
 
     @field_validator("upstream_url")
     @classmethod
