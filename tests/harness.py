@@ -39,6 +39,9 @@ class RunningStack:
     admin_password: str
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     log_dir: Path = ARTIFACTS / "logs"
+    # Processes beyond the stack's own (extra gateways): their settings and port.
+    extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    extra_ports: dict[str, int] = field(default_factory=dict)
 
     # --- processes ----------------------------------------------------------------------------------
 
@@ -46,9 +49,27 @@ class RunningStack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (kept open for the process's life)
         self.procs[name] = subprocess.Popen(
-            self.commands[name], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            self.commands[name],
+            env={**self.env, **self.extra_env.get(name, {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.wait_ready(name)
+
+    def start_extra_gateway(self, name: str, **settings: str) -> str:
+        """Another gateway process on the same Redis and services (a replica), with some settings of its
+        own (GENAI_GATEWAY_<NAME>=value); returns its plain-HTTP base URL."""
+        port = infra.free_port()
+        self.commands[name] = self.commands["gateway"]
+        self.extra_ports[name] = port
+        self.extra_env[name] = {
+            "GENAI_GATEWAY_PORT": str(port),
+            "GENAI_GATEWAY_GRPC_PORT": str(infra.free_port()),
+            **{f"GENAI_GATEWAY_{key.upper()}": value for key, value in settings.items()},
+        }
+        self.start(name)
+        return f"http://127.0.0.1:{port}"
 
     def stop(self, name: str) -> None:
         proc = self.procs.pop(name, None)
@@ -66,6 +87,8 @@ class RunningStack:
             self.stop(name)
 
     def _port(self, name: str) -> int:
+        if name in self.extra_ports:
+            return self.extra_ports[name]
         p = self.cfg.ports
         return {
             "upstream": p.upstream,
@@ -144,6 +167,12 @@ class RunningStack:
             response = client.post("/token", json={"username": username, "password": password})
         response.raise_for_status()
         return str(response.json()["access_token"])
+
+    def set_limits(self, user: User, **limits: int) -> None:
+        admin = {"Authorization": f"Bearer {self.login(self.admin_username, self.admin_password)}"}
+        with self.client() as client:
+            response = client.patch(f"/api/v1/users/{user.username}", json={"limits": limits}, headers=admin)
+        response.raise_for_status()
 
     def new_user(self, role: str = "user") -> User:
         """A user of its own for one test, so that rate limits and history never mix between tests."""

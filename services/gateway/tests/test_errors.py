@@ -63,3 +63,17 @@ def test_one_error_shape() -> None:
         "error": {"message": "slow down", "type": "rate_limit_error", "param": None, "code": "rate_limited"},
         "detail": "slow down",
     }
+
+
+def test_a_busy_model_is_503_with_retry_after() -> None:
+    error = from_grpc(
+        _Failure(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "the model is busy: 9 requests are waiting",
+            (("retry-after", "7"),),
+        ),
+        "the model service",
+        busy_status=503,
+    )
+    assert (error.status, error.headers["Retry-After"]) == (503, "7")
+    assert "busy" in error.message

@@ -61,10 +61,16 @@ _GRPC_TO_HTTP: dict[grpc.StatusCode, tuple[int, str]] = {
 }
 
 
-def from_grpc(exc: grpc.aio.AioRpcError, what: str) -> ApiError:
-    """Translate a failed internal call; `what` names the dependency for messages about outages."""
+def from_grpc(exc: grpc.aio.AioRpcError, what: str, *, busy_status: int = 429) -> ApiError:
+    """Translate a failed internal call; `what` names the dependency for messages about outages.
+
+    `busy_status` is the answer to RESOURCE_EXHAUSTED: 429 where it means the caller asked too much
+    (login attempts), 503 where the service as a whole is busy (the model's queue is full).
+    """
     code = exc.code()
     status, fallback = _GRPC_TO_HTTP.get(code, (500, "internal error"))
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        status = busy_status
     details = exc.details() or ""
     if status == 500:
         logger.error("%s failed: %s %s", what, code.name, details)
@@ -78,7 +84,7 @@ def from_grpc(exc: grpc.aio.AioRpcError, what: str) -> ApiError:
     else:
         message = details or fallback
     headers: dict[str, str] = {}
-    if status == 429:
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         for key, value in exc.trailing_metadata() or ():
             if key == "retry-after":
                 headers["Retry-After"] = str(value)

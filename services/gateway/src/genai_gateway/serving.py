@@ -364,7 +364,7 @@ class AskService:
                 await self._store(key, answer)
                 flight.finish(answer)
             except grpc.aio.AioRpcError as exc:
-                flight.fail(from_grpc(exc, MODEL_SERVICE))
+                flight.fail(from_grpc(exc, MODEL_SERVICE, busy_status=503))
             except asyncio.CancelledError:
                 flight.fail(ApiError(503, "the generation was cancelled"))
                 raise
