@@ -9,7 +9,7 @@ from fastapi import Request, Response
 from genai.auth.v1 import auth_pb2
 
 from genai_gateway.quota import Admission, Quotas
-from genai_gateway.serving import Answer, Delta
+from genai_gateway.serving import Answer, Delta, Queued
 
 
 def subject(principal: auth_pb2.Principal) -> str:
@@ -38,8 +38,8 @@ async def settle(quotas: Quotas, admission: Admission, answer: Answer | None) ->
 
 
 async def metered(
-    events: AsyncIterator[Delta | Answer], quotas: Quotas, admission: Admission
-) -> AsyncIterator[Delta | Answer]:
+    events: AsyncIterator[Delta | Queued | Answer], quotas: Quotas, admission: Admission
+) -> AsyncIterator[Delta | Queued | Answer]:
     """A stream that settles its admission when it ends, however it ends (done, failed, client gone)."""
     answer: Answer | None = None
     try:

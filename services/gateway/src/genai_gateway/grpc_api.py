@@ -15,7 +15,7 @@ from genai_common.request_id import current_request_id
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from genai_gateway.admission import settle
+from genai_gateway.admission import admit_principal, settle
 from genai_gateway.errors import ApiError, from_grpc
 from genai_gateway.quota import Admission, Quotas
 from genai_gateway.serving import Answer, AskService, Delta, Generation, Queued
@@ -97,16 +97,12 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer):
                 conversation_id=request.conversation_id,
                 no_cache=request.no_cache,
             )
-            decision = await self.limiter.hit(f"user:{principal.user_id}")
-            if not decision.allowed:
-                raise ApiError(
-                    429,
-                    f"rate limit of {decision.limit} requests per minute reached",
-                    headers=decision.headers(),
-                )
+            # The model is checked before the request counts against the caller's limits.
+            await self.service.resolve_model(request.model)
+            admission = await admit_principal(self.quotas, principal)
         except ApiError as error:
             await _abort(context, error)
-        return principal, generation
+        return principal, generation, admission
 
     async def Ask(
         self, request: assistant_pb2.AskRequest, context: grpc.aio.ServicerContext

@@ -309,7 +309,7 @@ class AskService:
         model: str,
         messages: list[dict[str, str]],
     ) -> str:
-        params = {
+        params: dict[str, Any] = {
             "max_tokens": generation.max_tokens,
             "temperature": generation.temperature,
             "top_p": generation.top_p,
@@ -475,6 +475,8 @@ class AskService:
                     latency_ms=int((time.perf_counter() - started) * 1000),
                 )
                 self._in_background(self._record(principal, generation, partial))
+        # follow() either raises or ends with the answer.
+        assert finished is not None
         answer = replace(
             finished, coalesced=coalesced, latency_ms=int((time.perf_counter() - started) * 1000)
         )

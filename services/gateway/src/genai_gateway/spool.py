@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from typing import cast
 
 import grpc
 import redis.asyncio as redis
 from genai.history.v1 import history_pb2, history_pb2_grpc
 from genai_common.grpc_client import call_metadata
+from genai_common.redis_guard import RedisGuard
 from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
-
-from genai_gateway.redis_guard import RedisGuard
 
 logger = logging.getLogger(__name__)
 
@@ -111,10 +111,10 @@ class HistoryRecorder:
             while True:
                 # Peek, write, then remove: a crash in between replays it later, and the exchange id
                 # makes that replay harmless.
-                raw = await self.redis.lindex(SPOOL_KEY, 0)
+                raw = cast(bytes | None, await self.redis.lindex(SPOOL_KEY, 0))
                 if raw is None or not await self._replay(raw):
                     return written
-                await self.redis.lrem(SPOOL_KEY, 1, raw)
+                await self.redis.lrem(SPOOL_KEY, 1, raw)  # type: ignore[arg-type]  # bytes are fine
                 written += 1
         except (RedisError, OSError) as exc:
             self.guard.failed(exc)
