@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
 # Installs the system programs the embedded stack runs, when missing: nginx, redis-server and the
-# PostgreSQL server binaries (used only when no PostgreSQL/Redis answers already). Debian/Ubuntu (apt-get)
-# and Red OS/RHEL (dnf). Does nothing when everything is there.
+# PostgreSQL server binaries (used only when no PostgreSQL/Redis answers already), and the DejaVu Sans font
+# that PDF exports embed (it has Cyrillic). Debian/Ubuntu (apt-get) and Red OS/RHEL (dnf). Does nothing
+# when everything is there.
 set -euo pipefail
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 have_pg() { command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb /usr/pgsql-*/bin/initdb >/dev/null 2>&1; }
+# Where the gateway looks for it (GENAI_GATEWAY_PDF_FONT; the dnf path is found when left at the default).
+have_font() {
+  [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || [ -f /usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf ] \
+    || [ -f /usr/share/fonts/dejavu/DejaVuSans.ttf ]
+}
 
 missing=()
 have nginx || missing+=(nginx)
 have redis-server || missing+=(redis)
 have_pg || missing+=(postgresql)
+have_font || missing+=(font)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 sudo=""
@@ -27,6 +34,7 @@ if command -v apt-get >/dev/null 2>&1; then
       nginx) packages+=(nginx-light) ;;
       redis) packages+=(redis-server) ;;
       postgresql) packages+=(postgresql) ;;
+      font) packages+=(fonts-dejavu-core) ;;
     esac
   done
   $sudo apt-get update -qq
@@ -38,10 +46,16 @@ elif command -v dnf >/dev/null 2>&1; then
       nginx) packages+=(nginx) ;;
       redis) packages+=(redis) ;;
       postgresql) packages+=(postgresql-server) ;;
+      font) packages+=(dejavu-sans-fonts) ;;
     esac
   done
   $sudo dnf install -y -q "${packages[@]}"
 else
   echo "missing: ${missing[*]}; no apt-get or dnf here to install them" >&2
+  exit 1
+fi
+
+if [[ " ${missing[*]} " == *" font "* ]] && ! have_font; then
+  echo "DejaVuSans.ttf still missing after installing the font package; set GENAI_GATEWAY_PDF_FONT" >&2
   exit 1
 fi

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
-from genai.history.v1 import history_pb2_grpc
+import pytest
+from genai.history.v1 import history_pb2, history_pb2_grpc
 from genai_common.grpc_server import ServiceInterceptor
 from genai_history.servicer import HistoryServicer
 from genai_history.settings import HistorySettings
@@ -46,3 +48,24 @@ async def running_server(store: HistoryStore, settings: HistorySettings) -> Asyn
     finally:
         await channel.close()
         await server.stop(None)
+
+
+def new_owner() -> str:
+    return str(uuid.uuid4())
+
+
+async def append(stub: Stub, owner_id: str, prompt: str = "hello", **fields: Any):
+    """Store one exchange through the service, with a default response and source."""
+    fields.setdefault("response", "hi there")
+    fields.setdefault("source", "model")
+    return await stub.AppendExchange(
+        history_pb2.AppendExchangeRequest(owner_id=owner_id, prompt=prompt, **fields)
+    )
+
+
+async def fails_with(code: grpc.StatusCode, call: Awaitable[Any]) -> str:
+    """Await a call that must fail with `code`; returns the status details."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    assert caught.value.code() == code, caught.value.details()
+    return caught.value.details() or ""

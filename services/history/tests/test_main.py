@@ -20,7 +20,8 @@ def free_port() -> int:
 
 async def test_run_migrates_serves_and_stops_on_sigterm(new_database_dsn: str) -> None:
     listen = f"127.0.0.1:{free_port()}"
-    settings = make_settings(new_database_dsn, listen=listen, migrate_on_start=True)
+    # Retention on: its loop runs beside the server and must stop with it.
+    settings = make_settings(new_database_dsn, listen=listen, migrate_on_start=True, retention_days=3650)
     task = asyncio.create_task(run(settings))
     loop = asyncio.get_running_loop()
     channel = grpc.aio.insecure_channel(listen)

@@ -1,13 +1,23 @@
 import base64
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import pytest
-from genai_history.paging import Cursor, InvalidPageToken, decode_page_token, encode_page_token
+from genai_history.paging import (
+    Cursor,
+    InvalidPageToken,
+    UsageCursor,
+    decode_audit_token,
+    decode_page_token,
+    decode_usage_token,
+    encode_audit_token,
+    encode_page_token,
+    encode_usage_token,
+)
 
 
 def test_round_trip_keeps_microseconds() -> None:
-    cursor = Cursor(updated_at=datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC), id=uuid.uuid4())
+    cursor = Cursor(at=datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC), id=uuid.uuid4())
     token = encode_page_token(cursor)
     assert "=" not in token
     assert decode_page_token(token) == cursor
@@ -28,3 +38,25 @@ def test_round_trip_keeps_microseconds() -> None:
 def test_tokens_not_made_here_are_refused(token: str) -> None:
     with pytest.raises(InvalidPageToken):
         decode_page_token(token)
+
+
+def test_audit_and_usage_tokens_round_trip() -> None:
+    assert decode_audit_token(encode_audit_token(12345)) == 12345
+    usage = UsageCursor(day=date(2024, 2, 29), owner_id=uuid.uuid4())
+    assert decode_usage_token(encode_usage_token(usage)) == usage
+
+
+def test_tokens_of_one_list_are_refused_by_another() -> None:
+    conversation_token = encode_page_token(Cursor(at=datetime(2024, 1, 1, tzinfo=UTC), id=uuid.uuid4()))
+    audit_token = encode_audit_token(7)
+    usage_token = encode_usage_token(UsageCursor(day=date(2024, 1, 1), owner_id=uuid.uuid4()))
+    for token, decode in (
+        (conversation_token, decode_audit_token),
+        (conversation_token, decode_usage_token),
+        (audit_token, decode_page_token),
+        (audit_token, decode_usage_token),
+        (usage_token, decode_audit_token),
+        (usage_token, decode_page_token),
+    ):
+        with pytest.raises(InvalidPageToken):
+            decode(token)

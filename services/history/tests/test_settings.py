@@ -30,3 +30,30 @@ def test_refuses_a_non_postgres_url() -> None:
 def test_default_page_size_within_max() -> None:
     with pytest.raises(ValidationError, match="default_page_size"):
         HistorySettings(database_url="postgresql://db/h", default_page_size=50, max_page_size=10)
+
+
+def test_retention_and_export_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RETENTION_DAYS", "AUDIT_RETENTION_DAYS", "RETENTION_INTERVAL_S", "EXPORT_MAX_MESSAGES"):
+        monkeypatch.delenv(f"GENAI_HISTORY_{name}", raising=False)
+    defaults = HistorySettings(database_url="postgresql://db/h")
+    assert (defaults.retention_days, defaults.audit_retention_days) == (0, 0)
+    assert defaults.retention_interval_s == 3600
+    assert defaults.export_max_messages == 10_000
+
+    monkeypatch.setenv("GENAI_HISTORY_RETENTION_DAYS", "90")
+    monkeypatch.setenv("GENAI_HISTORY_AUDIT_RETENTION_DAYS", "730")
+    monkeypatch.setenv("GENAI_HISTORY_RETENTION_INTERVAL_S", "60")
+    settings = HistorySettings(database_url="postgresql://db/h")
+    assert (settings.retention_days, settings.audit_retention_days, settings.retention_interval_s) == (
+        90,
+        730,
+        60,
+    )
+
+
+@pytest.mark.parametrize(
+    "field", [{"retention_days": -1}, {"audit_retention_days": -1}, {"retention_interval_s": 0}]
+)
+def test_retention_settings_refuse_nonsense(field: dict) -> None:
+    with pytest.raises(ValidationError):
+        HistorySettings(database_url="postgresql://db/h", **field)

@@ -10,6 +10,7 @@ from importlib import resources
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from genai_common.redis_guard import RedisGuard
 
 from genai_gateway.backends import Backends
 from genai_gateway.cache import AnswerCache
@@ -17,8 +18,7 @@ from genai_gateway.errors import install_handlers
 from genai_gateway.grpc_api import start_server
 from genai_gateway.middleware import RequestIdMiddleware
 from genai_gateway.quota import Quotas
-from genai_gateway.redis_guard import RedisGuard
-from genai_gateway.routers import ask, auth, health, history, keys, openai, users
+from genai_gateway.routers import admin, ask, auth, dialogs, health, history, keys, openai, users
 from genai_gateway.serving import AskService
 from genai_gateway.settings import GatewaySettings
 from genai_gateway.spool import HistoryRecorder
@@ -81,9 +81,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         auth.router,
         ask.router,
         openai.router,
+        # Before history: its /{conversation_id} would take /search and /export.
+        dialogs.router,
         history.router,
         keys.router,
         users.router,
+        admin.router,
         health.router,
     ):
         app.include_router(router)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, model_validator
 
@@ -170,3 +170,66 @@ class ConversationList(BaseModel):
 
 class ConversationOut(ConversationSummary):
     messages: list[MessageOut]
+
+
+class ConversationRename(BaseModel):
+    # Whitespace is collapsed by the history service, which checks 1 to 200 characters again after that.
+    title: str = Field(min_length=1, max_length=200)
+
+
+class SearchHit(BaseModel):
+    conversation_id: str
+    conversation_title: str
+    message_id: str
+    snippet: str = Field(description="plain text; each match is between \u00ab and \u00bb")
+    created_at_ms: int
+
+
+class SearchResults(BaseModel):
+    hits: list[SearchHit]
+    next_cursor: str | None = None
+
+
+class AdminConversationSummary(ConversationSummary):
+    owner_id: str
+
+
+class AdminConversationList(BaseModel):
+    conversations: list[AdminConversationSummary]
+    next_cursor: str | None = None
+
+
+class AdminConversationOut(AdminConversationSummary):
+    messages: list[MessageOut]
+
+
+class AuditEventOut(BaseModel):
+    id: int
+    at: str = Field(description="ISO 8601, UTC")
+    at_ms: int
+    actor_id: str
+    actor_username: str
+    action: str
+    target_owner_id: str | None
+    target_conversation_id: str | None
+    request_id: str
+    details: dict[str, Any]
+
+
+class AuditEventList(BaseModel):
+    events: list[AuditEventOut]
+    next_cursor: str | None = None
+
+
+class UsageRowOut(BaseModel):
+    day: str
+    owner_id: str
+    requests: int
+    prompt_tokens: int = Field(description="tokens the model processed; answers from the cache count none")
+    completion_tokens: int
+    cache_hits: int
+
+
+class UsageReportOut(BaseModel):
+    rows: list[UsageRowOut]
+    next_cursor: str | None = None

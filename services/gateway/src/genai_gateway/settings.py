@@ -10,6 +10,8 @@ from pydantic_settings import SettingsConfigDict
 
 from genai_gateway.quota import LimitSet
 
+DEFAULT_PDF_FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+
 
 class GatewaySettings(CommonSettings):
     model_config = SettingsConfigDict(env_prefix="GENAI_GATEWAY_", env_nested_delimiter="__", extra="ignore")
@@ -69,3 +71,11 @@ class GatewaySettings(CommonSettings):
 
     # Exchanges that history could not take are kept in Redis and replayed by this loop.
     spool_drain_interval_s: float = 2.0
+
+    # Exports (JSON, CSV, PDF). The history service caps what an export may hold; these bound the rest.
+    export_timeout_s: float = Field(60.0, gt=0)
+    # A TrueType font with Cyrillic, embedded in PDF exports (Debian/Ubuntu: fonts-dejavu-core; Red OS,
+    # RHEL, Fedora: dejavu-sans-fonts, found at its own path when this is left at the default).
+    pdf_font: str = DEFAULT_PDF_FONT
+    # PDF layout is slow work for a web request: larger exports are refused with a pointer to CSV or JSON.
+    export_pdf_max_chars: int = Field(1_000_000, ge=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import grpc
@@ -12,6 +13,7 @@ from genai_common.grpc_server import serve
 from genai_common.logs import setup_logging
 from genai_common.settings import load_settings
 
+from genai_history import retention
 from genai_history.servicer import SERVICE_NAME, HistoryServicer
 from genai_history.settings import HistorySettings
 from genai_history.store import COMPONENT, MIGRATIONS_DIR, HistoryStore
@@ -32,7 +34,23 @@ async def run(settings: HistorySettings) -> None:
     def register(server: grpc.aio.Server) -> None:
         history_pb2_grpc.add_HistoryServiceServicer_to_server(servicer, server)
 
+    cleanup = None
+    if retention.enabled(settings):
+        cleanup = asyncio.create_task(retention.run_forever(pool, settings))
+        logger.info(
+            "retention on: conversations after %d days, audit events after %d days (0 = never)",
+            settings.retention_days,
+            settings.audit_retention_days,
+        )
+
+    async def stop_cleanup() -> None:
+        if cleanup is not None:
+            cleanup.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await cleanup
+
     async def close_pool() -> None:
+        await stop_cleanup()
         try:
             await asyncio.wait_for(pool.close(), POOL_CLOSE_TIMEOUT_S)
         except TimeoutError:
@@ -50,6 +68,7 @@ async def run(settings: HistorySettings) -> None:
         )
     except BaseException:
         # serve() closes the pool through on_stop only on a clean stop; a failed start must not leak it.
+        await stop_cleanup()
         if not pool.is_closing():
             pool.terminate()
         raise

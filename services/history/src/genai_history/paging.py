@@ -1,4 +1,4 @@
-"""Opaque page tokens for keyset pagination over conversations (newest updated first)."""
+"""Opaque page tokens for keyset pagination: each list hands back where its next page starts."""
 
 from __future__ import annotations
 
@@ -6,22 +6,33 @@ import base64
 import binascii
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
 
 
 class InvalidPageToken(ValueError):
-    """The page token was not made by this service."""
+    """The page token was not made by this service (or by another list of it)."""
 
 
 @dataclass(frozen=True)
 class Cursor:
-    """Position after the last conversation of a page: its updated_at and id."""
+    """Position after the last row of a page ordered by a time, newest first: that time and the row's id.
 
-    updated_at: datetime
+    Conversations are ordered by updated_at, search hits by their message's created_at.
+    """
+
+    at: datetime
     id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class UsageCursor:
+    """Position after the last row of a usage page, ordered by day then owner."""
+
+    day: date
+    owner_id: uuid.UUID
 
 
 def to_micros(moment: datetime) -> int:
@@ -33,18 +44,53 @@ def from_micros(micros: int) -> datetime:
     return EPOCH + timedelta(microseconds=micros)
 
 
+def _encode(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode("ascii")).decode("ascii").rstrip("=")
+
+
+def _decode(token: str) -> str:
+    padded = token + "=" * (-len(token) % 4)
+    return base64.urlsafe_b64decode(padded.encode("ascii")).decode("ascii")
+
+
 def encode_page_token(cursor: Cursor) -> str:
-    raw = f"{to_micros(cursor.updated_at)}:{cursor.id}".encode("ascii")
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+    return _encode(f"{to_micros(cursor.at)}:{cursor.id}")
 
 
 def decode_page_token(token: str) -> Cursor:
     try:
-        padded = token + "=" * (-len(token) % 4)
-        raw = base64.urlsafe_b64decode(padded.encode("ascii")).decode("ascii")
-        micros_text, id_text = raw.split(":")
+        micros_text, id_text = _decode(token).split(":")
         if not micros_text.lstrip("-").isdigit():
             raise ValueError("not a number")
-        return Cursor(updated_at=from_micros(int(micros_text)), id=uuid.UUID(id_text))
+        return Cursor(at=from_micros(int(micros_text)), id=uuid.UUID(id_text))
     except (ValueError, binascii.Error, OverflowError) as exc:
+        raise InvalidPageToken("invalid page token") from exc
+
+
+# Audit events are listed newest first by their identity column, which only grows.
+def encode_audit_token(last_id: int) -> str:
+    return _encode(f"audit:{last_id}")
+
+
+def decode_audit_token(token: str) -> int:
+    try:
+        kind, id_text = _decode(token).split(":")
+        if kind != "audit" or not id_text.isdigit():
+            raise ValueError("not an audit token")
+        return int(id_text)
+    except (ValueError, binascii.Error) as exc:
+        raise InvalidPageToken("invalid page token") from exc
+
+
+def encode_usage_token(cursor: UsageCursor) -> str:
+    return _encode(f"usage:{cursor.day.isoformat()}:{cursor.owner_id}")
+
+
+def decode_usage_token(token: str) -> UsageCursor:
+    try:
+        kind, day_text, owner_text = _decode(token).split(":")
+        if kind != "usage":
+            raise ValueError("not a usage token")
+        return UsageCursor(day=date.fromisoformat(day_text), owner_id=uuid.UUID(owner_text))
+    except (ValueError, binascii.Error) as exc:
         raise InvalidPageToken("invalid page token") from exc

@@ -23,6 +23,18 @@ class HistorySettings(CommonSettings):
     max_text_chars: int = Field(200_000, ge=1)
     migrate_on_start: bool = True
     pool_max_size: int = Field(10, ge=1)
+    # Rows per page of the usage report (a page per day and owner adds up fast).
+    max_usage_page_size: int = Field(1000, ge=1)
+    # Largest export: messages, and UTF-8 bytes of prompts and responses together. Larger ones are refused
+    # with a message saying so; a conversation at a time still works.
+    export_max_messages: int = Field(10_000, ge=1)
+    export_max_bytes: int = Field(32 * 1024 * 1024, ge=1)
+    # Conversations not updated for this many days are deleted (with their messages); 0 keeps them forever.
+    retention_days: int = Field(0, ge=0)
+    # Audit events older than this many days are deleted; 0 keeps them forever.
+    audit_retention_days: int = Field(0, ge=0)
+    # How often the service runs the retention cleanup while either period is set.
+    retention_interval_s: float = Field(3600.0, gt=0)
 
     @field_validator("database_url")
     @classmethod

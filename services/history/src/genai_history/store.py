@@ -1,14 +1,16 @@
-"""All SQL of the history service: conversations and messages, always scoped by owner."""
+"""SQL over conversations and messages: owner-scoped calls, and the admin calls that audit every read."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import asyncpg
 
+from genai_history.audit import AuditEntry, insert_event
 from genai_history.paging import Cursor
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -16,10 +18,21 @@ COMPONENT = "history"
 
 # A pool that stays exhausted this long is treated like a database that is down.
 ACQUIRE_TIMEOUT_S = 5.0
+# Errors that mean the database cannot be reached right now; callers may retry (or spool) on UNAVAILABLE.
+DATABASE_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError)
 
 
 class ConversationNotFound(LookupError):
     """The conversation does not exist or belongs to someone else (callers must not tell which)."""
+
+
+class ExportTooLarge(Exception):
+    """The export would exceed a cap; nothing was read beyond the counts."""
+
+    def __init__(self, messages: int, text_bytes: int) -> None:
+        super().__init__(f"{messages} messages, {text_bytes} bytes of text")
+        self.messages = messages
+        self.text_bytes = text_bytes
 
 
 class _ExchangeAlreadyStored(Exception):
@@ -53,6 +66,7 @@ class ConversationRow:
     created_at: datetime
     updated_at: datetime
     message_count: int
+    owner_id: uuid.UUID
 
 
 @dataclass(frozen=True)
@@ -72,8 +86,39 @@ class MessageRow:
     created_at: datetime
 
 
+@dataclass(frozen=True)
+class SearchHitRow:
+    """A message that matched a search, with a plain-text snippet around the matches."""
+
+    message_id: uuid.UUID
+    conversation_id: uuid.UUID
+    conversation_title: str
+    snippet: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ExportScope:
+    """What an export covers: one conversation (of owner_id, if given) or every conversation of owner_id."""
+
+    owner_id: uuid.UUID | None = None
+    conversation_id: uuid.UUID | None = None
+
+    def __post_init__(self) -> None:
+        if self.owner_id is None and self.conversation_id is None:
+            raise ValueError("an export needs an owner or a conversation")
+
+
+@dataclass(frozen=True)
+class ExportCaps:
+    """Largest export served: messages, and UTF-8 bytes of prompts and responses together."""
+
+    max_messages: int
+    max_text_bytes: int
+
+
 _LIST_FIRST_PAGE = """
-    SELECT c.id, c.title, c.created_at, c.updated_at,
+    SELECT c.id, c.owner_id, c.title, c.created_at, c.updated_at,
            (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count
     FROM conversations c
     WHERE c.owner_id = $1
@@ -83,7 +128,7 @@ _LIST_FIRST_PAGE = """
 
 # Two statements rather than one with "cursor IS NULL OR ...": a generic plan keeps the index range.
 _LIST_NEXT_PAGE = """
-    SELECT c.id, c.title, c.created_at, c.updated_at,
+    SELECT c.id, c.owner_id, c.title, c.created_at, c.updated_at,
            (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count
     FROM conversations c
     WHERE c.owner_id = $1 AND (c.updated_at, c.id) < ($3::timestamptz, $4::uuid)
@@ -92,10 +137,34 @@ _LIST_NEXT_PAGE = """
 """
 
 _GET_SUMMARY = """
-    SELECT c.id, c.title, c.created_at, c.updated_at,
+    SELECT c.id, c.owner_id, c.title, c.created_at, c.updated_at,
            (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count
     FROM conversations c
     WHERE c.id = $1 AND c.owner_id = $2
+"""
+
+_ADMIN_GET_SUMMARY = """
+    SELECT c.id, c.owner_id, c.title, c.created_at, c.updated_at,
+           (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count
+    FROM conversations c
+    WHERE c.id = $1
+"""
+
+_ADMIN_LIST_FIRST_PAGE = """
+    SELECT c.id, c.owner_id, c.title, c.created_at, c.updated_at,
+           (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count
+    FROM conversations c
+    ORDER BY c.updated_at DESC, c.id DESC
+    LIMIT $1
+"""
+
+_ADMIN_LIST_NEXT_PAGE = """
+    SELECT c.id, c.owner_id, c.title, c.created_at, c.updated_at,
+           (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count
+    FROM conversations c
+    WHERE (c.updated_at, c.id) < ($2::timestamptz, $3::uuid)
+    ORDER BY c.updated_at DESC, c.id DESC
+    LIMIT $1
 """
 
 # The newest $3 messages, handed back oldest first.
@@ -140,12 +209,76 @@ _DELETE_CONVERSATION = """
     DELETE FROM conversations WHERE id = $1 AND owner_id = $2 RETURNING id
 """
 
+_RENAME_CONVERSATION = """
+    UPDATE conversations c SET title = $3
+    WHERE c.id = $1 AND c.owner_id = $2
+    RETURNING c.id, c.owner_id, c.title, c.created_at, c.updated_at,
+              (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count
+"""
+
+# The page is chosen first and only its rows get a headline, which reads the whole text. The headline runs
+# over the same text as the generated search_vector column (migration 0002) and marks matches with
+# guillemets: plain text, never markup.
+_SEARCH = """
+    WITH query AS (SELECT websearch_to_tsquery('simple', $2) AS q),
+    page AS (
+        SELECT m.id, m.conversation_id, m.created_at,
+               left(m.prompt, 50000) || ' ' || left(m.response, 100000) AS text
+        FROM messages m, query
+        WHERE m.owner_id = $1 AND m.search_vector @@ query.q
+          AND ($4::timestamptz IS NULL OR (m.created_at, m.id) < ($4::timestamptz, $5::uuid))
+        ORDER BY m.created_at DESC, m.id DESC
+        LIMIT $3
+    )
+    SELECT page.id, page.conversation_id, c.title, page.created_at,
+           ts_headline('simple', page.text, query.q,
+                       'StartSel=«, StopSel=», MaxWords=30, MinWords=10, MaxFragments=2, '
+                       'FragmentDelimiter=" … "') AS snippet
+    FROM page JOIN conversations c ON c.id = page.conversation_id, query
+    ORDER BY page.created_at DESC, page.id DESC
+"""
+
+_CONVERSATION_OWNER = "SELECT owner_id FROM conversations WHERE id = $1"
+
+# Export filters by scope; the statements are fixed strings, only the values are parameters.
+
+_EXPORT_COUNT = """
+    SELECT count(*) AS messages,
+           coalesce(sum(octet_length(m.prompt) + octet_length(m.response)), 0) AS text_bytes
+    FROM messages m
+    WHERE {}
+"""
+
+_EXPORT_ROWS = """
+    SELECT c.id AS c_id, c.owner_id AS c_owner_id, c.title AS c_title, c.created_at AS c_created_at,
+           c.updated_at AS c_updated_at, count(*) OVER (PARTITION BY c.id) AS c_message_count,
+           m.id, m.prompt, m.response, m.source, m.model, m.prompt_tokens, m.completion_tokens,
+           m.total_tokens, m.latency_ms, m.request_id, m.created_at
+    FROM conversations c JOIN messages m ON m.conversation_id = c.id
+    WHERE {}
+    ORDER BY c.updated_at DESC, c.id DESC, m.created_at, m.id
+"""
+
+# Statements per export scope: (count, rows). Fixed text; only the values are parameters.
+_EXPORT_BY_CONVERSATION = (
+    _EXPORT_COUNT.format("m.conversation_id = $1"),
+    _EXPORT_ROWS.format("c.id = $1"),
+)
+_EXPORT_BY_OWNER = (
+    _EXPORT_COUNT.format("m.owner_id = $1"),
+    _EXPORT_ROWS.format("c.owner_id = $1"),
+)
+
 
 class HistoryStore:
     """Repository over an asyncpg pool. Every method takes the owner and never sees other owners' rows."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self._pool
 
     async def append_exchange(
         self, owner_id: uuid.UUID, conversation_id: uuid.UUID | None, title: str, exchange: Exchange
@@ -216,12 +349,12 @@ class HistoryStore:
             if after is None:
                 rows = await conn.fetch(_LIST_FIRST_PAGE, owner_id, limit + 1)
             else:
-                rows = await conn.fetch(_LIST_NEXT_PAGE, owner_id, limit + 1, after.updated_at, after.id)
+                rows = await conn.fetch(_LIST_NEXT_PAGE, owner_id, limit + 1, after.at, after.id)
         conversations = [_conversation(row) for row in rows[:limit]]
         if len(rows) <= limit:
             return conversations, None
         last = conversations[-1]
-        return conversations, Cursor(updated_at=last.updated_at, id=last.id)
+        return conversations, Cursor(at=last.updated_at, id=last.id)
 
     async def get_conversation(
         self, owner_id: uuid.UUID, conversation_id: uuid.UUID, max_messages: int
@@ -244,6 +377,137 @@ class HistoryStore:
             if await conn.fetchval(_DELETE_CONVERSATION, conversation_id, owner_id) is None:
                 raise ConversationNotFound(str(conversation_id))
 
+    async def rename_conversation(
+        self, owner_id: uuid.UUID, conversation_id: uuid.UUID, title: str
+    ) -> ConversationRow:
+        """Give the conversation a new title; its place in the list (updated_at) stays."""
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            row = await conn.fetchrow(_RENAME_CONVERSATION, conversation_id, owner_id, title)
+        if row is None:
+            raise ConversationNotFound(str(conversation_id))
+        return _conversation(row)
+
+    async def search_messages(
+        self, owner_id: uuid.UUID, query: str, limit: int, after: Cursor | None
+    ) -> tuple[list[SearchHitRow], Cursor | None]:
+        """The owner's messages matching a websearch-style query, newest first, and the next page's cursor."""
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            rows = await conn.fetch(
+                _SEARCH,
+                owner_id,
+                query,
+                limit + 1,
+                after.at if after else None,
+                after.id if after else None,
+            )
+        hits = [
+            SearchHitRow(
+                message_id=row["id"],
+                conversation_id=row["conversation_id"],
+                conversation_title=row["title"] or "",
+                snippet=row["snippet"],
+                created_at=row["created_at"],
+            )
+            for row in rows[:limit]
+        ]
+        if len(rows) <= limit:
+            return hits, None
+        return hits, Cursor(at=hits[-1].created_at, id=hits[-1].message_id)
+
+    async def export_messages(
+        self, scope: ExportScope, caps: ExportCaps, audit: AuditEntry | None = None
+    ) -> AsyncIterator[tuple[ConversationRow, MessageRow]]:
+        """Every message in scope with its conversation; conversations newest updated first.
+
+        Counts first and raises ExportTooLarge before reading any text when a cap would be exceeded;
+        ConversationNotFound for a conversation export of a conversation missing (or not the owner's).
+        With `audit`, the event is committed before the first message is handed out.
+        """
+        if scope.conversation_id is not None:
+            (count_sql, rows_sql), key = _EXPORT_BY_CONVERSATION, scope.conversation_id
+        else:
+            (count_sql, rows_sql), key = _EXPORT_BY_OWNER, scope.owner_id
+        async with (
+            self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn,
+            # One snapshot: the counts checked against the caps are those of the rows streamed.
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            owner_id = scope.owner_id
+            if scope.conversation_id is not None:
+                # The owner check is made here, once, so the statements below need only the id.
+                owner_id = await conn.fetchval(_CONVERSATION_OWNER, scope.conversation_id)
+                if owner_id is None or (scope.owner_id is not None and owner_id != scope.owner_id):
+                    raise ConversationNotFound(str(scope.conversation_id))
+            counts = await conn.fetchrow(count_sql, key)
+            if counts["messages"] > caps.max_messages or counts["text_bytes"] > caps.max_text_bytes:
+                raise ExportTooLarge(counts["messages"], counts["text_bytes"])
+            if audit is not None:
+                # Its own connection and transaction, committed now: this one stays read-only until the
+                # last row, and an export cut short by the client must still leave its record.
+                async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as audit_conn:
+                    await insert_event(
+                        audit_conn,
+                        audit.about(owner_id=owner_id, conversation_id=scope.conversation_id),
+                        {"messages": counts["messages"], "text_bytes": counts["text_bytes"]},
+                    )
+            async for row in conn.cursor(rows_sql, key, prefetch=200):
+                conversation = ConversationRow(
+                    id=row["c_id"],
+                    title=row["c_title"] or "",
+                    created_at=row["c_created_at"],
+                    updated_at=row["c_updated_at"],
+                    message_count=row["c_message_count"],
+                    owner_id=row["c_owner_id"],
+                )
+                yield conversation, _message(row)
+
+    # --- admin reads: any owner's data, each one recorded in the audit log in the same transaction ---------
+
+    async def admin_list_conversations(
+        self, owner_id: uuid.UUID | None, limit: int, after: Cursor | None, audit: AuditEntry
+    ) -> tuple[list[ConversationRow], Cursor | None]:
+        """Like list_conversations, across owners when owner_id is None; audited as list_conversations."""
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
+            if owner_id is not None and after is None:
+                rows = await conn.fetch(_LIST_FIRST_PAGE, owner_id, limit + 1)
+            elif owner_id is not None:
+                assert after is not None
+                rows = await conn.fetch(_LIST_NEXT_PAGE, owner_id, limit + 1, after.at, after.id)
+            elif after is None:
+                rows = await conn.fetch(_ADMIN_LIST_FIRST_PAGE, limit + 1)
+            else:
+                rows = await conn.fetch(_ADMIN_LIST_NEXT_PAGE, limit + 1, after.at, after.id)
+            conversations = [_conversation(row) for row in rows[:limit]]
+            await insert_event(
+                conn,
+                audit.about(owner_id=owner_id),
+                {"page_size": limit, "returned": len(conversations), "next_page": after is not None},
+            )
+        if len(rows) <= limit:
+            return conversations, None
+        last = conversations[-1]
+        return conversations, Cursor(at=last.updated_at, id=last.id)
+
+    async def admin_get_conversation(
+        self, conversation_id: uuid.UUID, max_messages: int, audit: AuditEntry
+    ) -> tuple[ConversationRow, list[MessageRow]]:
+        """Any owner's conversation; audited as read_conversation. A missing one is not recorded."""
+        async with (
+            self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn,
+            conn.transaction(isolation="repeatable_read"),
+        ):
+            summary = await conn.fetchrow(_ADMIN_GET_SUMMARY, conversation_id)
+            if summary is None:
+                raise ConversationNotFound(str(conversation_id))
+            conversation = _conversation(summary)
+            rows = await conn.fetch(_GET_MESSAGES, conversation_id, conversation.owner_id, max_messages)
+            await insert_event(
+                conn,
+                audit.about(owner_id=conversation.owner_id, conversation_id=conversation_id),
+                {"messages": len(rows)},
+            )
+        return conversation, [_message(row) for row in rows]
+
 
 def _conversation(row: asyncpg.Record) -> ConversationRow:
     return ConversationRow(
@@ -252,6 +516,7 @@ def _conversation(row: asyncpg.Record) -> ConversationRow:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         message_count=row["message_count"],
+        owner_id=row["owner_id"],
     )
 
 

@@ -18,3 +18,11 @@ def title_from_prompt(prompt: str) -> str:
                 return collapsed
             return collapsed[: MAX_TITLE_CHARS - 1].rstrip() + ELLIPSIS
     return ""
+
+
+MAX_CUSTOM_TITLE_CHARS = 200
+
+
+def clean_title(title: str) -> str:
+    """A title given by the user with its whitespace (newlines included) collapsed to single spaces."""
+    return " ".join(title.split())

@@ -1,0 +1,80 @@
+"""Keeping a dead or hung Redis out of the request path.
+
+After a failure, Redis is skipped for a short cool-down, so that only one request now and then pays the
+(short) socket timeout while Redis is down: once the cool-down is over, one caller probes Redis while the
+others keep skipping it for another cool-down, and the first success ends the outage. Nothing needs a
+restart.
+
+Usage: `if guard.available:` try Redis, then report `guard.succeeded()` or `guard.failed(exc)` for any
+of `REDIS_ERRORS`; otherwise (or after a failure) take the fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from prometheus_client import Gauge
+from redis.exceptions import RedisError
+
+logger = logging.getLogger(__name__)
+
+# What Redis being down or hung looks like to redis-py: refused or reset connections, socket timeouts,
+# an exhausted connection pool (all RedisError) and the odd raw socket error (OSError).
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
+
+# One per process: each service runs in its own process, and Prometheus tells them apart by job.
+REDIS_UP = Gauge("genai_redis_up", "1 while this process can use Redis, 0 during an outage")
+
+
+class RedisGuard:
+    """Tracks whether Redis is usable and spaces out the attempts to reach it during an outage.
+
+    `degraded_note` says what an outage means for the service; it goes into the outage warning.
+    """
+
+    def __init__(
+        self, cooldown_s: float = 2.0, *, degraded_note: str = "running degraded until it answers again"
+    ) -> None:
+        self.cooldown_s = cooldown_s
+        self.degraded_note = degraded_note
+        self._down_until = 0.0
+        self._down = False
+        self._outages = 0
+        REDIS_UP.set(1)
+
+    @property
+    def available(self) -> bool:
+        """Whether the caller should try Redis now. During an outage, True for one caller per cool-down
+        (the probe), so that a burst of requests does not pay the socket timeout all at once."""
+        now = time.monotonic()
+        if now < self._down_until:
+            return False
+        if self._down:
+            self._down_until = now + self.cooldown_s
+        return True
+
+    @property
+    def degraded(self) -> bool:
+        """True from a failure until the next success."""
+        return self._down
+
+    @property
+    def outages(self) -> int:
+        """How many outages began so far: lets a caller tell whether one began since a given moment."""
+        return self._outages
+
+    def failed(self, exc: BaseException) -> None:
+        if not self._down:
+            self._outages += 1
+            logger.warning("Redis unavailable (%s: %s); %s", type(exc).__name__, exc, self.degraded_note)
+        self._down = True
+        self._down_until = time.monotonic() + self.cooldown_s
+        REDIS_UP.set(0)
+
+    def succeeded(self) -> None:
+        if self._down:
+            logger.warning("Redis is back; no longer degraded")
+            self._down = False
+            self._down_until = 0.0
+            REDIS_UP.set(1)

@@ -1,0 +1,366 @@
+"""Dialog exports as files: JSON (for programs), CSV (for spreadsheets) and PDF (for reading and printing).
+
+Prompts and responses are data in every format: nothing is interpreted as markup, CSV cells a spreadsheet
+would run as formulas are defused, and the PDF gets plain lines of text in an embedded font with Cyrillic.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import logging
+import re
+import unicodedata
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import grpc
+from fastapi import Response
+from fontTools.ttLib import TTFont
+from fpdf import FPDF
+from genai.history.v1 import history_pb2
+from starlette.concurrency import run_in_threadpool
+
+from genai_gateway.errors import ApiError, from_grpc
+from genai_gateway.settings import DEFAULT_PDF_FONT, GatewaySettings
+
+logger = logging.getLogger(__name__)
+
+Format = Literal["json", "csv", "pdf"]
+
+MEDIA_TYPES: dict[str, str] = {
+    "json": "application/json",
+    "csv": "text/csv; charset=utf-8",
+    "pdf": "application/pdf",
+}
+
+CSV_COLUMNS = (
+    "conversation_id",
+    "conversation_title",
+    "message_id",
+    "created_at",
+    "prompt",
+    "response",
+    "source",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+)
+
+# Spreadsheets run a cell starting with one of these as a formula (OWASP "CSV injection").
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+# Where distributions put DejaVu Sans: Debian/Ubuntu (fonts-dejavu-core), then Red OS/RHEL/Fedora
+# (dejavu-sans-fonts) and older RHEL.
+KNOWN_FONT_PATHS = (
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_REPLACEMENT = "\ufffd"
+_FONT = "export"
+
+
+class FontMissing(RuntimeError):
+    """The PDF font file is not where the settings say."""
+
+
+@dataclass
+class ConversationExport:
+    """One conversation and its messages, oldest first."""
+
+    summary: history_pb2.ConversationSummary
+    messages: list[history_pb2.Message] = field(default_factory=list)
+
+
+def iso_utc(millis: int) -> str:
+    """ISO 8601 in UTC with milliseconds, e.g. 2024-05-06T07:08:09.123Z."""
+    moment = _EPOCH + timedelta(milliseconds=millis)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def group(items: Iterable[history_pb2.ExportedMessage]) -> list[ConversationExport]:
+    """Messages as the history service streams them (grouped by conversation) into conversations."""
+    conversations: list[ConversationExport] = []
+    for item in items:
+        if not conversations or conversations[-1].summary.id != item.conversation.id:
+            conversations.append(ConversationExport(summary=item.conversation))
+        conversations[-1].messages.append(item.message)
+    return conversations
+
+
+def filename(stem: str, fmt: Format) -> str:
+    """A download name made only of safe characters, whatever the stem holds."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.") or "export"
+    return f"{safe[:100]}.{fmt}"
+
+
+# --- JSON ------------------------------------------------------------------------------------------------
+
+
+def to_json(conversations: Sequence[ConversationExport], exported_at: datetime) -> bytes:
+    document: dict[str, Any] = {
+        "exported_at": exported_at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "conversations": [
+            {
+                "id": c.summary.id,
+                "title": c.summary.title,
+                "owner_id": c.summary.owner_id,
+                "created_at": iso_utc(c.summary.created_at_ms),
+                "updated_at": iso_utc(c.summary.updated_at_ms),
+                "message_count": c.summary.message_count,
+                "messages": [
+                    {
+                        "id": m.id,
+                        "created_at": iso_utc(m.created_at_ms),
+                        "prompt": m.prompt,
+                        "response": m.response,
+                        "source": m.source,
+                        "model": m.model,
+                        "usage": {
+                            "prompt_tokens": m.usage.prompt_tokens,
+                            "completion_tokens": m.usage.completion_tokens,
+                            "total_tokens": m.usage.total_tokens,
+                        },
+                        "latency_ms": m.latency_ms,
+                        "request_id": m.request_id,
+                    }
+                    for m in c.messages
+                ],
+            }
+            for c in conversations
+        ],
+    }
+    return json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
+
+
+# --- CSV -------------------------------------------------------------------------------------------------
+
+
+def csv_cell(value: str | int) -> str | int:
+    """Defuse a cell a spreadsheet would evaluate: a leading quote makes it text."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def to_csv(conversations: Sequence[ConversationExport]) -> bytes:
+    """RFC 4180 CSV, UTF-8 with a byte order mark so that Excel reads Cyrillic correctly."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(CSV_COLUMNS)
+    for c in conversations:
+        for m in c.messages:
+            row: tuple[str | int, ...] = (
+                c.summary.id,
+                c.summary.title,
+                m.id,
+                iso_utc(m.created_at_ms),
+                m.prompt,
+                m.response,
+                m.source,
+                m.model,
+                m.usage.prompt_tokens,
+                m.usage.completion_tokens,
+            )
+            writer.writerow([csv_cell(value) for value in row])
+    return out.getvalue().encode("utf-8-sig")
+
+
+# --- PDF -------------------------------------------------------------------------------------------------
+
+
+def resolve_font(configured: str, default: str) -> Path:
+    """The font file to embed: the configured one, or (left at the default) wherever the system keeps it."""
+    candidates = [configured]
+    if configured == default:
+        candidates += [path for path in KNOWN_FONT_PATHS if path != configured]
+    for candidate in candidates:
+        path = Path(candidate)
+        if path.is_file():
+            return path
+    raise FontMissing(f"no PDF font at {configured}")
+
+
+@functools.lru_cache(maxsize=4)
+def _glyphs(font_path: str) -> frozenset[int]:
+    return frozenset(TTFont(font_path, lazy=True).getBestCmap())
+
+
+def printable(text: str, glyphs: frozenset[int]) -> str:
+    """Text the font can draw: control characters and missing glyphs become U+FFFD, format characters
+    (bidi overrides, zero-width marks) go, tabs become spaces."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").expandtabs(4)
+    table: dict[int, str | None] = {}
+    for char in set(text):
+        if char == "\n":
+            continue
+        category = unicodedata.category(char)
+        if category == "Cf":
+            table[ord(char)] = None
+        elif category == "Cc" or ord(char) not in glyphs:
+            table[ord(char)] = _REPLACEMENT
+    return text.translate(table) if table else text
+
+
+_TOKENS = re.compile(r"\S+|\s+")
+
+
+def wrap(text: str, width: float, measure: Callable[[str], float]) -> list[str]:
+    """Greedy line breaking at spaces; a word wider than a line is cut. Newlines are kept."""
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line, line_width = "", 0.0
+        for token in _TOKENS.findall(paragraph):
+            token_width = measure(token)
+            if line_width + token_width <= width:
+                line, line_width = line + token, line_width + token_width
+                continue
+            if line.strip():
+                lines.append(line.rstrip())
+            line, line_width = "", 0.0
+            if token.isspace():
+                continue
+            if token_width <= width:
+                line, line_width = token, token_width
+                continue
+            for char in token:
+                char_width = measure(char)
+                if line and line_width + char_width > width:
+                    lines.append(line)
+                    line, line_width = "", 0.0
+                line, line_width = line + char, line_width + char_width
+        lines.append(line.rstrip())
+    return lines
+
+
+class _Document(FPDF):
+    def footer(self) -> None:
+        self.set_y(-12)
+        self.set_font(_FONT, size=8)
+        self.set_text_color(120)
+        self.cell(0, 6, str(self.page_no()), align="C")
+
+
+class _Writer:
+    """Lays text out line by line.
+
+    fpdf2's multi_cell measures the line so far again for every character it adds, which makes it manage
+    only some 40,000 characters a second; measuring each word once and placing whole lines with cell()
+    is about ten times faster, and the text is drawn by the same font code either way.
+    """
+
+    def __init__(self, pdf: FPDF, glyphs: frozenset[int]) -> None:
+        self.pdf = pdf
+        self.glyphs = glyphs
+        self._widths: dict[tuple[float, str], float] = {}
+
+    def _measure(self, token: str) -> float:
+        key = (self.pdf.font_size_pt, token)
+        width = self._widths.get(key)
+        if width is None:
+            width = self._widths[key] = self.pdf.get_string_width(token)
+        return width
+
+    def text(self, text: str, size: float, gray: int = 0, line_height: float | None = None) -> None:
+        pdf = self.pdf
+        pdf.set_font(_FONT, size=size)
+        pdf.set_text_color(gray)
+        height = line_height or size * 0.5
+        width = pdf.epw - 2 * pdf.c_margin
+        for line in wrap(printable(text, self.glyphs), width, self._measure):
+            pdf.cell(0, height, line, new_x="LMARGIN", new_y="NEXT")
+
+
+def to_pdf(conversations: Sequence[ConversationExport], font_path: Path, heading: str) -> bytes:
+    """A readable document: each conversation with its title, then every prompt and response in order."""
+    glyphs = _glyphs(str(font_path))
+    pdf = _Document(format="A4")
+    pdf.set_auto_page_break(auto=True, margin=16)
+    pdf.add_font(_FONT, "", str(font_path))
+    pdf.set_title(printable(heading, glyphs))
+    pdf.set_creator("GenAI service")
+    pdf.add_page()
+    out = _Writer(pdf, glyphs)
+    total = sum(len(c.messages) for c in conversations)
+    out.text(heading, 16)
+    out.text(f"{len(conversations)} conversations, {total} messages", 9, gray=100)
+    for conversation in conversations:
+        summary = conversation.summary
+        pdf.ln(4)
+        out.text(summary.title or "(untitled)", 13)
+        out.text(
+            f"{summary.id} \u00b7 started {_readable(summary.created_at_ms)} \u00b7 "
+            f"{summary.message_count} messages",
+            8,
+            gray=100,
+        )
+        for message in conversation.messages:
+            pdf.ln(2)
+            source = "from cache" if message.source == "cache" else "model"
+            tokens = f"{message.usage.prompt_tokens} + {message.usage.completion_tokens} tokens"
+            details = " \u00b7 ".join(part for part in (message.model, source, tokens) if part)
+            out.text(f"{_readable(message.created_at_ms)} \u00b7 {details}", 8, gray=100)
+            out.text("Prompt", 9, gray=80)
+            out.text(message.prompt, 10)
+            out.text("Response", 9, gray=80)
+            out.text(message.response, 10)
+    return bytes(pdf.output())
+
+
+def _readable(millis: int) -> str:
+    return (_EPOCH + timedelta(milliseconds=millis)).strftime("%Y-%m-%d %H:%M UTC")
+
+
+# --- serving ---------------------------------------------------------------------------------------------
+
+
+async def download(
+    call: AsyncIterator[history_pb2.ExportedMessage],
+    fmt: Format,
+    stem: str,
+    heading: str,
+    settings: GatewaySettings,
+) -> Response:
+    """Read an export stream from the history service and answer it as a file to save."""
+    try:
+        items = [item async for item in call]
+    except grpc.aio.AioRpcError as exc:
+        raise from_grpc(exc, "the history service") from None
+    conversations = group(items)
+    if fmt == "json":
+        body = to_json(conversations, datetime.now(UTC))
+    elif fmt == "csv":
+        body = to_csv(conversations)
+    else:
+        chars = sum(len(m.prompt) + len(m.response) for c in conversations for m in c.messages)
+        if chars > settings.export_pdf_max_chars:
+            raise ApiError(
+                400,
+                f"this export holds {chars} characters; PDF exports are limited to "
+                f"{settings.export_pdf_max_chars}: export as CSV or JSON, or one conversation at a time",
+            )
+        try:
+            font = resolve_font(settings.pdf_font, DEFAULT_PDF_FONT)
+        except FontMissing:
+            logger.error(
+                "PDF export unavailable: no font file at %s (GENAI_GATEWAY_PDF_FONT)", settings.pdf_font
+            )
+            raise ApiError(503, "PDF export is unavailable on this server; export as CSV or JSON") from None
+        # Laying out pages is CPU work: off the event loop, so other requests keep moving.
+        body = await run_in_threadpool(to_pdf, conversations, font, heading)
+    return Response(
+        content=body,
+        media_type=MEDIA_TYPES[fmt],
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename(stem, fmt)}"',
+            "Cache-Control": "no-store",
+        },
+    )

@@ -1,0 +1,221 @@
+"""Admin console reads (role admin, checked here): any user's dialogs, the audit log, usage.
+
+Every read or export of dialogs is written to the audit log by the history service, naming the admin
+authenticated here and the request id; the audit log itself can be read, never changed.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, date, datetime
+from typing import Annotated
+
+import grpc
+from fastapi import APIRouter, Query, Request, Response
+from genai.auth.v1 import auth_pb2
+from genai.history.v1 import history_pb2
+from genai_common.grpc_client import call_metadata
+
+from genai_gateway.errors import ApiError, from_grpc
+from genai_gateway.exports import Format, download, iso_utc
+from genai_gateway.routers.history import HISTORY, message_out
+from genai_gateway.schemas import (
+    AdminConversationList,
+    AdminConversationOut,
+    AdminConversationSummary,
+    AuditEventList,
+    AuditEventOut,
+    UsageReportOut,
+    UsageRowOut,
+)
+from genai_gateway.security import AdminUser
+
+router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
+
+FormatQuery = Annotated[Format, Query(description="json, csv (UTF-8 with BOM) or pdf")]
+OwnerQuery = Annotated[str, Query(max_length=64, description="a user id; empty: every user")]
+
+
+def _actor(principal: auth_pb2.Principal) -> history_pb2.Actor:
+    return history_pb2.Actor(
+        user_id=principal.user_id, username=principal.username, api_key_id=principal.api_key_id
+    )
+
+
+def _owner(value: str) -> str:
+    """A user id, checked here so that a typo gets a message naming the parameter."""
+    if value:
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            raise ApiError(422, "invalid request: owner: must be a user id (UUID)") from None
+    return ""
+
+
+def _admin_summary(summary: history_pb2.ConversationSummary) -> AdminConversationSummary:
+    return AdminConversationSummary(
+        id=summary.id,
+        title=summary.title,
+        created_at_ms=summary.created_at_ms,
+        updated_at_ms=summary.updated_at_ms,
+        message_count=summary.message_count,
+        owner_id=summary.owner_id,
+    )
+
+
+@router.get("/conversations", response_model=AdminConversationList)
+async def list_conversations(
+    principal: AdminUser,
+    request: Request,
+    owner: OwnerQuery = "",
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str, Query(max_length=512)] = "",
+) -> AdminConversationList:
+    """Conversations of one user (or of everyone), newest updated first. Audited."""
+    try:
+        page = await request.app.state.backends.history.AdminListConversations(
+            history_pb2.AdminListConversationsRequest(
+                actor=_actor(principal), owner_id=_owner(owner), page_size=limit, page_token=cursor
+            ),
+            timeout=request.app.state.settings.history_timeout_s,
+            metadata=call_metadata(),
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise from_grpc(exc, HISTORY) from None
+    return AdminConversationList(
+        conversations=[_admin_summary(c) for c in page.conversations],
+        next_cursor=page.next_page_token or None,
+    )
+
+
+@router.get("/conversations/export", response_class=Response)
+async def export_user(
+    principal: AdminUser,
+    request: Request,
+    owner: Annotated[str, Query(min_length=1, max_length=64, description="the user id")],
+    format: FormatQuery = "json",  # noqa: A002
+) -> Response:
+    """Every conversation of one user as a file. Audited (export_user)."""
+    owner_id = _owner(owner)
+    settings = request.app.state.settings
+    call = request.app.state.backends.history.AdminExportConversations(
+        history_pb2.AdminExportConversationsRequest(actor=_actor(principal), owner_id=owner_id),
+        timeout=settings.export_timeout_s,
+        metadata=call_metadata(),
+    )
+    today = datetime.now(UTC).strftime("%Y%m%d")
+    return await download(call, format, f"conversations-{owner_id}-{today}", "Conversations", settings)
+
+
+@router.get("/conversations/{conversation_id}", response_model=AdminConversationOut)
+async def get_conversation(
+    conversation_id: str, principal: AdminUser, request: Request
+) -> AdminConversationOut:
+    """Any user's conversation. Audited (read_conversation)."""
+    try:
+        conversation = await request.app.state.backends.history.AdminGetConversation(
+            history_pb2.AdminGetConversationRequest(actor=_actor(principal), conversation_id=conversation_id),
+            timeout=request.app.state.settings.history_timeout_s,
+            metadata=call_metadata(),
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise from_grpc(exc, HISTORY) from None
+    return AdminConversationOut(
+        **_admin_summary(conversation.summary).model_dump(),
+        messages=[message_out(m) for m in conversation.messages],
+    )
+
+
+@router.get("/conversations/{conversation_id}/export", response_class=Response)
+async def export_conversation(
+    conversation_id: str,
+    principal: AdminUser,
+    request: Request,
+    format: FormatQuery = "json",  # noqa: A002
+) -> Response:
+    """Any user's conversation as a file. Audited (export_conversation)."""
+    settings = request.app.state.settings
+    call = request.app.state.backends.history.AdminExportConversations(
+        history_pb2.AdminExportConversationsRequest(actor=_actor(principal), conversation_id=conversation_id),
+        timeout=settings.export_timeout_s,
+        metadata=call_metadata(),
+    )
+    return await download(call, format, f"conversation-{conversation_id}", "Conversation", settings)
+
+
+@router.get("/audit", response_model=AuditEventList)
+async def audit_log(
+    _: AdminUser,
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+    cursor: Annotated[str, Query(max_length=512)] = "",
+) -> AuditEventList:
+    """Who read or exported whose dialogs, newest first."""
+    try:
+        page = await request.app.state.backends.history.ListAuditEvents(
+            history_pb2.ListAuditEventsRequest(page_size=limit, page_token=cursor),
+            timeout=request.app.state.settings.history_timeout_s,
+            metadata=call_metadata(),
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise from_grpc(exc, HISTORY) from None
+    return AuditEventList(
+        events=[
+            AuditEventOut(
+                id=event.id,
+                at=iso_utc(event.at_ms),
+                at_ms=event.at_ms,
+                actor_id=event.actor_id,
+                actor_username=event.actor_username,
+                action=event.action,
+                target_owner_id=event.target_owner_id or None,
+                target_conversation_id=event.target_conversation_id or None,
+                request_id=event.request_id,
+                details=json.loads(event.details_json or "{}"),
+            )
+            for event in page.events
+        ],
+        next_cursor=page.next_page_token or None,
+    )
+
+
+@router.get("/usage", response_model=UsageReportOut)
+async def usage(
+    _: AdminUser,
+    request: Request,
+    from_day: Annotated[date, Query(alias="from", description="first day, YYYY-MM-DD (UTC)")],
+    to_day: Annotated[date, Query(alias="to", description="last day, included; at most 366 days in all")],
+    owner: OwnerQuery = "",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+    cursor: Annotated[str, Query(max_length=512)] = "",
+) -> UsageReportOut:
+    """Requests, tokens and cache hits per user and day, from the stored dialogs."""
+    try:
+        page = await request.app.state.backends.history.UsageReport(
+            history_pb2.UsageReportRequest(
+                from_day=from_day.isoformat(),
+                to_day=to_day.isoformat(),
+                owner_id=_owner(owner),
+                page_size=limit,
+                page_token=cursor,
+            ),
+            timeout=request.app.state.settings.history_timeout_s,
+            metadata=call_metadata(),
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise from_grpc(exc, HISTORY) from None
+    return UsageReportOut(
+        rows=[
+            UsageRowOut(
+                day=row.day,
+                owner_id=row.owner_id,
+                requests=row.requests,
+                prompt_tokens=row.prompt_tokens,
+                completion_tokens=row.completion_tokens,
+                cache_hits=row.cache_hits,
+            )
+            for row in page.rows
+        ],
+        next_cursor=page.next_page_token or None,
+    )
