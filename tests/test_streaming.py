@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 
+import httpx
 import pytest
 
 from tests.conftest import SIM_ITL_MS, SIM_OUTPUT_TOKENS
@@ -51,7 +52,39 @@ async def test_first_chunk_arrives_long_before_the_last(sim_stack: RunningStack,
     spread = content[-1] - content[0]
     generation = (SIM_OUTPUT_TOKENS - 1) * SIM_ITL_MS / 1000
     assert spread > 0.5 * generation, (content[0], content[-1])
-    print(f"\nfirst content chunk after {content[0] * 1000:.0f} ms, last after {content[-1] * 1000:.0f} ms")
+    # The same request straight to the simulator, for the delay the whole path adds (printed, not asserted).
+    direct: list[float] = []
+    async with httpx.AsyncClient(timeout=30) as client:
+        for _ in range(5):
+            started = time.perf_counter()
+            body = {"model": "sim-model", "messages": [{"role": "user", "content": "x"}], "stream": True}
+            upstream = f"http://127.0.0.1:{sim_stack.cfg.ports.upstream}/v1/chat/completions"
+            async with client.stream("POST", upstream, json=body) as response:
+                async for line in response.aiter_lines():
+                    if '"content":"' in line and '"content":""' not in line:
+                        direct.append(time.perf_counter() - started)
+                        break
+    through = sorted(
+        [content[0]]
+        + [
+            next(
+                t
+                for t, line in await _arrivals(
+                    sim_stack,
+                    sim_user,
+                    "/v1/chat/completions",
+                    {"messages": [{"role": "user", "content": f"again {uuid.uuid4().hex}"}], "stream": True},
+                )
+                if b'"content":"' in line and b'"content":""' not in line
+            )
+            for _ in range(4)
+        ]
+    )
+    print(
+        f"\nfirst content chunk: through nginx+gateway+adapter median {through[2] * 1000:.1f} ms, "
+        f"simulator directly median {sorted(direct)[2] * 1000:.1f} ms "
+        f"(added {(through[2] - sorted(direct)[2]) * 1000:.1f} ms); last chunk after {content[-1] * 1000:.0f} ms"
+    )
     assert arrivals[-1][1] == b"data: [DONE]"
 
 
