@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 import warnings
+from importlib import resources
 
 import httpx
 import pytest
@@ -58,19 +60,44 @@ def test_metrics_are_not_public(live: RunningStack) -> None:
         assert client.get("/metrics").status_code == 404
 
 
-def test_web_page_shows_model_output_as_text_only(live: RunningStack) -> None:
+# Ways to turn a string into live HTML or code: none may appear in any script the pages load.
+_HTML_SINKS = (
+    "innerHTML",
+    "outerHTML",
+    "insertAdjacentHTML",
+    "document.write",
+    "createContextualFragment",
+    "DOMParser",
+    "srcdoc",
+    "eval(",
+    "new Function",
+)
+
+
+def test_web_pages_show_model_output_as_text_only(live: RunningStack) -> None:
+    static = resources.files("genai_gateway") / "static"
+    scripts = sorted(entry.name for entry in static.iterdir() if entry.name.endswith(".js"))
+    pages = sorted(entry.name for entry in static.iterdir() if entry.name.endswith(".html"))
+    assert {"app.js", "admin.js", "markdown.js"} <= set(scripts)
     with live.client() as client:
-        page = client.get("/")
-        script = client.get("/static/app.js")
-    assert page.status_code == 200 and 'id="ask-form"' in page.text
-    assert script.status_code == 200
-    # The page's only way to put text into the document is textContent: no innerHTML, no insertAdjacentHTML.
-    assert (
-        "innerHTML" not in script.text
-        and "insertAdjacentHTML" not in script.text
-        and "document.write" not in script.text
-    )
-    assert "textContent = body.response" in script.text
+        root = client.get("/")
+        served_pages = {name: client.get(f"/static/{name}") for name in pages}
+        served_scripts = {name: client.get(f"/static/{name}") for name in scripts}
+    assert root.status_code == 200 and 'id="ask-form"' in root.text
+    for name, page in served_pages.items():
+        assert page.status_code == 200, name
+        # The CSP allows scripts and styles from files only: nothing inline that it would block.
+        assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", page.text) == [], name
+        assert " style=" not in page.text and "<style" not in page.text, name
+        assert not re.search(r"\son[a-z]+\s*=", page.text), name
+    for name, script in served_scripts.items():
+        assert script.status_code == 200, name
+        assert "javascript" in script.headers["content-type"], name
+        for sink in _HTML_SINKS:
+            assert sink not in script.text, f"{name} uses {sink}"
+    # Model output goes through the Markdown renderer, which makes elements and text nodes only.
+    assert "createTextNode" in served_scripts["markdown.js"].text
+    assert 'from "./markdown.js"' in served_scripts["app.js"].text
 
 
 def test_shipped_config_allows_only_tls_1_2_and_1_3(live: RunningStack) -> None:
