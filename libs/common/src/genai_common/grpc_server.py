@@ -35,6 +35,12 @@ def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callabl
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception:
+            if context.done():
+                # The call already ended (its deadline passed, or the caller left) before this
+                # servicer answered: there is nobody to tell, and aborting now would fail again.
+                code = grpc.StatusCode.CANCELLED
+                logger.info("%s ended before it could answer", method)
+                raise asyncio.CancelledError from None
             code = grpc.StatusCode.INTERNAL
             logger.exception("unhandled error in %s", method)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
@@ -61,6 +67,12 @@ def _wrap_stream(method: str, behavior: Callable[..., Any]) -> Callable[..., Any
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception:
+            if context.done():
+                # The call already ended (its deadline passed, or the caller left) before this
+                # servicer answered: there is nobody to tell, and aborting now would fail again.
+                code = grpc.StatusCode.CANCELLED
+                logger.info("%s ended before it could answer", method)
+                raise asyncio.CancelledError from None
             code = grpc.StatusCode.INTERNAL
             logger.exception("unhandled error in %s", method)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
