@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -19,6 +24,7 @@ from genai_auth.users import User, UserStore
 from genai_common.db import create_pool
 from genai_common.grpc_server import ServiceInterceptor
 from genai_common.redis_client import create_redis
+from genai_devstack import infra
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
@@ -129,3 +135,50 @@ async def admin_metadata(
         auth_pb2.LoginRequest(username=admin.username, password=password, client_address=address)
     )
     return (("authorization", f"Bearer {pair.access_token}"),)
+
+
+@pytest.fixture
+def own_redis(work_dir: Path) -> Iterator[infra.Service]:
+    """A redis-server of this test's own, which the test may stop (SIGSTOP), resume or kill."""
+    service = infra.start_local_redis(work_dir / f"redis-{uuid.uuid4().hex[:8]}", infra.free_port())
+    try:
+        yield service
+    finally:
+        process = service.process  # type: ignore[attr-defined]
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGCONT)  # a stopped process would not see the SIGTERM
+        service.stop()
+
+
+@dataclass
+class Wired:
+    """A servicer on its own Redis, served in-process, with the upkeep loop that main() runs."""
+
+    stub: auth_pb2_grpc.AuthServiceStub
+    servicer: AuthServicer
+
+
+Wire = Callable[..., AbstractAsyncContextManager[Wired]]
+
+
+@pytest.fixture
+def wire(settings: AuthSettings, pool: asyncpg.Pool) -> Wire:
+    @asynccontextmanager
+    async def wired(redis_url: str, *, cooldown_s: float = 0.5, upkeep: bool = True) -> AsyncIterator[Wired]:
+        client = create_redis(redis_url)
+        own = settings.model_copy(update={"redis_url": redis_url, "redis_cooldown_s": cooldown_s})
+        servicer = AuthServicer.from_settings(own, pool, client)
+        stop = asyncio.Event()
+        task = None
+        if upkeep:
+            task = asyncio.create_task(servicer.revocations.maintain(60, stop=stop, tick_s=0.05))
+        try:
+            async with _running(servicer) as stub:
+                yield Wired(stub, servicer)
+        finally:
+            stop.set()
+            if task is not None:
+                await asyncio.wait_for(task, 10)
+            await client.aclose()
+
+    return wired

@@ -25,6 +25,7 @@ from genai_auth.settings import CliSettings
 from genai_auth.tokens import ACCESS, Tokens
 from genai_auth.users import User, UserStore
 from genai_common.db import create_pool
+from genai_common.redis_guard import RedisGuard
 from redis.asyncio import Redis
 
 MakeUser = Callable[..., Awaitable[tuple[User, str]]]
@@ -112,12 +113,13 @@ async def clocked(
 ) -> AsyncIterator[tuple[Stub, Clock]]:
     """A servicer whose API keys live by a clock the test moves."""
     clock = Clock()
+    guard = RedisGuard()
     servicer = AuthServicer(
         users=store,
         api_keys=ApiKeyStore(pool, clock),
         tokens=tokens,
-        revocations=RevocationList(redis_client),
-        limiter=LoginLimiter(redis_client, max_per_account=3, max_per_address=6, window_s=60),
+        revocations=RevocationList(pool, redis_client, guard),
+        limiter=LoginLimiter(redis_client, guard, max_per_account=3, max_per_address=6, window_s=60),
     )
     async with serve(servicer) as stub:
         yield stub, clock

@@ -351,7 +351,7 @@ async def test_migration_gives_existing_users_no_overrides(new_database_dsn: str
     conn = await asyncpg.connect(new_database_dsn)
     try:
         await conn.execute("INSERT INTO users (username, password_hash) VALUES ('old.timer', 'x')")
-        assert await apply_migrations(new_database_dsn) == ["0003_user_limits.sql"]
+        assert (await apply_migrations(new_database_dsn))[0] == "0003_user_limits.sql"
         assert await conn.fetchval("SELECT limits::text FROM users WHERE username = 'old.timer'") == "{}"
         with pytest.raises(asyncpg.CheckViolationError):
             await conn.execute("UPDATE users SET limits = '[]'")

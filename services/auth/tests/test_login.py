@@ -9,8 +9,9 @@ from collections.abc import Awaitable, Callable
 import grpc
 import pytest
 from genai.auth.v1 import auth_pb2, auth_pb2_grpc
-from genai_auth.limiter import LoginLimiter
+from genai_auth.limiter import Attempt, LocalCounters, LoginLimiter
 from genai_auth.users import User
+from genai_common.redis_guard import RedisGuard
 from redis.asyncio import Redis
 
 MakeUser = Callable[..., Awaitable[tuple[User, str]]]
@@ -143,11 +144,11 @@ async def test_parallel_guesses_cannot_overrun_the_limit(
 
 async def test_failure_counter_expires_with_the_window(redis_client: Redis) -> None:
     username = f"window-{uuid.uuid4().hex[:8]}"
-    limiter = LoginLimiter(redis_client, max_per_account=1, max_per_address=10, window_s=1)
-    assert await limiter.begin(username, "") == 0
-    assert await limiter.begin(username, "") == 1
+    limiter = LoginLimiter(redis_client, RedisGuard(), max_per_account=1, max_per_address=10, window_s=1)
+    assert await limiter.begin(username, "") == Attempt(0)
+    assert await limiter.begin(username, "") == Attempt(1)
     await asyncio.sleep(1.1)
-    assert await limiter.begin(username, "") == 0
+    assert await limiter.begin(username, "") == Attempt(0)
 
 
 async def test_successful_logins_do_not_use_up_the_address_budget(
@@ -160,3 +161,23 @@ async def test_successful_logins_do_not_use_up_the_address_budget(
         )
     error = await _login_error(stub, f"other-{uuid.uuid4().hex[:8]}", "bad-password", address)
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_local_counters_apply_the_same_rules() -> None:
+    now = [1000.0]
+    counters = LocalCounters(window_s=60, clock=lambda: now[0])
+    account, address = ["account"], ["account", "address"]
+    assert [counters.begin(account, [2]) for _ in range(2)] == [0, 0]
+    assert counters.begin(account, [2]) == 60  # refused, and not counted
+    now[0] += 30
+    assert counters.begin(account, [2]) == 30  # the window runs from the first failure
+    now[0] += 30
+    assert counters.begin(account, [2]) == 0  # a new window
+    # A success clears the account and gives the address its attempt back.
+    other = ["other", "address"]
+    assert counters.begin(other, [5, 2]) == 0
+    assert counters.begin(address, [5, 2]) == 0
+    assert counters.begin(["third", "address"], [5, 2]) == 60  # the address is spent
+    counters.succeeded(address)
+    assert counters.begin(["third", "address"], [5, 2]) == 0
+    assert counters.begin(account, [1]) == 0  # cleared by the success (then counted once)

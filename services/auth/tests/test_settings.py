@@ -27,6 +27,7 @@ def test_defaults() -> None:
     assert (settings.access_ttl_s, settings.refresh_ttl_s) == (1800, 604800)
     assert (settings.login_max_failures, settings.login_max_failures_per_address) == (5, 50)
     assert settings.login_window_s == 300
+    assert (settings.redis_cooldown_s, settings.revocation_cleanup_interval_s) == (2.0, 600)
     assert settings.metrics_port == 0
     assert settings.migrate_on_start is True
     assert (settings.argon2_time_cost, settings.argon2_memory_cost, settings.argon2_parallelism) == (

@@ -1,11 +1,21 @@
-"""Throttling of failed logins per account and per client address, counted atomically in Redis."""
+"""Throttling of failed logins per account and per client address, counted atomically in Redis.
+
+While Redis is unreachable the same limits are counted per process instead (never lifted): with several
+auth replicas a guesser then gets up to the limit from each of them, and counts made in Redis before
+the outage or in memory during it do not carry over to the other side.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import redis.asyncio as redis
+from genai_common.redis_guard import REDIS_ERRORS, RedisGuard
 
 logger = logging.getLogger(__name__)
 
@@ -53,18 +63,83 @@ def _key(prefix: str, value: str) -> str:
     return prefix + hashlib.sha256(value.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """A login attempt as counted by `LoginLimiter.begin`: 0 or the seconds to wait before retrying,
+    and whether it was counted in this process's memory (Redis unreachable) rather than in Redis."""
+
+    wait: int
+    local: bool = False
+
+
+class LocalCounters:
+    """The Redis scripts' rules over a dict: a fixed window per counter from its first count, and an
+    attempt that is refused is not counted. For one process only, during a Redis outage."""
+
+    def __init__(self, window_s: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._window_s = window_s
+        self._clock = clock
+        self._counts: dict[str, tuple[int, float]] = {}  # key -> (count, end of its window)
+        self._next_prune = 0.0
+
+    def _live(self, key: str, now: float) -> tuple[int, float]:
+        count, until = self._counts.get(key, (0, 0.0))
+        return (count, until) if until > now else (0, 0.0)
+
+    def _prune(self, now: float) -> None:
+        # Bounds the memory by the attempts of the last window or two (each one costs an argon2 hash).
+        if now >= self._next_prune:
+            self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
+            self._next_prune = now + self._window_s
+
+    def begin(self, keys: list[str], limits: list[int]) -> int:
+        now = self._clock()
+        self._prune(now)
+        wait = 0
+        for key, limit in zip(keys, limits, strict=True):
+            count, until = self._live(key, now)
+            if count >= limit:
+                wait = max(wait, math.ceil(until - now))
+        if wait:
+            return wait
+        for key in keys:
+            count, until = self._live(key, now)
+            self._counts[key] = (count + 1, until or now + self._window_s)
+        return 0
+
+    def succeeded(self, keys: list[str]) -> None:
+        self._counts.pop(keys[0], None)
+        if len(keys) > 1:
+            count, until = self._live(keys[1], self._clock())
+            if count > 1:
+                self._counts[keys[1]] = (count - 1, until)
+            else:
+                self._counts.pop(keys[1], None)
+
+
 class LoginLimiter:
     """At most `max_per_account` failed logins per username and `max_per_address` per client address
-    within a fixed window of `window_s` seconds, which starts at the first failure."""
+    within a fixed window of `window_s` seconds, which starts at the first failure.
+
+    Counted in Redis, shared by every replica; in this process's memory while Redis is unreachable.
+    """
 
     def __init__(
-        self, client: redis.Redis, *, max_per_account: int, max_per_address: int, window_s: int
+        self,
+        client: redis.Redis,
+        guard: RedisGuard,
+        *,
+        max_per_account: int,
+        max_per_address: int,
+        window_s: int,
     ) -> None:
         self._begin = client.register_script(_BEGIN)
         self._succeeded = client.register_script(_SUCCEEDED)
+        self._guard = guard
         self._max_per_account = max_per_account
         self._max_per_address = max_per_address
         self._window_s = window_s
+        self.local = LocalCounters(window_s)
 
     def _keys(self, username: str, address: str) -> list[str]:
         keys = [_key(ACCOUNT_PREFIX, username.lower())]
@@ -74,13 +149,34 @@ class LoginLimiter:
             keys.append(_key(ADDRESS_PREFIX, address))
         return keys
 
-    async def begin(self, username: str, address: str) -> int:
-        """Count an attempt that is about to be checked. Returns 0 if it may proceed, otherwise the
+    async def begin(self, username: str, address: str) -> Attempt:
+        """Count an attempt that is about to be checked. Its `wait` is 0 if it may proceed, otherwise the
         number of seconds until the caller may try again (the attempt is then not counted)."""
         keys = self._keys(username, address)
         limits = [self._max_per_account, self._max_per_address][: len(keys)]
-        return int(await self._begin(keys=keys, args=[self._window_s, *limits]))
+        if self._guard.available:
+            try:
+                wait = int(await self._begin(keys=keys, args=[self._window_s, *limits]))
+            except REDIS_ERRORS as exc:
+                self._guard.failed(exc)
+            else:
+                self._guard.succeeded()
+                return Attempt(wait)
+        return Attempt(self.local.begin(keys, limits), local=True)
 
-    async def succeeded(self, username: str, address: str) -> None:
-        """The password was right: clear the account's failures and take back this attempt's count."""
-        await self._succeeded(keys=self._keys(username, address))
+    async def succeeded(self, username: str, address: str, attempt: Attempt) -> None:
+        """The password was right: clear the account's failures and take back this attempt's count,
+        where the attempt was counted."""
+        keys = self._keys(username, address)
+        if attempt.local:
+            self.local.succeeded(keys)
+            return
+        # Redis gone since the attempt was counted: its count stays, which errs on the strict side.
+        if not self._guard.available:
+            return
+        try:
+            await self._succeeded(keys=keys)
+        except REDIS_ERRORS as exc:
+            self._guard.failed(exc)
+        else:
+            self._guard.succeeded()

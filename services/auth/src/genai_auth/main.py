@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from genai.auth.v1 import auth_pb2_grpc
 from genai_common.db import create_pool
@@ -15,6 +16,10 @@ from genai_auth.schema import apply_migrations
 from genai_auth.servicer import SERVICE_NAME, AuthServicer
 from genai_auth.settings import AuthSettings
 
+logger = logging.getLogger(__name__)
+
+UPKEEP_STOP_S = 15.0
+
 
 async def run(settings: AuthSettings) -> None:
     if settings.migrate_on_start:
@@ -22,8 +27,19 @@ async def run(settings: AuthSettings) -> None:
     pool = await create_pool(settings.database_url)
     client = create_redis(settings.redis_url)
     servicer = AuthServicer.from_settings(settings, pool, client)
+    # Keeps the Redis copy of the revocations complete (after an outage, or a Redis that lost its data)
+    # and deletes expired ones.
+    stop_upkeep = asyncio.Event()
+    upkeep = asyncio.create_task(
+        servicer.revocations.maintain(settings.revocation_cleanup_interval_s, stop=stop_upkeep)
+    )
 
     async def close() -> None:
+        stop_upkeep.set()
+        # Its current round is bounded by the Redis and PostgreSQL timeouts. Not cancelled: see maintain().
+        _, running = await asyncio.wait({upkeep}, timeout=UPKEEP_STOP_S)
+        if running:
+            logger.warning("revocation upkeep did not stop within %s s", UPKEEP_STOP_S)
         await pool.close()
         await client.aclose()
 

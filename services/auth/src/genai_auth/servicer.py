@@ -6,8 +6,6 @@ import base64
 import binascii
 import logging
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NoReturn
@@ -15,9 +13,8 @@ from typing import NoReturn
 import asyncpg
 import grpc
 from genai.auth.v1 import auth_pb2, auth_pb2_grpc
+from genai_common.redis_guard import RedisGuard
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from genai_auth.api_keys import (
     ApiKey,
@@ -28,7 +25,7 @@ from genai_auth.api_keys import (
     TooManyKeys,
     looks_like_api_key,
 )
-from genai_auth.limiter import LoginLimiter
+from genai_auth.limiter import Attempt, LoginLimiter
 from genai_auth.limits import InvalidLimits, dump_limits, parse_limits
 from genai_auth.passwords import Passwords
 from genai_auth.revocation import RevocationList
@@ -48,21 +45,8 @@ BAD_CREDENTIALS = "incorrect username or password"
 # ListApiKeysRequest.owner_username that means every user's keys.
 ALL_OWNERS = "*"
 
-# Redis being down looks like these; anything else from Redis is a bug and goes to the interceptor.
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
-
-
-@asynccontextmanager
-async def _redis_required(context: grpc.aio.ServicerContext, action: str) -> AsyncIterator[None]:
-    """Fail closed: without Redis neither revocations nor login throttling can be checked, so refuse."""
-    try:
-        yield
-    except _REDIS_DOWN:
-        logger.warning("redis unreachable during %s", action, exc_info=True)
-        await context.abort(
-            grpc.StatusCode.UNAVAILABLE,
-            f"{action} is unavailable: session store unreachable; try again later",
-        )
+# What a Redis outage means here, for the logs.
+REDIS_DEGRADED = "auth degraded: revocations checked in PostgreSQL, login attempts counted per process"
 
 
 def _user_message(user: User) -> auth_pb2.User:
@@ -151,18 +135,26 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
     @classmethod
     def from_settings(cls, settings: AuthSettings, pool: asyncpg.Pool, client: Redis) -> AuthServicer:
+        """The servicer of one process; its Redis guard is shared by revocations and login throttling,
+        so a failure seen by either spares the other the timeout."""
+        guard = RedisGuard(settings.redis_cooldown_s, degraded_note=REDIS_DEGRADED)
         return cls(
             users=UserStore(pool, Passwords.from_settings(settings)),
             api_keys=ApiKeyStore(pool),
             tokens=Tokens.from_settings(settings),
-            revocations=RevocationList(client),
+            revocations=RevocationList(pool, client, guard),
             limiter=LoginLimiter(
                 client,
+                guard,
                 max_per_account=settings.login_max_failures,
                 max_per_address=settings.login_max_failures_per_address,
                 window_s=settings.login_window_s,
             ),
         )
+
+    @property
+    def revocations(self) -> RevocationList:
+        return self._revocations
 
     # --- helpers --------------------------------------------------------------------------------
 
@@ -178,9 +170,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             claims = self._tokens.decode(token, typ)
         except InvalidToken as exc:
             await self._refuse_token(context, str(exc))
-        async with _redis_required(context, "token check"):
-            revoked = await self._revocations.is_revoked(claims.jti)
-        if revoked:
+        if await self._revocations.is_revoked(claims.jti):
             await self._refuse_token(context, "token revoked")
         user = await self._users.get_by_id(claims.user_id)
         if user is None:
@@ -234,29 +224,28 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no user named {username!r}")
         return owner
 
-    async def _throttle(self, context: grpc.aio.ServicerContext, username: str, address: str) -> None:
-        async with _redis_required(context, "login"):
-            wait = await self._limiter.begin(username, address)
-        if wait:
+    async def _throttle(self, context: grpc.aio.ServicerContext, username: str, address: str) -> Attempt:
+        attempt = await self._limiter.begin(username, address)
+        if attempt.wait:
             logger.warning("login throttled (client address %s)", address or "not given")
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"too many failed login attempts; try again in {wait} seconds",
-                trailing_metadata=(("retry-after", str(wait)),),
+                f"too many failed login attempts; try again in {attempt.wait} seconds",
+                trailing_metadata=(("retry-after", str(attempt.wait)),),
             )
+        return attempt
 
     # --- RPCs -----------------------------------------------------------------------------------
 
     async def Login(
         self, request: auth_pb2.LoginRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.TokenPair:
-        await self._throttle(context, request.username, request.client_address)
+        attempt = await self._throttle(context, request.username, request.client_address)
         user = await self._users.authenticate(request.username, request.password)
         if user is None:
             logger.info("failed login (client address %s)", request.client_address or "not given")
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, BAD_CREDENTIALS)
-        async with _redis_required(context, "login"):
-            await self._limiter.succeeded(request.username, request.client_address)
+        await self._limiter.succeeded(request.username, request.client_address, attempt)
         # Only now: telling a guesser that an account is disabled would confirm that it exists.
         if user.disabled:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "account disabled")
@@ -268,10 +257,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.RefreshRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.TokenPair:
         user, claims = await self._authenticated(request.refresh_token, context, typ=REFRESH)
-        async with _redis_required(context, "token refresh"):
-            first_use = await self._revocations.revoke_once(claims.jti, claims.expires_at)
-        if not first_use:
-            # Lost a race with a concurrent refresh or logout of the same token.
+        if not await self._revocations.revoke_once(claims.jti, claims.expires_at):
+            # Lost a race with a concurrent refresh or logout of the same token, or used before while
+            # Redis missed it: PostgreSQL decides.
             await self._refuse_token(context, "refresh token already used")
         pair = self._tokens.issue_pair(user_id=str(user.id), username=user.username, role=user.role)
         return _token_pair(pair, self._tokens.access_ttl_s)
@@ -291,9 +279,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 logger.debug("logout: %s token ignored: %s", typ, exc)
         if not to_revoke:
             await self._refuse_token(context, "logout without a valid token")
-        async with _redis_required(context, "logout"):
-            for claims in to_revoke:
-                await self._revocations.revoke(claims.jti, claims.expires_at)
+        for claims in to_revoke:
+            await self._revocations.revoke(claims.jti, claims.expires_at)
         return auth_pb2.LogoutResponse()
 
     async def Authenticate(
@@ -364,11 +351,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         except InvalidInput as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"new {exc}")
         # Someone holding a stolen token must not get unlimited guesses at the old password either.
-        await self._throttle(context, user.username, "")
+        attempt = await self._throttle(context, user.username, "")
         if not await self._users.check_password(user, request.old_password):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "old password is incorrect")
-        async with _redis_required(context, "password change"):
-            await self._limiter.succeeded(user.username, "")
+        await self._limiter.succeeded(user.username, "", attempt)
         await self._users.set_password(user.id, request.new_password)
         logger.info("user %s changed their password", user.id)
         return auth_pb2.ChangePasswordResponse()

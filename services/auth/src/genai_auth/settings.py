@@ -61,6 +61,10 @@ class AuthSettings(UserStoreSettings):
     login_max_failures: int = Field(5, ge=1)
     login_max_failures_per_address: int = Field(50, ge=1)
     login_window_s: int = Field(300, ge=1)
+    # After a Redis failure, Redis is left alone this long before one request tries it again.
+    redis_cooldown_s: float = Field(2.0, gt=0)
+    # How often revocations of expired tokens are deleted (PostgreSQL and Redis); they are refused anyway.
+    revocation_cleanup_interval_s: float = Field(600, gt=0)
     migrate_on_start: bool = True
 
     @model_validator(mode="after")
