@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -21,65 +22,49 @@ RPC_TOTAL = Counter("genai_grpc_server_handled_total", "RPCs handled", ["method"
 RPC_SECONDS = Histogram("genai_grpc_server_handling_seconds", "RPC handling time", ["method"])
 
 
+@contextlib.asynccontextmanager
+async def _observed(method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """One RPC's bookkeeping: its request id, count and time, and the answer to an unexpected error."""
+    token = request_id.current_request_id.set(_incoming_request_id(context))
+    started = time.perf_counter()
+    code = grpc.StatusCode.OK
+    try:
+        yield
+    except grpc.aio.AbortError:
+        code = context.code() or grpc.StatusCode.UNKNOWN
+        raise
+    except asyncio.CancelledError:
+        code = grpc.StatusCode.CANCELLED
+        raise
+    except Exception:
+        if context.done():
+            # The call already ended (its deadline passed, or the caller left) before this servicer
+            # answered: there is nobody to tell, and aborting now would fail again.
+            code = grpc.StatusCode.CANCELLED
+            logger.info("%s ended before it could answer", method)
+            raise asyncio.CancelledError from None
+        code = grpc.StatusCode.INTERNAL
+        logger.exception("unhandled error in %s", method)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    finally:
+        RPC_TOTAL.labels(method, code.name).inc()
+        RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
+        request_id.current_request_id.reset(token)
+
+
 def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def wrapper(req: Any, context: grpc.aio.ServicerContext) -> Any:
-        token = request_id.current_request_id.set(_incoming_request_id(context))
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
+        async with _observed(method, context):
             return await behavior(req, context)
-        except grpc.aio.AbortError:
-            code = context.code() or grpc.StatusCode.UNKNOWN
-            raise
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception:
-            if context.done():
-                # The call already ended (its deadline passed, or the caller left) before this
-                # servicer answered: there is nobody to tell, and aborting now would fail again.
-                code = grpc.StatusCode.CANCELLED
-                logger.info("%s ended before it could answer", method)
-                raise asyncio.CancelledError from None
-            code = grpc.StatusCode.INTERNAL
-            logger.exception("unhandled error in %s", method)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-        finally:
-            RPC_TOTAL.labels(method, code.name).inc()
-            RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
-            request_id.current_request_id.reset(token)
 
     return wrapper
 
 
 def _wrap_stream(method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
     async def wrapper(req: Any, context: grpc.aio.ServicerContext) -> Any:
-        token = request_id.current_request_id.set(_incoming_request_id(context))
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
+        async with _observed(method, context):
             async for item in behavior(req, context):
                 yield item
-        except grpc.aio.AbortError:
-            code = context.code() or grpc.StatusCode.UNKNOWN
-            raise
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception:
-            if context.done():
-                # The call already ended (its deadline passed, or the caller left) before this
-                # servicer answered: there is nobody to tell, and aborting now would fail again.
-                code = grpc.StatusCode.CANCELLED
-                logger.info("%s ended before it could answer", method)
-                raise asyncio.CancelledError from None
-            code = grpc.StatusCode.INTERNAL
-            logger.exception("unhandled error in %s", method)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-        finally:
-            RPC_TOTAL.labels(method, code.name).inc()
-            RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
-            request_id.current_request_id.reset(token)
 
     return wrapper
 

@@ -8,9 +8,11 @@ two extra fields, `source` ("model" or "cache") and `conversation_id`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request, Response
+from genai.auth.v1 import auth_pb2
 from genai_common.request_id import current_request_id
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -215,14 +217,17 @@ class CompletionEncoder(ChatEncoder):
         return out
 
 
-@router.post("/chat/completions")
-async def chat_completions(
-    body: ChatCompletionRequest, request: Request, response: Response, principal: CurrentUser
+async def _serve(
+    body: SamplingFields,
+    generation: Generation,
+    encoder: type[ChatEncoder],
+    whole: Callable[[Answer], dict[str, Any]],
+    request: Request,
+    response: Response,
+    principal: auth_pb2.Principal,
 ) -> Any:
+    """What chat and completion requests share once parsed: limits, then a stream or a whole answer."""
     service: AskService = request.app.state.ask_service
-    generation = body.generation(
-        service, body.max_completion_tokens or body.max_tokens, messages=_chat_messages(service, body)
-    )
     generation.no_cache = no_cache(request.headers)
     # An unknown model is refused before it counts against the caller's limits.
     model = await service.resolve_model(body.model)
@@ -231,7 +236,7 @@ async def chat_completions(
     if body.stream:
         return await event_stream(
             metered(service.stream(principal, generation), quotas, admission),
-            ChatEncoder(model, body.include_usage),
+            encoder(model, body.include_usage),
             keepalive_s=service.settings.stream_keepalive_s,
             headers=response.headers,
         )
@@ -240,6 +245,10 @@ async def chat_completions(
         answer = await service.answer(principal, generation)
     finally:
         await settle(quotas, admission, answer)
+    return whole(answer)
+
+
+def _whole_chat(answer: Answer) -> dict[str, Any]:
     return {
         "id": f"chatcmpl-{current_request_id.get()}",
         "object": "chat.completion",
@@ -258,36 +267,7 @@ async def chat_completions(
     }
 
 
-@router.post("/completions")
-async def completions(
-    body: CompletionRequest, request: Request, response: Response, principal: CurrentUser
-) -> Any:
-    service: AskService = request.app.state.ask_service
-    if isinstance(body.prompt, list):
-        if len(body.prompt) != 1:
-            raise ApiError(400, "only one prompt per request is supported", code="unsupported_parameter")
-        prompt = body.prompt[0]
-    else:
-        prompt = body.prompt
-    service.check_prompt(prompt)
-    generation = body.generation(service, body.max_tokens, prompt=prompt)
-    generation.no_cache = no_cache(request.headers)
-    # An unknown model is refused before it counts against the caller's limits.
-    model = await service.resolve_model(body.model)
-    quotas = request.app.state.quotas
-    admission = await admit(request, response, principal)
-    if body.stream:
-        return await event_stream(
-            metered(service.stream(principal, generation), quotas, admission),
-            CompletionEncoder(model, body.include_usage),
-            keepalive_s=service.settings.stream_keepalive_s,
-            headers=response.headers,
-        )
-    answer = None
-    try:
-        answer = await service.answer(principal, generation)
-    finally:
-        await settle(quotas, admission, answer)
+def _whole_completion(answer: Answer) -> dict[str, Any]:
     return {
         "id": f"cmpl-{current_request_id.get()}",
         "object": "text_completion",
@@ -304,6 +284,33 @@ async def completions(
         "usage": usage_dict(answer),
         **_extras(answer),
     }
+
+
+@router.post("/chat/completions")
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, response: Response, principal: CurrentUser
+) -> Any:
+    service: AskService = request.app.state.ask_service
+    generation = body.generation(
+        service, body.max_completion_tokens or body.max_tokens, messages=_chat_messages(service, body)
+    )
+    return await _serve(body, generation, ChatEncoder, _whole_chat, request, response, principal)
+
+
+@router.post("/completions")
+async def completions(
+    body: CompletionRequest, request: Request, response: Response, principal: CurrentUser
+) -> Any:
+    service: AskService = request.app.state.ask_service
+    if isinstance(body.prompt, list):
+        if len(body.prompt) != 1:
+            raise ApiError(400, "only one prompt per request is supported", code="unsupported_parameter")
+        prompt = body.prompt[0]
+    else:
+        prompt = body.prompt
+    service.check_prompt(prompt)
+    generation = body.generation(service, body.max_tokens, prompt=prompt)
+    return await _serve(body, generation, CompletionEncoder, _whole_completion, request, response, principal)
 
 
 @router.get("/models")
