@@ -742,6 +742,19 @@ def test_admin_console_users_usage_dialogs_and_audit(
     row.locator("button", has_text="Включить").click()
     expect(row).to_contain_text("активен")
 
+    # Reset the password: a new one is shown once, the old one stops working. Then promote by the select.
+    row.locator("button", has_text="Сбросить пароль").click()
+    page.click("#modal button:has-text('Сбросить пароль')")
+    expect(page.locator("#notice")).to_contain_text("сброшен")
+    new_password = page.locator("#password-value").inner_text()
+    assert new_password != password and sim_stack.login(new_name, new_password)
+    row.locator("select").select_option("admin")
+    expect(page.locator("#notice")).to_contain_text("изменён")
+    with sim_stack.client() as client:
+        token = sim_stack.login(new_name, new_password)
+        listed = client.get("/api/v1/users", headers={"Authorization": f"Bearer {token}"})
+    assert listed.status_code == 200, listed.text
+
     # Usage per user and day.
     page.select_option("#usage-owner", user.id)
     page.click("#usage-form button[type=submit]")

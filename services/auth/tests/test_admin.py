@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
 from genai.auth.v1 import auth_pb2, auth_pb2_grpc
-from genai_auth.users import User, UserStore
+from genai_auth.passwords import Passwords
+from genai_auth.schema import apply_migrations
+from genai_auth.settings import AuthSettings
+from genai_auth.users import LastAdmin, User, UserStore
+from genai_common.db import create_pool
 
 MakeUser = Callable[..., Awaitable[tuple[User, str]]]
 Stub = auth_pb2_grpc.AuthServiceStub
@@ -40,6 +45,12 @@ ADMIN_CALLS: dict[str, Callable[[Stub, Metadata], Awaitable[object]]] = {
     ),
     "SetUserLimits": lambda s, m: s.SetUserLimits(
         auth_pb2.SetUserLimitsRequest(username="nobody-here", limits_json="{}"), metadata=m
+    ),
+    "ResetPassword": lambda s, m: s.ResetPassword(
+        auth_pb2.ResetPasswordRequest(username="nobody-here"), metadata=m
+    ),
+    "SetUserRole": lambda s, m: s.SetUserRole(
+        auth_pb2.SetUserRoleRequest(username="nobody-here", role="admin"), metadata=m
     ),
 }
 
@@ -286,3 +297,147 @@ async def test_change_password_guesses_throttled(stub: Stub, make_user: MakeUser
         )
         codes.append(error.code())
     assert codes == [grpc.StatusCode.PERMISSION_DENIED] * 3 + [grpc.StatusCode.RESOURCE_EXHAUSTED]
+
+
+async def _login(stub: Stub, username: str, password: str, address: str) -> auth_pb2.TokenPair:
+    return await stub.Login(
+        auth_pb2.LoginRequest(username=username, password=password, client_address=address)
+    )
+
+
+async def test_reset_password_generated_ends_sessions(
+    stub: Stub, admin_metadata: Metadata, make_user: MakeUser, address: str
+) -> None:
+    user, old_password = await make_user()
+    pair = await _login(stub, user.username, old_password, address)
+    # Token times have one-second resolution: the reset must fall in a later second than the login.
+    await asyncio.sleep(1.1)
+
+    reset = await stub.ResetPassword(
+        auth_pb2.ResetPasswordRequest(username=user.username.upper()), metadata=admin_metadata
+    )
+    assert reset.user.username == user.username and reset.user.role == "user"
+    assert len(reset.password) >= 20
+
+    error = await _error(_login(stub, user.username, old_password, address))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    for call in (
+        stub.Authenticate(auth_pb2.AuthenticateRequest(token=pair.access_token)),
+        stub.Refresh(auth_pb2.RefreshRequest(refresh_token=pair.refresh_token)),
+    ):
+        assert (await _error(call)).code() == grpc.StatusCode.UNAUTHENTICATED
+
+    # A login right after the reset works, within the same second too.
+    fresh = await _login(stub, user.username, reset.password, address)
+    principal = await stub.Authenticate(auth_pb2.AuthenticateRequest(token=fresh.access_token))
+    assert principal.username == user.username
+    assert (await stub.Refresh(auth_pb2.RefreshRequest(refresh_token=fresh.refresh_token))).access_token
+
+
+async def test_reset_password_given_keeps_api_keys(
+    stub: Stub, admin_metadata: Metadata, make_user: MakeUser, address: str
+) -> None:
+    user, old_password = await make_user()
+    user_metadata = await _bearer(stub, user, old_password, address)
+    created = await stub.CreateApiKey(auth_pb2.CreateApiKeyRequest(name="script"), metadata=user_metadata)
+
+    reset = await stub.ResetPassword(
+        auth_pb2.ResetPasswordRequest(username=user.username, new_password="chosen-by-admin"),
+        metadata=admin_metadata,
+    )
+    assert reset.password == ""  # only a generated password is returned
+    assert (await _login(stub, user.username, "chosen-by-admin", address)).username == user.username
+    principal = await stub.Authenticate(auth_pb2.AuthenticateRequest(token=created.secret))
+    assert principal.username == user.username
+
+
+async def test_reset_password_refusals(stub: Stub, admin_metadata: Metadata, make_user: MakeUser) -> None:
+    user, _ = await make_user()
+    error = await _error(
+        stub.ResetPassword(
+            auth_pb2.ResetPasswordRequest(username=user.username, new_password="short"),
+            metadata=admin_metadata,
+        )
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "new password must be 8 to 1024 characters long"
+    error = await _error(
+        stub.ResetPassword(auth_pb2.ResetPasswordRequest(username="nobody-here"), metadata=admin_metadata)
+    )
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_set_user_role(stub: Stub, admin_metadata: Metadata, make_user: MakeUser, address: str) -> None:
+    user, password = await make_user()
+    user_metadata = await _bearer(stub, user, password, address)
+    assert (await _error(stub.ListUsers(auth_pb2.ListUsersRequest(), metadata=user_metadata))).code() == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+
+    promoted = await stub.SetUserRole(
+        auth_pb2.SetUserRoleRequest(username=user.username, role="admin"), metadata=admin_metadata
+    )
+    assert (promoted.username, promoted.role) == (user.username, "admin")
+    # The same token: roles are read live, not from the token.
+    await stub.ListUsers(auth_pb2.ListUsersRequest(), metadata=user_metadata)
+
+    demoted = await stub.SetUserRole(
+        auth_pb2.SetUserRoleRequest(username=user.username, role="user"), metadata=admin_metadata
+    )
+    assert demoted.role == "user"
+    assert (await _error(stub.ListUsers(auth_pb2.ListUsersRequest(), metadata=user_metadata))).code() == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+
+
+async def test_set_user_role_refusals(
+    stub: Stub, admin_metadata: Metadata, make_user: MakeUser, address: str
+) -> None:
+    user, _ = await make_user()
+    for role in ("", "root", "Admin"):
+        error = await _error(
+            stub.SetUserRole(
+                auth_pb2.SetUserRoleRequest(username=user.username, role=role), metadata=admin_metadata
+            )
+        )
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, role
+    error = await _error(
+        stub.SetUserRole(
+            auth_pb2.SetUserRoleRequest(username="nobody-here", role="user"), metadata=admin_metadata
+        )
+    )
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+    admin, password = await make_user("admin")
+    metadata = await _bearer(stub, admin, password, address)
+    error = await _error(
+        stub.SetUserRole(
+            auth_pb2.SetUserRoleRequest(username=admin.username.upper(), role="user"), metadata=metadata
+        )
+    )
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.details() == "you cannot remove your own admin role"
+    # Promoting oneself is a no-op, not a refusal.
+    assert (
+        await stub.SetUserRole(
+            auth_pb2.SetUserRoleRequest(username=admin.username, role="admin"), metadata=metadata
+        )
+    ).role == "admin"
+
+
+async def test_last_enabled_admin_cannot_be_demoted(new_database_dsn: str, settings: AuthSettings) -> None:
+    await apply_migrations(new_database_dsn)
+    pool = await create_pool(new_database_dsn, min_size=1, max_size=2)
+    try:
+        store = UserStore(pool, Passwords.from_settings(settings))
+        await store.create("first-admin", "long-enough-pw", "admin")
+        await store.create("second-admin", "long-enough-pw", "admin")
+        await store.set_disabled("second-admin", True)
+        with pytest.raises(LastAdmin):
+            await store.set_role("first-admin", "user")
+        # A disabled admin may be demoted: the enabled one remains.
+        demoted = await store.set_role("second-admin", "user")
+        assert demoted is not None and demoted.role == "user"
+        assert await store.set_role("nobody-here", "user") is None
+    finally:
+        await pool.close()

@@ -109,7 +109,13 @@ async def test_user_commands(
     )
     capsys.readouterr()
     assert await fresh_store.authenticate("dave", "dave-password-1") is None
-    assert await fresh_store.authenticate("dave", "dave-password-2") is not None
+    reset = await fresh_store.authenticate("dave", "dave-password-2")
+    # The shared reset logic ends the sessions: tokens issued before now are refused.
+    assert reset is not None and reset.sessions_valid_after is not None
+    assert reset.session_predates_reset(int(reset.sessions_valid_after.timestamp()) - 1)
+    assert await cli.run(parse(["reset-password", "dave"]), settings) == 0
+    generated = re.search(r"password: (\S+)", capsys.readouterr().out)
+    assert generated is not None and await fresh_store.authenticate("dave", generated.group(1)) is not None
     assert await cli.run(parse(["reset-password", "nobody"]), settings) == 1
     assert "no user named 'nobody'" in capsys.readouterr().err
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import secrets
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -26,7 +25,7 @@ from genai_auth.limits import LIMIT_KEYS, MAX_LIMIT, UNLIMITED, InvalidLimits, d
 from genai_auth.passwords import Passwords
 from genai_auth.schema import apply_migrations
 from genai_auth.settings import CliSettings
-from genai_auth.users import ROLES, InvalidInput, UserExists, UserStore
+from genai_auth.users import ROLES, InvalidInput, UserExists, UserStore, generate_password
 
 DEFAULT_ADMIN = "admin"
 LIST_PAGE = 200
@@ -38,10 +37,6 @@ class CliError(Exception):
 
 def _out(line: str, *, err: bool = False) -> None:
     print(line, file=sys.stderr if err else sys.stdout)  # noqa: T201 (a CLI's output is its interface)
-
-
-def generate_password() -> str:
-    return secrets.token_urlsafe(18)
 
 
 def _show_generated_password(password: str) -> None:
@@ -101,17 +96,15 @@ async def create_user(store: UserStore, username: str, role: str, password: str 
 
 
 async def reset_password(store: UserStore, username: str, password: str | None) -> None:
-    user = await store.get_by_username(username)
-    if user is None:
-        raise CliError(f"no user named {username!r}")
-    chosen = password or generate_password()
     try:
-        await store.set_password(user.id, chosen)
+        reset = await store.reset_password(username, password)
     except InvalidInput as exc:
         raise CliError(str(exc)) from None
-    _out(f"password of {user.username!r} changed")
-    if password is None:
-        _show_generated_password(chosen)
+    if reset is None:
+        raise CliError(f"no user named {username!r}")
+    _out(f"password of {reset.user.username!r} changed; their sessions have ended")
+    if reset.generated is not None:
+        _show_generated_password(reset.generated)
 
 
 async def set_disabled(store: UserStore, username: str, disabled: bool) -> None:

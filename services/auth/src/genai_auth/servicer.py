@@ -31,7 +31,7 @@ from genai_auth.passwords import Passwords
 from genai_auth.revocation import RevocationList
 from genai_auth.settings import AuthSettings
 from genai_auth.tokens import ACCESS, REFRESH, Claims, InvalidToken, IssuedPair, Tokens
-from genai_auth.users import InvalidInput, User, UserExists, UserStore, check_password
+from genai_auth.users import InvalidInput, LastAdmin, User, UserExists, UserStore, check_password
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +177,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             await self._refuse_token(context, "user no longer exists")
         if user.disabled:
             await self._refuse_token(context, "user is disabled")
+        if user.session_predates_reset(claims.issued_at):
+            await self._refuse_token(context, "token issued before a password reset")
         return user, claims
 
     async def _identify(self, token: str, context: grpc.aio.ServicerContext) -> Caller:
@@ -436,4 +438,34 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         if user is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, "user not found")
         logger.info("admin %s set limits %s on user %s", admin.id, dump_limits(user.limits), user.id)
+        return _user_message(user)
+
+    async def ResetPassword(
+        self, request: auth_pb2.ResetPasswordRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.ResetPasswordResponse:
+        admin = await self._require_admin(context)
+        try:
+            reset = await self._users.reset_password(request.username, request.new_password or None)
+        except InvalidInput as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"new {exc}")
+        if reset is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "user not found")
+        logger.info("admin %s reset the password of user %s", admin.id, reset.user.id)
+        return auth_pb2.ResetPasswordResponse(user=_user_message(reset.user), password=reset.generated or "")
+
+    async def SetUserRole(
+        self, request: auth_pb2.SetUserRoleRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.User:
+        admin = await self._require_admin(context)
+        if request.role != "admin" and request.username.lower() == admin.username.lower():
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "you cannot remove your own admin role")
+        try:
+            user = await self._users.set_role(request.username, request.role)
+        except InvalidInput as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except LastAdmin:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "at least one enabled admin must remain")
+        if user is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "user not found")
+        logger.info("admin %s set role %s on user %s", admin.id, user.role, user.id)
         return _user_message(user)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import re
+import secrets
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024
 _USERNAME = re.compile(r"[A-Za-z0-9_.@-]{3,64}")
 
-_COLUMNS = "id, username, password_hash, role, disabled, created_at, limits"
+_COLUMNS = "id, username, password_hash, role, disabled, created_at, limits, sessions_valid_after"
 
 # Serialises "is there an admin yet? if not, create one" across concurrent `genai-auth-admin init` runs.
 _FIRST_ADMIN_LOCK = int.from_bytes(hashlib.sha256(b"genai-auth-first-admin").digest()[:8], "big", signed=True)
@@ -36,6 +37,10 @@ class InvalidInput(ValueError):
 
 class UserExists(Exception):
     """A user with that name (in any letter case) already exists."""
+
+
+class LastAdmin(Exception):
+    """The change would leave no enabled admin account."""
 
 
 def check_username(username: str) -> None:
@@ -56,6 +61,10 @@ def check_role(role: str) -> str:
     return role
 
 
+def generate_password() -> str:
+    return secrets.token_urlsafe(18)
+
+
 @dataclass(frozen=True)
 class User:
     """One account as stored."""
@@ -68,6 +77,8 @@ class User:
     password_hash: str = field(repr=False)
     # Per-user limit overrides (see genai_auth.limits); empty: the role's defaults apply.
     limits: dict[str, int]
+    # Tokens issued before this moment are refused (set by a password reset); None: no reset yet.
+    sessions_valid_after: datetime | None = None
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> User:
@@ -80,7 +91,24 @@ class User:
             password_hash=row["password_hash"],
             # Written only by set_limits, which checked it; asyncpg hands jsonb over as text.
             limits=json.loads(row["limits"]),
+            sessions_valid_after=row["sessions_valid_after"],
         )
+
+    def session_predates_reset(self, issued_at: int) -> bool:
+        """Whether a token issued at `issued_at` (seconds since the epoch) was issued before the last
+        password reset. Token times have one-second resolution, so a token issued within the second of
+        the reset still counts as newer: refusing those would also refuse a login right after it."""
+        return self.sessions_valid_after is not None and issued_at < int(
+            self.sessions_valid_after.timestamp()
+        )
+
+
+@dataclass(frozen=True)
+class PasswordReset:
+    """The outcome of UserStore.reset_password: the user, and the password when it was generated."""
+
+    user: User
+    generated: str | None
 
 
 class UserStore:
@@ -185,12 +213,59 @@ class UserStore:
         )
         return User.from_row(row) if row else None
 
-    async def set_password(self, user_id: uuid.UUID, password: str) -> None:
+    async def set_role(self, username: str, role: str) -> User | None:
+        """Make a user an admin or a plain user; None if there is no such user. Raises InvalidInput for
+        an unknown role and LastAdmin when that would demote the last enabled admin."""
+        if role not in ROLES:
+            raise InvalidInput("role must be 'user' or 'admin'")
+        async with self._pool.acquire() as conn, conn.transaction():
+            # The same lock as the first admin's creation: two admins demoting each other at once
+            # must not both succeed.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _FIRST_ADMIN_LOCK)
+            current = await conn.fetchval(
+                "SELECT role FROM users WHERE lower(username) = lower($1)", username
+            )
+            if current is None:
+                return None
+            if (
+                current == "admin"
+                and role != "admin"
+                and not await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM users WHERE role = 'admin' AND NOT disabled "
+                    "AND lower(username) <> lower($1))",
+                    username,
+                )
+            ):
+                raise LastAdmin(username)
+            row = await conn.fetchrow(
+                "UPDATE users SET role = $2, updated_at = now() WHERE lower(username) = lower($1) "  # noqa: S608 (constant columns)
+                f"RETURNING {_COLUMNS}",
+                username,
+                role,
+            )
+        return User.from_row(row) if row else None
+
+    async def set_password(self, user_id: uuid.UUID, password: str, *, end_sessions: bool = False) -> None:
+        """Validate and store a new password; with end_sessions, tokens issued before now stop working."""
         check_password(password)
         password_hash = await self._passwords.hash(password)
         await self._pool.execute(
-            "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1", user_id, password_hash
+            "UPDATE users SET password_hash = $2, updated_at = now(), "
+            "sessions_valid_after = CASE WHEN $3 THEN now() ELSE sessions_valid_after END WHERE id = $1",
+            user_id,
+            password_hash,
+            end_sessions,
         )
+
+    async def reset_password(self, username: str, password: str | None = None) -> PasswordReset | None:
+        """An administrator's reset: set the given password, or a generated one when none is given, and
+        end the user's sessions (API keys stay valid). None if there is no such user; raises InvalidInput."""
+        user = await self.get_by_username(username)
+        if user is None:
+            return None
+        chosen = password or generate_password()
+        await self.set_password(user.id, chosen, end_sessions=True)
+        return PasswordReset(user, None if password else chosen)
 
     async def check_password(self, user: User, password: str) -> bool:
         """Verify a user's password, upgrading the stored hash if the hashing parameters changed."""

@@ -115,27 +115,43 @@ class UserCreated(UserOut):
     password: str | None = None
 
 
+class PasswordReset(BaseModel):
+    """An admin's password reset; an empty password: the service generates one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    password: str = Field("", max_length=1024)
+
+
+class PasswordResetOut(UserOut):
+    # Present only when the service generated the password: shown this once.
+    password: str | None = None
+
+
 class UserList(BaseModel):
     users: list[UserOut]
     next_cursor: str | None = None
 
 
 class UserPatch(BaseModel):
-    """Changes to one user: `disabled`, `limits` or both."""
+    """Changes to one user: any of `disabled`, `role` and `limits`."""
 
     # Forbidden extras: a misspelt field must not look like a change that was made.
     model_config = ConfigDict(extra="forbid")
 
     disabled: bool | None = None
+    role: Literal["user", "admin"] | None = None
     # Replaces the user's overrides as a whole; null or {} removes them all.
     limits: UserLimits | None = None
 
     @model_validator(mode="after")
     def _changes_something(self) -> UserPatch:
-        if not self.model_fields_set & {"disabled", "limits"}:
-            raise ValueError("give disabled, limits or both")
+        if not self.model_fields_set & {"disabled", "role", "limits"}:
+            raise ValueError("give at least one of disabled, role and limits")
         if "disabled" in self.model_fields_set and self.disabled is None:
             raise ValueError("disabled must be true or false")
+        if "role" in self.model_fields_set and self.role is None:
+            raise ValueError("role must be 'user' or 'admin'")
         return self
 
     def limits_json(self) -> str:

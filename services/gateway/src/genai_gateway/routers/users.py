@@ -7,12 +7,20 @@ import secrets
 from typing import Annotated
 
 import grpc
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Body, Query, Request
 from genai.auth.v1 import auth_pb2
 from genai_common.grpc_client import call_metadata
 
-from genai_gateway.errors import from_grpc
-from genai_gateway.schemas import UserCreate, UserCreated, UserList, UserOut, UserPatch
+from genai_gateway.errors import ApiError, from_grpc
+from genai_gateway.schemas import (
+    PasswordReset,
+    PasswordResetOut,
+    UserCreate,
+    UserCreated,
+    UserList,
+    UserOut,
+    UserPatch,
+)
 from genai_gateway.security import AdminUser, bearer_token
 
 router = APIRouter(prefix="/api/v1/users", tags=["users"])
@@ -68,15 +76,26 @@ async def list_users(
 
 
 @router.patch("/{username}", response_model=UserOut)
-async def update_user(username: str, body: UserPatch, _: AdminUser, request: Request) -> UserOut:
-    """Disable or enable a user and/or replace their limit overrides."""
+async def update_user(username: str, body: UserPatch, admin: AdminUser, request: Request) -> UserOut:
+    """Disable or enable a user, change their role and/or replace their limit overrides."""
     auth = request.app.state.backends.auth
     timeout = request.app.state.settings.auth_timeout_s
     metadata = _as_caller(request)
     user: auth_pb2.User | None = None
-    # Two calls, not one transaction: `disabled` goes first because it is the one that can be refused
-    # (an admin disabling themselves); the limits were validated here already.
+    # Up to three calls, not one transaction. What auth would refuse of an admin's own account is refused
+    # here first, before anything changed; the limits were validated here already.
+    if username.lower() == admin.username.lower():
+        if body.disabled:
+            raise ApiError(400, "you cannot disable your own account")
+        if body.role == "user":
+            raise ApiError(400, "you cannot remove your own admin role")
     try:
+        if body.role is not None:
+            user = await auth.SetUserRole(
+                auth_pb2.SetUserRoleRequest(username=username, role=body.role),
+                timeout=timeout,
+                metadata=metadata,
+            )
         if body.disabled is not None:
             user = await auth.SetUserDisabled(
                 auth_pb2.SetUserDisabledRequest(username=username, disabled=body.disabled),
@@ -93,3 +112,22 @@ async def update_user(username: str, body: UserPatch, _: AdminUser, request: Req
         raise from_grpc(exc, AUTH) from None
     assert user is not None  # UserPatch lets no body through that changes nothing
     return user_out(user)
+
+
+@router.post("/{username}/password", response_model=PasswordResetOut)
+async def reset_password(
+    username: str,
+    _: AdminUser,
+    request: Request,
+    body: Annotated[PasswordReset | None, Body()] = None,
+) -> PasswordResetOut:
+    """Set a new password (generated and returned once when none is given); the user's sessions end."""
+    try:
+        reset = await request.app.state.backends.auth.ResetPassword(
+            auth_pb2.ResetPasswordRequest(username=username, new_password=body.password if body else ""),
+            timeout=request.app.state.settings.auth_timeout_s,
+            metadata=_as_caller(request),
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise from_grpc(exc, AUTH) from None
+    return PasswordResetOut(**user_out(reset.user).model_dump(), password=reset.password or None)

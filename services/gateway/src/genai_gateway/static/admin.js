@@ -5,7 +5,17 @@
 import * as api from "./api.js";
 import { applyI18n, has, languageSelect, onLangChange, t } from "./i18n.js";
 import { renderMarkdown } from "./markdown.js";
-import { copyButton, el, errorText, formatNumber, formatTime, formDialog, showMessage, whoText } from "./ui.js";
+import {
+  confirmDialog,
+  copyButton,
+  el,
+  errorText,
+  formatNumber,
+  formatTime,
+  formDialog,
+  showMessage,
+  whoText,
+} from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 const LIMIT_FIELDS = ["requests_per_minute", "tokens_per_minute", "concurrent_requests", "tokens_per_day"];
@@ -79,18 +89,38 @@ function userRow(user) {
     "aria-label": t("editLimitsAria", { username: user.username }),
   });
   limits.addEventListener("click", () => editLimits(user));
+  const reset = el("button", {
+    type: "button",
+    class: "small secondary",
+    text: t("resetPassword"),
+    "aria-label": t("resetPasswordAria", { username: user.username }),
+  });
+  reset.addEventListener("click", () => resetPassword(user));
+  const role = el(
+    "select",
+    {
+      class: "role-select",
+      "aria-label": t("roleAria", { username: user.username }),
+      // An admin cannot demote themselves (auth refuses it too), so that an admin always remains.
+      disabled: state.me && user.id === state.me.id,
+    },
+    el("option", { value: "user", text: t("roleUser") }),
+    el("option", { value: "admin", text: t("roleAdmin") }),
+  );
+  role.value = user.role;
+  role.addEventListener("change", () => setRole(user, role.value));
   return el(
     "tr",
     { dataset: { username: user.username } },
     el("td", { text: user.username }),
-    el("td", { text: user.role === "admin" ? t("roleAdmin") : t("roleUser") }),
+    el("td", {}, role),
     el("td", {
       class: user.disabled ? "status-disabled" : "",
       text: user.disabled ? t("disabled") : t("active"),
     }),
     el("td", { text: limitsText(user.limits) }),
     el("td", { text: formatTime(user.created_at * 1000) }),
-    el("td", {}, el("div", { class: "row" }, toggle, limits)),
+    el("td", {}, el("div", { class: "row" }, toggle, limits, reset)),
   );
 }
 
@@ -128,11 +158,7 @@ async function createUser(event) {
     // No password sent: the server generates one and returns it this once.
     const created = await api.json("/api/v1/users", { method: "POST", body: { username, role } });
     $("new-username").value = "";
-    if (created.password) {
-      $("password-label").textContent = t("passwordOnce", { username: created.username });
-      $("password-value").textContent = created.password;
-      $("password-once").hidden = false;
-    }
+    if (created.password) showPasswordOnce(created.username, created.password);
     notice(t("userCreated", { username: created.username }));
     await loadUsers();
   } catch (err) {
@@ -146,6 +172,48 @@ async function setDisabled(user, disabled) {
     await api.json(`/api/v1/users/${encodeURIComponent(user.username)}`, { method: "PATCH", body: { disabled } });
     notice(t("userUpdated", { username: user.username }));
     await loadUsers();
+  } catch (err) {
+    showError(err);
+  }
+}
+
+async function setRole(user, role) {
+  clearError();
+  try {
+    await api.json(`/api/v1/users/${encodeURIComponent(user.username)}`, { method: "PATCH", body: { role } });
+    notice(t("userUpdated", { username: user.username }));
+  } catch (err) {
+    showError(err);
+  }
+  // Also after a refusal, so that the select shows the role actually stored.
+  await loadUsers();
+}
+
+function showPasswordOnce(username, password) {
+  $("password-label").textContent = t("passwordOnce", { username });
+  $("password-value").textContent = password;
+  $("password-once").hidden = false;
+  // The box sits by the create form; a reset is started further down the table.
+  $("password-once").scrollIntoView({ block: "nearest" });
+}
+
+async function resetPassword(user) {
+  const ok = await confirmDialog(
+    t("resetPasswordTitle", { username: user.username }),
+    t("resetPasswordText"),
+    t("resetPassword"),
+  );
+  if (!ok) return;
+  clearError();
+  $("password-once").hidden = true;
+  try {
+    // No password sent: the server generates one and returns it this once.
+    const reset = await api.json(`/api/v1/users/${encodeURIComponent(user.username)}/password`, {
+      method: "POST",
+      body: {},
+    });
+    if (reset.password) showPasswordOnce(reset.username, reset.password);
+    notice(t("passwordReset", { username: reset.username }));
   } catch (err) {
     showError(err);
   }
