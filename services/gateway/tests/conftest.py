@@ -12,7 +12,8 @@ from genai_common.redis_client import create_redis
 
 @pytest.fixture
 async def redis_client(redis_url: str) -> AsyncIterator[redis.Redis]:
-    client = create_redis(redis_url)
+    # Generous timeouts: the short production ones would make a loaded test machine look like an outage.
+    client = create_redis(redis_url, timeout_s=10)
     yield client
     await client.aclose()
 

@@ -31,7 +31,8 @@ async def _outcomes(q: Quotas, subject: str, limits: LimitSet, n: int) -> list[A
 
 async def test_200_concurrent_requests_against_50_admit_exactly_50(redis_url: str, key_prefix: str) -> None:
     # Two clients stand for two gateway processes: the counts live in Redis, not in either of them.
-    first, second = create_redis(redis_url), create_redis(redis_url)
+    # Generous timeouts: this is about atomicity, and a loaded machine must not turn it into a timeout test.
+    first, second = create_redis(redis_url, timeout_s=10), create_redis(redis_url, timeout_s=10)
     try:
         limits = LimitSet(requests_per_minute=50, concurrent_requests=UNLIMITED)
         a, b = quotas(first, key_prefix), quotas(second, key_prefix)
