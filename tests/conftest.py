@@ -45,7 +45,9 @@ def sim_stack(work_dir: Path, postgres_server: infra.Service, redis_url: str) ->
         running = launch(
             work_dir,
             database,
-            redis_url,
+            # A Redis database of its own: two deployments on one Redis database would share the
+            # history spool (and each drain the other's exchanges into its own history).
+            redis_url.rsplit("/", 1)[0] + "/1",
             upstream="sim",
             upstream_args=["--itl-ms", str(SIM_ITL_MS), "--output-tokens", str(SIM_OUTPUT_TOKENS)],
             name="sim-stack",
