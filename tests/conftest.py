@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from genai_devstack import databases, infra
 
+from genai_devstack import databases, infra
 from tests.harness import RunningStack, User, launch
 
 

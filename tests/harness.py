@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
 from genai_devstack import infra, stack
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

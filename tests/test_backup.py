@@ -12,6 +12,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+
 from genai_common.db import migrate
 from genai_devstack import databases, infra
 from genai_devstack.nginx import repo_root

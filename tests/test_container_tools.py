@@ -17,9 +17,10 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
 from genai_devstack import infra
 from genai_devstack.nginx import repo_root
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 PROBE = repo_root() / "libs" / "common" / "src" / "genai_common" / "healthcheck.py"
 

@@ -20,6 +20,10 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import BaseModel, SecretStr, TypeAdapter
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings
+
 from genai_adapter.settings import AdapterSettings
 from genai_auth.settings import AuthSettings, CliSettings
 from genai_common.migrations import migrations_dir
@@ -28,9 +32,6 @@ from genai_devstack import nginx, stack
 from genai_gateway.settings import GatewaySettings
 from genai_history import store as history_store
 from genai_history.settings import HistorySettings
-from pydantic import BaseModel, SecretStr, TypeAdapter
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

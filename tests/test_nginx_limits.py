@@ -7,8 +7,8 @@ import re
 import time
 
 import httpx
-from genai_devstack.nginx import repo_root
 
+from genai_devstack.nginx import repo_root
 from tests.harness import RunningStack
 
 

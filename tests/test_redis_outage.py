@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from genai_devstack import databases, infra
 
+from genai_devstack import databases, infra
 from tests.harness import RunningStack, User, launch
 
 

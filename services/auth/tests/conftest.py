@@ -15,6 +15,9 @@ import asyncpg
 import grpc
 import pytest
 from genai.auth.v1 import auth_pb2, auth_pb2_grpc
+from pydantic import SecretStr
+from redis.asyncio import Redis
+
 from genai_auth.passwords import Passwords
 from genai_auth.schema import apply_migrations
 from genai_auth.servicer import AuthServicer
@@ -25,8 +28,6 @@ from genai_common.db import create_pool
 from genai_common.grpc_server import ServiceInterceptor
 from genai_common.redis_client import create_redis
 from genai_devstack import infra
-from pydantic import SecretStr
-from redis.asyncio import Redis
 
 # The cheapest argon2 parameters there are: hashing is not what these tests measure. Only allowed in dev.
 FAST_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_cost": 64, "argon2_parallelism": 1}

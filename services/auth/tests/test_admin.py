@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 import pytest
 from genai.auth.v1 import auth_pb2, auth_pb2_grpc
+
 from genai_auth.passwords import Passwords
 from genai_auth.schema import apply_migrations
 from genai_auth.settings import AuthSettings

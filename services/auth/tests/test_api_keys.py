@@ -14,6 +14,8 @@ import asyncpg
 import grpc
 import pytest
 from genai.auth.v1 import auth_pb2, auth_pb2_grpc
+from redis.asyncio import Redis
+
 from genai_auth import cli
 from genai_auth.api_keys import MAX_ACTIVE_KEYS_PER_USER, ApiKeyStore, InvalidApiKey
 from genai_auth.limiter import LoginLimiter
@@ -26,7 +28,6 @@ from genai_auth.tokens import ACCESS, Tokens
 from genai_auth.users import User, UserStore
 from genai_common.db import create_pool
 from genai_common.redis_guard import RedisGuard
-from redis.asyncio import Redis
 
 MakeUser = Callable[..., Awaitable[tuple[User, str]]]
 Stub = auth_pb2_grpc.AuthServiceStub

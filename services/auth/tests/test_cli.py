@@ -11,6 +11,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+
 from genai_auth import cli
 from genai_auth.passwords import Passwords
 from genai_auth.schema import apply_migrations

@@ -13,6 +13,7 @@ import asyncpg
 import grpc
 import pytest
 from genai.auth.v1 import auth_pb2, auth_pb2_grpc
+
 from genai_auth import cli
 from genai_auth.limits import InvalidLimits, dump_limits, parse_limits
 from genai_auth.passwords import Passwords

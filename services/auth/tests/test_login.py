@@ -9,10 +9,11 @@ from collections.abc import Awaitable, Callable
 import grpc
 import pytest
 from genai.auth.v1 import auth_pb2, auth_pb2_grpc
+from redis.asyncio import Redis
+
 from genai_auth.limiter import Attempt, LocalCounters, LoginLimiter
 from genai_auth.users import User
 from genai_common.redis_guard import RedisGuard
-from redis.asyncio import Redis
 
 MakeUser = Callable[..., Awaitable[tuple[User, str]]]
 Stub = auth_pb2_grpc.AuthServiceStub

@@ -15,6 +15,10 @@ from pathlib import Path
 import grpc
 import pytest
 from genai.auth.v1 import auth_pb2, auth_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from jose import jwt
+from redis.asyncio import Redis
+
 from genai_auth.passwords import Passwords
 from genai_auth.revocation import COMPLETE, MIRROR_KEY
 from genai_auth.servicer import SERVICE_NAME
@@ -22,9 +26,6 @@ from genai_auth.users import UserStore
 from genai_common.db import create_pool
 from genai_common.redis_client import create_redis
 from genai_devstack import infra
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from jose import jwt
-from redis.asyncio import Redis
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 

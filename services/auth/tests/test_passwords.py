@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 import argon2
 import asyncpg
 import pytest
+
 from genai_auth.passwords import Passwords
 from genai_auth.users import User, UserStore
 

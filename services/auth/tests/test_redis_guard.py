@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-from genai_common.redis_guard import RedisGuard
 from prometheus_client import REGISTRY
+
+from genai_common.redis_guard import RedisGuard
 
 
 def _up() -> float | None:

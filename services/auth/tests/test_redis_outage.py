@@ -16,12 +16,13 @@ import asyncpg
 import grpc
 import pytest
 from genai.auth.v1 import auth_pb2, auth_pb2_grpc
+from jose import jwt
+from redis.asyncio import Redis
+
 from genai_auth.revocation import COMPLETE, MIRROR_KEY
 from genai_auth.users import User
 from genai_common.redis_client import create_redis
 from genai_devstack import infra
-from jose import jwt
-from redis.asyncio import Redis
 
 MakeUser = Callable[..., Awaitable[tuple[User, str]]]
 Stub = auth_pb2_grpc.AuthServiceStub

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from redis.asyncio import Redis
+
 from genai_auth.revocation import COMPLETE, LEGACY_PREFIX, MIRROR_KEY, RevocationList
 from genai_common.redis_client import create_redis
 from genai_common.redis_guard import RedisGuard
 from genai_devstack import infra
-from redis.asyncio import Redis
 
 CALL_TIMEOUT_S = 5.0
 

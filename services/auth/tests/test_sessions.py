@@ -8,11 +8,12 @@ import asyncpg
 import grpc
 import pytest
 from genai.auth.v1 import auth_pb2, auth_pb2_grpc
+from jose import jwt
+from redis.asyncio import Redis
+
 from genai_auth.revocation import MIRROR_KEY
 from genai_auth.servicer import AuthServicer
 from genai_auth.users import User, UserStore
-from jose import jwt
-from redis.asyncio import Redis
 
 MakeUser = Callable[..., Awaitable[tuple[User, str]]]
 Stub = auth_pb2_grpc.AuthServiceStub

@@ -3,9 +3,10 @@ from __future__ import annotations
 import os
 
 import pytest
+from pydantic import ValidationError
+
 from genai_auth.settings import AuthSettings, CliSettings
 from genai_common.settings import load_settings
-from pydantic import ValidationError
 
 DSN = "postgresql://auth@db.internal/auth"
 STRONG = "k" * 48

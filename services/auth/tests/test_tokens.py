@@ -12,10 +12,11 @@ from typing import Any
 import grpc
 import pytest
 from genai.auth.v1 import auth_pb2, auth_pb2_grpc
+from jose import jwt
+
 from genai_auth.settings import AuthSettings
 from genai_auth.tokens import ACCESS, REFRESH, InvalidToken, Tokens
 from genai_auth.users import User
-from jose import jwt
 
 MakeUser = Callable[..., Awaitable[tuple[User, str]]]
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as redis
+
 from genai_common.redis_client import create_redis
 
 

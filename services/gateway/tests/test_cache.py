@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import redis.asyncio as redis
+
 from genai_gateway.cache import AnswerCache, CachedAnswer, cache_key
 
 MESSAGES = [{"role": "user", "content": "How do I list files?"}]

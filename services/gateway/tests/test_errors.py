@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+
 from genai_gateway.errors import error_body, from_grpc
 
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import grpc
 import pytest
 from genai.history.v1 import history_pb2
+from pypdf import PdfReader
+
 from genai_gateway import exports
 from genai_gateway.errors import ApiError
 from genai_gateway.settings import DEFAULT_PDF_FONT, GatewaySettings
-from pypdf import PdfReader
 
 FONT = Path(DEFAULT_PDF_FONT)
 needs_font = pytest.mark.skipif(

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 import redis.asyncio as redis
+
 from genai_common.redis_client import create_redis
 from genai_devstack.infra import free_port
 from genai_gateway.errors import ApiError

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 import redis.asyncio as redis
 from genai.history.v1 import history_pb2, history_pb2_grpc
+
 from genai_common.grpc_client import create_channel
 from genai_devstack.infra import free_port, wait_for_port
 from genai_gateway.spool import SPOOL_KEY, HistoryRecorder

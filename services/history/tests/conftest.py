@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+
 from genai_common.db import create_pool, migrate
 from genai_history.store import COMPONENT, MIGRATIONS_DIR, HistoryStore
 

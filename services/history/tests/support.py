@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import pytest
 from genai.history.v1 import history_pb2, history_pb2_grpc
+
 from genai_common.grpc_server import ServiceInterceptor
 from genai_history.servicer import HistoryServicer
 from genai_history.settings import HistorySettings

@@ -10,6 +10,7 @@ import asyncpg
 import grpc
 import pytest
 from genai.history.v1 import history_pb2
+
 from genai_common.db import create_pool
 from genai_history.store import HistoryStore
 

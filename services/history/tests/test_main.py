@@ -5,9 +5,10 @@ import socket
 
 import grpc
 from genai.history.v1 import history_pb2, history_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from genai_history.main import run
 from genai_history.servicer import SERVICE_NAME
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .support import make_settings
 

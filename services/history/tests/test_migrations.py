@@ -1,6 +1,7 @@
 import asyncio
 
 import asyncpg
+
 from genai_common.db import migrate
 from genai_history.store import COMPONENT, MIGRATIONS_DIR
 

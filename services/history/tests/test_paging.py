@@ -3,6 +3,7 @@ import uuid
 from datetime import UTC, date, datetime
 
 import pytest
+
 from genai_history.paging import (
     Cursor,
     InvalidPageToken,

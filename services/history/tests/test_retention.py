@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+
 from genai_common.db import create_pool, migrate
 from genai_history import retention
 from genai_history.store import COMPONENT, MIGRATIONS_DIR, Exchange, HistoryStore

@@ -13,6 +13,7 @@ import asyncpg
 import grpc
 import pytest
 from genai.history.v1 import history_pb2
+
 from genai_history.servicer import NOT_FOUND_MESSAGE
 from genai_history.store import HistoryStore
 

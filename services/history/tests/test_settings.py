@@ -1,6 +1,7 @@
 import pytest
-from genai_history.settings import HistorySettings
 from pydantic import ValidationError
+
+from genai_history.settings import HistorySettings
 
 
 def test_reads_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 import pytest
 from genai.inference.v1 import inference_pb2_grpc
+
 from genai_adapter.scheduler import FairScheduler
 from genai_adapter.servicer import InferenceServicer
 from genai_adapter.settings import AdapterSettings

@@ -10,6 +10,7 @@ import grpc
 import httpx
 import pytest
 from genai.inference.v1 import inference_pb2, inference_pb2_grpc
+
 from genai_vllmsim.launcher import SimulatorProcess
 
 AdapterFactory = Callable[..., Awaitable[inference_pb2_grpc.InferenceServiceStub]]

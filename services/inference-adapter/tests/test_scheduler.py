@@ -7,8 +7,9 @@ import random
 from contextlib import aclosing
 
 import pytest
-from genai_adapter.scheduler import FairScheduler, QueueFull, QueueTimeout, Ticket
 from prometheus_client import REGISTRY
+
+from genai_adapter.scheduler import FairScheduler, QueueFull, QueueTimeout, Ticket
 
 
 def metric(name: str, **labels: str) -> float:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 import pytest
 from genai.inference.v1 import inference_pb2, inference_pb2_grpc
+
 from genai_adapter.upstream import UpstreamStatus, error_message, map_error
 from genai_vllmsim.launcher import SimulatorProcess
 

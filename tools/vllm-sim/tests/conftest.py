@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
+
 from genai_vllmsim.launcher import SimulatorPool, SimulatorProcess
 
 

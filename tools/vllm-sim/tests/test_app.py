@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from genai_vllmsim.launcher import SimulatorProcess
 
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "tell me about foxes"}]

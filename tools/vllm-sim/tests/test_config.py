@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+
 from genai_vllmsim.config import parse_args
 from genai_vllmsim.launcher import running_simulator
 

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import httpx
+
 from genai_vllmsim.launcher import SimulatorProcess
 
 MESSAGES = [{"role": "user", "content": "queue me"}]

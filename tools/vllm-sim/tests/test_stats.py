@@ -6,6 +6,7 @@ import asyncio
 import re
 
 import httpx
+
 from genai_vllmsim.launcher import SimulatorProcess
 
 MESSAGES = [{"role": "user", "content": "count me"}]

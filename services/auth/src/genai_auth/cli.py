@@ -17,8 +17,6 @@ from datetime import datetime
 from typing import TextIO
 
 import asyncpg
-from genai_common.db import create_pool
-from genai_common.settings import load_settings
 
 from genai_auth.api_keys import ApiKeyStore, Cursor, TooManyKeys
 from genai_auth.limits import LIMIT_KEYS, MAX_LIMIT, UNLIMITED, InvalidLimits, dump_limits
@@ -26,6 +24,8 @@ from genai_auth.passwords import Passwords
 from genai_auth.schema import apply_migrations
 from genai_auth.settings import CliSettings
 from genai_auth.users import ROLES, InvalidInput, UserExists, UserStore, generate_password
+from genai_common.db import create_pool
+from genai_common.settings import load_settings
 
 DEFAULT_ADMIN = "admin"
 LIST_PAGE = 200

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.asyncio as redis
+
 from genai_common.redis_guard import REDIS_ERRORS, RedisGuard
 
 logger = logging.getLogger(__name__)

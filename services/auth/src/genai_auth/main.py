@@ -6,15 +6,15 @@ import asyncio
 import logging
 
 from genai.auth.v1 import auth_pb2_grpc
+
+from genai_auth.schema import apply_migrations
+from genai_auth.servicer import SERVICE_NAME, AuthServicer
+from genai_auth.settings import AuthSettings
 from genai_common.db import create_pool
 from genai_common.grpc_server import serve
 from genai_common.logs import setup_logging
 from genai_common.redis_client import create_redis
 from genai_common.settings import load_settings
-
-from genai_auth.schema import apply_migrations
-from genai_auth.servicer import SERVICE_NAME, AuthServicer
-from genai_auth.settings import AuthSettings
 
 logger = logging.getLogger(__name__)
 

@@ -28,8 +28,9 @@ from datetime import UTC, datetime
 
 import asyncpg
 import redis.asyncio as redis
-from genai_common.redis_guard import REDIS_ERRORS, RedisGuard
 from redis.exceptions import RedisError
+
+from genai_common.redis_guard import REDIS_ERRORS, RedisGuard
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ from typing import NoReturn
 import asyncpg
 import grpc
 from genai.auth.v1 import auth_pb2, auth_pb2_grpc
-from genai_common.redis_guard import RedisGuard
 from redis.asyncio import Redis
 
 from genai_auth.api_keys import (
@@ -32,6 +31,7 @@ from genai_auth.revocation import RevocationList
 from genai_auth.settings import AuthSettings
 from genai_auth.tokens import ACCESS, REFRESH, Claims, InvalidToken, IssuedPair, Tokens
 from genai_auth.users import InvalidInput, LastAdmin, User, UserExists, UserStore, check_password
+from genai_common.redis_guard import RedisGuard
 
 logger = logging.getLogger(__name__)
 

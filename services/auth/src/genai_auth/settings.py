@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argon2
-from genai_common.settings import CommonSettings, check_secret
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
+
+from genai_common.settings import CommonSettings, check_secret
 
 # OWASP's lowest recommended argon2id cost (19 MiB, 2 passes). Cheaper settings exist so that tests run
 # fast; outside dev mode they are refused, so a test value pasted into production cannot weaken hashes.

@@ -10,8 +10,8 @@ from importlib import resources
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
-from genai_common.redis_guard import RedisGuard
 
+from genai_common.redis_guard import RedisGuard
 from genai_gateway.backends import Backends
 from genai_gateway.cache import AnswerCache
 from genai_gateway.errors import install_handlers

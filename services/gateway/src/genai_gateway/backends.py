@@ -6,9 +6,9 @@ import redis.asyncio as redis
 from genai.auth.v1 import auth_pb2_grpc
 from genai.history.v1 import history_pb2_grpc
 from genai.inference.v1 import inference_pb2_grpc
+
 from genai_common.grpc_client import create_channel
 from genai_common.redis_client import create_redis
-
 from genai_gateway.settings import GatewaySettings
 
 

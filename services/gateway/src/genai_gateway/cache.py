@@ -14,9 +14,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis.asyncio as redis
-from genai_common.redis_guard import RedisGuard
 from prometheus_client import Counter
 from redis.exceptions import RedisError
+
+from genai_common.redis_guard import RedisGuard
 
 logger = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ from typing import NoReturn
 import grpc
 from genai.assistant.v1 import assistant_pb2, assistant_pb2_grpc
 from genai.auth.v1 import auth_pb2
-from genai_common.grpc_client import call_metadata
-from genai_common.grpc_server import ServiceInterceptor
-from genai_common.request_id import current_request_id
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from genai_common.grpc_client import call_metadata
+from genai_common.grpc_server import ServiceInterceptor
+from genai_common.request_id import current_request_id
 from genai_gateway.admission import admit_principal, settle
 from genai_gateway.errors import ApiError, from_grpc
 from genai_gateway.quota import Admission, Quotas

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uvicorn
+
 from genai_common.logs import setup_logging
 from genai_common.settings import load_settings
-
 from genai_gateway.app import create_app
 from genai_gateway.settings import GatewaySettings
 

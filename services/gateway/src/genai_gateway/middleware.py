@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from genai_common.request_id import current_request_id, sanitize
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from genai_common.request_id import current_request_id, sanitize
 
 
 class RequestIdMiddleware:

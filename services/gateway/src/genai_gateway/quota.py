@@ -22,10 +22,10 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import redis.asyncio as redis
-from genai_common.redis_guard import RedisGuard
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
+from genai_common.redis_guard import RedisGuard
 from genai_gateway.errors import ApiError
 
 logger = logging.getLogger(__name__)

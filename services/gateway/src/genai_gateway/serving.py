@@ -20,10 +20,10 @@ import grpc
 from genai.auth.v1 import auth_pb2
 from genai.history.v1 import history_pb2
 from genai.inference.v1 import inference_pb2
-from genai_common.grpc_client import call_metadata
-from genai_common.request_id import current_request_id
 from prometheus_client import Counter
 
+from genai_common.grpc_client import call_metadata
+from genai_common.request_id import current_request_id
 from genai_gateway.backends import Backends
 from genai_gateway.cache import AnswerCache, CachedAnswer, cache_key
 from genai_gateway.errors import ApiError, from_grpc

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from genai_common.settings import CommonSettings
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from genai_common.settings import CommonSettings
 from genai_gateway.quota import LimitSet
 
 DEFAULT_PDF_FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"

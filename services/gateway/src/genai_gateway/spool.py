@@ -15,10 +15,11 @@ from typing import cast
 import grpc
 import redis.asyncio as redis
 from genai.history.v1 import history_pb2, history_pb2_grpc
-from genai_common.grpc_client import call_metadata
-from genai_common.redis_guard import RedisGuard
 from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
+
+from genai_common.grpc_client import call_metadata
+from genai_common.redis_guard import RedisGuard
 
 logger = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ import logging
 
 import grpc
 from genai.history.v1 import history_pb2_grpc
+
 from genai_common.db import create_pool, migrate
 from genai_common.grpc_server import serve
 from genai_common.logs import setup_logging
 from genai_common.settings import load_settings
-
 from genai_history import retention
 from genai_history.servicer import SERVICE_NAME, HistoryServicer
 from genai_history.settings import HistorySettings

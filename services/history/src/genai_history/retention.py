@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+
 from genai_common.db import create_pool
 from genai_common.logs import setup_logging
 from genai_common.settings import load_settings
-
 from genai_history.settings import HistorySettings
 from genai_history.store import ACQUIRE_TIMEOUT_S, DATABASE_DOWN
 

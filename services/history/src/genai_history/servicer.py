@@ -13,8 +13,8 @@ from typing import NoReturn
 
 import grpc
 from genai.history.v1 import history_pb2, history_pb2_grpc
-from genai_common.request_id import current_request_id
 
+from genai_common.request_id import current_request_id
 from genai_history import audit, usage
 from genai_history.audit import MAX_LABEL_CHARS, AuditEntry
 from genai_history.paging import (

@@ -7,14 +7,14 @@ import logging
 
 import grpc
 from genai.inference.v1 import inference_pb2_grpc
-from genai_common.grpc_server import serve
-from genai_common.logs import setup_logging
-from genai_common.settings import load_settings
 
 from genai_adapter.scheduler import FairScheduler
 from genai_adapter.servicer import SERVICE_NAME, InferenceServicer
 from genai_adapter.settings import AdapterSettings
 from genai_adapter.upstream import Upstream
+from genai_common.grpc_server import serve
+from genai_common.logs import setup_logging
+from genai_common.settings import load_settings
 
 logger = logging.getLogger(__name__)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from genai_common.settings import CommonSettings
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
+
+from genai_common.settings import CommonSettings
 
 
 class AdapterSettings(CommonSettings):

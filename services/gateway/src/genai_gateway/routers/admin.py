@@ -15,8 +15,8 @@ import grpc
 from fastapi import APIRouter, Query, Request, Response
 from genai.auth.v1 import auth_pb2
 from genai.history.v1 import history_pb2
-from genai_common.grpc_client import call_metadata
 
+from genai_common.grpc_client import call_metadata
 from genai_gateway.errors import ApiError, from_grpc
 from genai_gateway.exports import Format, download, iso_utc
 from genai_gateway.routers.history import HISTORY, message_out

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from genai_common.request_id import current_request_id
 
+from genai_common.request_id import current_request_id
 from genai_gateway.admission import admit, metered, settle
 from genai_gateway.responses import AskEncoder, ask_body, event_stream, no_cache
 from genai_gateway.schemas import AskRequest, AskResponse

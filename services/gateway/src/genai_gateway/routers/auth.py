@@ -5,9 +5,9 @@ from __future__ import annotations
 import grpc
 from fastapi import APIRouter, Request
 from genai.auth.v1 import auth_pb2
-from genai_common.grpc_client import call_metadata
 from pydantic import ValidationError
 
+from genai_common.grpc_client import call_metadata
 from genai_gateway.errors import ApiError, from_grpc
 from genai_gateway.schemas import (
     LogoutRequest,

@@ -11,8 +11,8 @@ from typing import Annotated
 import grpc
 from fastapi import APIRouter, Query, Request, Response
 from genai.history.v1 import history_pb2
-from genai_common.grpc_client import call_metadata
 
+from genai_common.grpc_client import call_metadata
 from genai_gateway.errors import from_grpc
 from genai_gateway.exports import Format, download
 from genai_gateway.routers.history import HISTORY, summary_out

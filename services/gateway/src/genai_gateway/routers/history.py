@@ -7,8 +7,8 @@ from typing import Annotated
 import grpc
 from fastapi import APIRouter, Query, Request
 from genai.history.v1 import history_pb2
-from genai_common.grpc_client import call_metadata
 
+from genai_common.grpc_client import call_metadata
 from genai_gateway.errors import from_grpc
 from genai_gateway.schemas import ConversationList, ConversationOut, ConversationSummary, MessageOut, Usage
 from genai_gateway.security import CurrentUser

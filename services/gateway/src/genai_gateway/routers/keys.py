@@ -7,9 +7,9 @@ from typing import Annotated
 import grpc
 from fastapi import APIRouter, Query, Request
 from genai.auth.v1 import auth_pb2
-from genai_common.grpc_client import call_metadata
 from pydantic import BaseModel, Field
 
+from genai_common.grpc_client import call_metadata
 from genai_gateway.errors import from_grpc
 from genai_gateway.security import CurrentUser, bearer_token
 

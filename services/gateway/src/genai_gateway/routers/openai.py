@@ -13,9 +13,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request, Response
 from genai.auth.v1 import auth_pb2
-from genai_common.request_id import current_request_id
 from pydantic import BaseModel, ConfigDict, Field
 
+from genai_common.request_id import current_request_id
 from genai_gateway.admission import admit, metered, settle
 from genai_gateway.errors import ApiError
 from genai_gateway.responses import Encoder, event_stream, no_cache, usage_dict

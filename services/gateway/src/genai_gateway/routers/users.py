@@ -9,8 +9,8 @@ from typing import Annotated
 import grpc
 from fastapi import APIRouter, Body, Query, Request
 from genai.auth.v1 import auth_pb2
-from genai_common.grpc_client import call_metadata
 
+from genai_common.grpc_client import call_metadata
 from genai_gateway.errors import ApiError, from_grpc
 from genai_gateway.schemas import (
     PasswordReset,
