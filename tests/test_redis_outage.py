@@ -88,13 +88,17 @@ def test_hung_then_dead_redis_then_recovery(outage: tuple[RunningStack, infra.Se
     # Back, on the same address: no restart of anything else.
     revived = infra.start_local_redis(stack.cfg.work_dir / "redis-again", redis_server.port)
     try:
-        deadline = time.monotonic() + 30
+        # Generous: on a loaded machine the health checks' own short deadlines can miss for a while.
+        deadline = time.monotonic() + 90
         with stack.client(timeout=15) as client:
-            while (
-                time.monotonic() < deadline and client.get("/health").json()["dependencies"]["redis"] != "ok"
-            ):
+            # Recovery takes a moment: one caller probes Redis after the cool-down, the rest follow.
+            health: dict[str, object] = {}
+            while time.monotonic() < deadline:
+                health = client.get("/health").json()
+                if health["status"] == "ok":
+                    break
                 time.sleep(0.5)
-            assert client.get("/health").json()["status"] == "ok"
+            assert health["status"] == "ok", health
             # Limits are counted in Redis again: 4 a minute, of which the next two asks take two.
             stack.set_limits(user, requests_per_minute=4)
             headers = {"Authorization": f"Bearer {stack.login(user.username, user.password)}"}
