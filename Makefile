@@ -12,9 +12,9 @@ PROTOS := $(shell find protos -name '*.proto')
 
 PACKAGES := -e libs/common -e libs/protos -e services/auth -e services/history \
 	-e services/inference-adapter -e services/gateway -e tools/devstack \
-	-e tools/vllm-sim
+	-e tools/vllm-sim -e tools/bench
 
-.PHONY: setup system-deps run test test-unit test-integration protos lint clean
+.PHONY: setup system-deps run test test-unit test-integration protos lint clean bench
 
 setup: system-deps $(STAMP)
 
@@ -55,6 +55,11 @@ test-unit: setup
 
 test-integration: setup
 	$(PY) -m pytest tests
+
+# Overhead and throughput of the whole path beside LiteLLM (docs/benchmarks.md); not part of `make test`.
+# BENCH_QUICK=1: short runs; BENCH_PROFILE=0: no py-spy profile; BENCH_LITELLM=0: without LiteLLM.
+bench: setup
+	$(PY) -m genai_bench --invoked-as "make bench$(if $(BENCH_QUICK), BENCH_QUICK=$(BENCH_QUICK))"
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,1 @@
+"""Benchmarks of the whole path (make bench)."""
