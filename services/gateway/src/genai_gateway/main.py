@@ -22,6 +22,9 @@ def main() -> None:
         forwarded_allow_ips=settings.forwarded_allow_ips,
         server_header=False,
         timeout_graceful_shutdown=10,
+        # Longer than nginx keeps idle upstream connections (60 s): nginx closes first, so a request
+        # never races uvicorn closing the connection it was sent on (which nginx would answer with 502).
+        timeout_keep_alive=75,
     )
 
 
