@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
+from genai.auth.v1 import auth_pb2
 
+from genai_gateway.admission import admit, metered, settle
 from genai_gateway.errors import ApiError, error_body
-from genai_gateway.serving import Answer, Delta, Queued
+from genai_gateway.serving import Answer, AskService, Delta, Generation, Queued
 from genai_gateway.streaming import DONE, KEEPALIVE, SSE_HEADERS, Pull, sse
 
 # How long to wait for the first piece before sending the response head: a failure that comes at once
@@ -112,3 +115,36 @@ def no_cache(headers: Mapping[str, str]) -> bool:
     """`Cache-Control: no-cache` (or no-store): answer from the model, not from the cache."""
     value = headers.get("cache-control", "").lower()
     return "no-cache" in value or "no-store" in value
+
+
+async def serve(
+    generation: Generation,
+    *,
+    stream: bool,
+    encoder: Callable[[str], Encoder],
+    whole: Callable[[Answer], Any],
+    request: Request,
+    response: Response,
+    principal: auth_pb2.Principal,
+) -> Any:
+    """What every HTTP way of asking shares once the request is parsed: the caller's limits, then the
+    answer streamed (`encoder` is given the model's name) or whole, and the slot given back either way."""
+    service: AskService = request.app.state.ask_service
+    generation.no_cache = no_cache(request.headers)
+    # An unknown model is refused before it counts against the caller's limits.
+    model = await service.resolve_model(generation.model)
+    quotas = request.app.state.quotas
+    admission = await admit(request, response, principal)
+    if stream:
+        return await event_stream(
+            metered(service.stream(principal, generation), quotas, admission),
+            encoder(model),
+            keepalive_s=service.settings.stream_keepalive_s,
+            headers=response.headers,
+        )
+    answer = None
+    try:
+        answer = await service.answer(principal, generation)
+    finally:
+        await settle(quotas, admission, answer)
+    return whole(answer)

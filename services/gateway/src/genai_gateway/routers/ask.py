@@ -7,8 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from genai_common.request_id import current_request_id
-from genai_gateway.admission import admit, metered, settle
-from genai_gateway.responses import AskEncoder, ask_body, event_stream, no_cache
+from genai_gateway.responses import AskEncoder, ask_body, serve
 from genai_gateway.schemas import AskRequest, AskResponse
 from genai_gateway.security import CurrentUser
 from genai_gateway.serving import Generation
@@ -30,21 +29,14 @@ async def ask(body: AskRequest, request: Request, response: Response, principal:
         model=body.model,
         max_tokens=service.check_max_tokens(body.max_tokens),
         conversation_id=body.conversation_id or "",
-        no_cache=no_cache(request.headers),
     )
-    quotas = request.app.state.quotas
-    admission = await admit(request, response, principal)
     request_id = current_request_id.get()
-    if body.stream:
-        return await event_stream(
-            metered(service.stream(principal, generation), quotas, admission),
-            AskEncoder(request_id),
-            keepalive_s=request.app.state.settings.stream_keepalive_s,
-            headers=response.headers,
-        )
-    answer = None
-    try:
-        answer = await service.answer(principal, generation)
-    finally:
-        await settle(quotas, admission, answer)
-    return ask_body(answer, request_id)
+    return await serve(
+        generation,
+        stream=body.stream,
+        encoder=lambda _model: AskEncoder(request_id),
+        whole=lambda answer: ask_body(answer, request_id),
+        request=request,
+        response=response,
+        principal=principal,
+    )

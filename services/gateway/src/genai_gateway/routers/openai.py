@@ -8,17 +8,14 @@ two extra fields, `source` ("model" or "cache") and `conversation_id`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request, Response
-from genai.auth.v1 import auth_pb2
 from pydantic import BaseModel, ConfigDict, Field
 
 from genai_common.request_id import current_request_id
-from genai_gateway.admission import admit, metered, settle
 from genai_gateway.errors import ApiError
-from genai_gateway.responses import Encoder, event_stream, no_cache, usage_dict
+from genai_gateway.responses import Encoder, serve, usage_dict
 from genai_gateway.security import CurrentUser
 from genai_gateway.serving import Answer, AskService, Delta, Generation
 from genai_gateway.streaming import sse
@@ -217,37 +214,6 @@ class CompletionEncoder(ChatEncoder):
         return out
 
 
-async def _serve(
-    body: SamplingFields,
-    generation: Generation,
-    encoder: type[ChatEncoder],
-    whole: Callable[[Answer], dict[str, Any]],
-    request: Request,
-    response: Response,
-    principal: auth_pb2.Principal,
-) -> Any:
-    """What chat and completion requests share once parsed: limits, then a stream or a whole answer."""
-    service: AskService = request.app.state.ask_service
-    generation.no_cache = no_cache(request.headers)
-    # An unknown model is refused before it counts against the caller's limits.
-    model = await service.resolve_model(body.model)
-    quotas = request.app.state.quotas
-    admission = await admit(request, response, principal)
-    if body.stream:
-        return await event_stream(
-            metered(service.stream(principal, generation), quotas, admission),
-            encoder(model, body.include_usage),
-            keepalive_s=service.settings.stream_keepalive_s,
-            headers=response.headers,
-        )
-    answer = None
-    try:
-        answer = await service.answer(principal, generation)
-    finally:
-        await settle(quotas, admission, answer)
-    return whole(answer)
-
-
 def _whole_chat(answer: Answer) -> dict[str, Any]:
     return {
         "id": f"chatcmpl-{current_request_id.get()}",
@@ -294,7 +260,15 @@ async def chat_completions(
     generation = body.generation(
         service, body.max_completion_tokens or body.max_tokens, messages=_chat_messages(service, body)
     )
-    return await _serve(body, generation, ChatEncoder, _whole_chat, request, response, principal)
+    return await serve(
+        generation,
+        stream=body.stream,
+        encoder=lambda model: ChatEncoder(model, body.include_usage),
+        whole=_whole_chat,
+        request=request,
+        response=response,
+        principal=principal,
+    )
 
 
 @router.post("/completions")
@@ -310,7 +284,15 @@ async def completions(
         prompt = body.prompt
     service.check_prompt(prompt)
     generation = body.generation(service, body.max_tokens, prompt=prompt)
-    return await _serve(body, generation, CompletionEncoder, _whole_completion, request, response, principal)
+    return await serve(
+        generation,
+        stream=body.stream,
+        encoder=lambda model: CompletionEncoder(model, body.include_usage),
+        whole=_whole_completion,
+        request=request,
+        response=response,
+        principal=principal,
+    )
 
 
 @router.get("/models")
