@@ -12,12 +12,12 @@ from genai.auth.v1 import auth_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from genai_common.grpc_client import call_metadata
 from genai_common.grpc_server import ServiceInterceptor
 from genai_common.request_id import current_request_id
 from genai_gateway.admission import admit_principal, settle
-from genai_gateway.errors import ApiError, from_grpc
+from genai_gateway.errors import ApiError
 from genai_gateway.quota import Admission, Quotas
+from genai_gateway.security import authenticate
 from genai_gateway.serving import Answer, AskService, Delta, Generation, Queued
 
 logger = logging.getLogger(__name__)
@@ -73,13 +73,9 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer):
                 context, ApiError(401, "missing credentials: send 'authorization: Bearer <token>' metadata")
             )
         try:
-            return await self.service.backends.auth.Authenticate(
-                auth_pb2.AuthenticateRequest(token=token),
-                timeout=self.service.settings.auth_timeout_s,
-                metadata=call_metadata(),
-            )
-        except grpc.aio.AioRpcError as exc:
-            await _abort(context, from_grpc(exc, "the authentication service"))
+            return await authenticate(self.service.backends, self.service.settings, token)
+        except ApiError as error:
+            await _abort(context, error)
 
     async def _admitted(
         self, request: assistant_pb2.AskRequest, context: grpc.aio.ServicerContext

@@ -9,7 +9,9 @@ from fastapi import Depends, Request
 from genai.auth.v1 import auth_pb2
 
 from genai_common.grpc_client import call_metadata
+from genai_gateway.backends import Backends
 from genai_gateway.errors import ApiError, from_grpc
+from genai_gateway.settings import GatewaySettings
 
 
 def bearer_token(request: Request) -> str:
@@ -20,17 +22,23 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-async def current_principal(request: Request) -> auth_pb2.Principal:
-    token = bearer_token(request)
-    state = request.app.state
+async def authenticate(backends: Backends, settings: GatewaySettings, token: str) -> auth_pb2.Principal:
+    """Who a token or API key belongs to, asked of the auth service; ApiError (401, 503...) otherwise.
+
+    The one check behind the HTTP API and the public gRPC API.
+    """
     try:
-        return await state.backends.auth.Authenticate(
+        return await backends.auth.Authenticate(
             auth_pb2.AuthenticateRequest(token=token),
-            timeout=state.settings.auth_timeout_s,
+            timeout=settings.auth_timeout_s,
             metadata=call_metadata(),
         )
     except grpc.aio.AioRpcError as exc:
         raise from_grpc(exc, "the authentication service") from None
+
+
+async def current_principal(request: Request) -> auth_pb2.Principal:
+    return await authenticate(request.app.state.backends, request.app.state.settings, bearer_token(request))
 
 
 async def admin_principal(
