@@ -15,6 +15,7 @@ import grpc
 from fastapi import APIRouter, Query, Request, Response
 from genai.auth.v1 import auth_pb2
 from genai.history.v1 import history_pb2
+from redis.exceptions import RedisError
 
 from genai_common.grpc_client import call_metadata
 from genai_gateway.errors import ApiError, from_grpc
@@ -219,3 +220,14 @@ async def usage(
         ],
         next_cursor=page.next_page_token or None,
     )
+
+
+@router.delete("/cache")
+async def purge_cache(_: AdminUser, request: Request) -> dict[str, int]:
+    """Forget every cached answer (e.g. after changing the model): the next asks go to the model."""
+    try:
+        deleted = await request.app.state.cache.purge()
+    except (RedisError, OSError) as exc:
+        request.app.state.redis_guard.failed(exc)
+        raise ApiError(503, "the cache cannot be purged right now (Redis is unavailable)") from None
+    return {"deleted": deleted}
