@@ -5,6 +5,11 @@ After a failure, Redis is skipped for a short cool-down, so that only one reques
 others keep skipping it for another cool-down, and the first success ends the outage. Nothing needs a
 restart.
 
+A probe that reports no failure within a cool-down counts as a success: callers need not report
+successes (many don't: a write, a release), only failures. That holds because every Redis call's own
+timeout (0.5 s by default) is shorter than the cool-down (2 s by default): a probe that failed has said
+so by then.
+
 Usage: `if guard.available:` try Redis, then report `guard.succeeded()` or `guard.failed(exc)` for any
 of `REDIS_ERRORS`; otherwise (or after a failure) take the fallback.
 """
@@ -40,6 +45,8 @@ class RedisGuard:
         self.degraded_note = degraded_note
         self._down_until = 0.0
         self._down = False
+        # When the current probe went out, during an outage; None when none is out.
+        self._probe_at: float | None = None
         self._outages = 0
         REDIS_UP.set(1)
 
@@ -51,6 +58,11 @@ class RedisGuard:
         if now < self._down_until:
             return False
         if self._down:
+            if self._probe_at is not None:
+                # The last probe went out a cool-down ago and reported no failure: Redis answers.
+                self.succeeded()
+                return True
+            self._probe_at = now
             self._down_until = now + self.cooldown_s
         return True
 
@@ -69,6 +81,7 @@ class RedisGuard:
             self._outages += 1
             logger.warning("Redis unavailable (%s: %s); %s", type(exc).__name__, exc, self.degraded_note)
         self._down = True
+        self._probe_at = None
         self._down_until = time.monotonic() + self.cooldown_s
         REDIS_UP.set(0)
 
@@ -77,4 +90,5 @@ class RedisGuard:
             logger.warning("Redis is back; no longer degraded")
             self._down = False
             self._down_until = 0.0
+            self._probe_at = None
             REDIS_UP.set(1)
