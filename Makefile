@@ -22,11 +22,16 @@ setup: system-deps $(STAMP)
 system-deps:
 	./scripts/install-system-deps.sh
 
+# llama.cpp (llama-cpp-python compiles it) for a portable x86-64 level instead of this CPU's own: a native
+# build uses AMX and AVX-512 wherever the CPU lists them, and virtual machines can list AMX without
+# enabling it, which crashes the server at its first generation. The deploy image builds the same way.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+
 # Third-party tools and libraries first: grpcio-tools is needed to generate the protos.
 $(TOOLS_STAMP): constraints.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -U pip
-	$(PIP) install -q -c constraints.txt -r requirements-dev.txt
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q -c constraints.txt -r requirements-dev.txt
 	touch $@
 
 # Generated code is made here (and in the Docker build), never edited or committed.
