@@ -9,6 +9,7 @@ import logging
 import grpc
 from genai.history.v1 import history_pb2_grpc
 
+from genai_common import runner
 from genai_common.db import create_pool, migrate
 from genai_common.grpc_server import serve
 from genai_common.logs import setup_logging
@@ -77,4 +78,4 @@ async def run(settings: HistorySettings) -> None:
 def main() -> None:
     settings = load_settings(HistorySettings)
     setup_logging("history", settings.log_level)
-    asyncio.run(run(settings))
+    runner.run(run(settings))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import grpc
@@ -12,6 +11,7 @@ from genai_adapter.scheduler import FairScheduler
 from genai_adapter.servicer import SERVICE_NAME, InferenceServicer
 from genai_adapter.settings import AdapterSettings
 from genai_adapter.upstream import Upstream
+from genai_common import runner
 from genai_common.grpc_server import serve
 from genai_common.logs import setup_logging
 from genai_common.settings import load_settings
@@ -51,4 +51,4 @@ async def run(settings: AdapterSettings) -> None:
 def main() -> None:
     settings = load_settings(AdapterSettings)
     setup_logging("inference-adapter", settings.log_level)
-    asyncio.run(run(settings))
+    runner.run(run(settings))
