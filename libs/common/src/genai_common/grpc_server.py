@@ -115,9 +115,14 @@ async def serve(
     service_names: list[str],
     metrics_port: int = 0,
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    on_draining: Callable[[], None] | None = None,
     grace_s: float = 10.0,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then stop accepting, let RPCs in flight finish, and clean up."""
+    """Serve until SIGTERM or SIGINT, then stop accepting, let RPCs in flight finish, and clean up.
+
+    `on_draining` runs first, for what must not hold up the shutdown: ending streams that never finish
+    by themselves. `on_stop` runs once the RPCs are done.
+    """
     server = grpc.aio.server(
         interceptors=[ServiceInterceptor()],
         options=[
@@ -145,6 +150,8 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     logger.info("%s stopping", name)
+    if on_draining is not None:
+        on_draining()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace_s)
     if on_stop is not None:

@@ -7,9 +7,11 @@ import logging
 
 from genai.auth.v1 import auth_pb2_grpc
 
+from genai_auth.changes import ChangeFeed
 from genai_auth.schema import apply_migrations
 from genai_auth.servicer import SERVICE_NAME, AuthServicer
 from genai_auth.settings import AuthSettings
+from genai_common import runner
 from genai_common.db import create_pool
 from genai_common.grpc_server import serve
 from genai_common.logs import setup_logging
@@ -26,18 +28,22 @@ async def run(settings: AuthSettings) -> None:
         await apply_migrations(settings.database_url)
     pool = await create_pool(settings.database_url)
     client = create_redis(settings.redis_url)
-    servicer = AuthServicer.from_settings(settings, pool, client)
+    feed = ChangeFeed(settings.database_url, heartbeat_s=settings.credential_feed_heartbeat_s)
+    servicer = AuthServicer.from_settings(settings, pool, client, feed)
     # Keeps the Redis copy of the revocations complete (after an outage, or a Redis that lost its data)
     # and deletes expired ones.
     stop_upkeep = asyncio.Event()
     upkeep = asyncio.create_task(
         servicer.revocations.maintain(settings.revocation_cleanup_interval_s, stop=stop_upkeep)
     )
+    # Tells gateways which cached Authenticate answers to forget (WatchCredentials).
+    stop_relay = asyncio.Event()
+    relay = asyncio.create_task(feed.run(stop_relay))
 
     async def close() -> None:
         stop_upkeep.set()
         # Its current round is bounded by the Redis and PostgreSQL timeouts. Not cancelled: see maintain().
-        _, running = await asyncio.wait({upkeep}, timeout=UPKEEP_STOP_S)
+        _, running = await asyncio.wait({upkeep, relay}, timeout=UPKEEP_STOP_S)
         if running:
             logger.warning("revocation upkeep did not stop within %s s", UPKEEP_STOP_S)
         await pool.close()
@@ -50,10 +56,12 @@ async def run(settings: AuthSettings) -> None:
         service_names=[SERVICE_NAME],
         metrics_port=settings.metrics_port,
         on_stop=close,
+        # The streams of WatchCredentials last as long as the feed does.
+        on_draining=stop_relay.set,
     )
 
 
 def main() -> None:
     settings = load_settings(AuthSettings)
     setup_logging("auth", settings.log_level)
-    asyncio.run(run(settings))
+    runner.run(run(settings))

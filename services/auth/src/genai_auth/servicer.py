@@ -6,6 +6,7 @@ import base64
 import binascii
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NoReturn
@@ -24,6 +25,7 @@ from genai_auth.api_keys import (
     TooManyKeys,
     looks_like_api_key,
 )
+from genai_auth.changes import ChangeFeed, FeedUnavailable
 from genai_auth.limiter import Attempt, LoginLimiter
 from genai_auth.limits import InvalidLimits, dump_limits, parse_limits
 from genai_auth.passwords import Passwords
@@ -88,6 +90,8 @@ class Caller:
 
     user: User
     expires_at: int
+    # The credential's own id: the access token's jti, or the API key's id.
+    token_id: str
     api_key_id: str = ""
 
     @property
@@ -126,15 +130,19 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         tokens: Tokens,
         revocations: RevocationList,
         limiter: LoginLimiter,
+        feed: ChangeFeed | None = None,
     ) -> None:
         self._users = users
+        self._feed = feed
         self._api_keys = api_keys
         self._tokens = tokens
         self._revocations = revocations
         self._limiter = limiter
 
     @classmethod
-    def from_settings(cls, settings: AuthSettings, pool: asyncpg.Pool, client: Redis) -> AuthServicer:
+    def from_settings(
+        cls, settings: AuthSettings, pool: asyncpg.Pool, client: Redis, feed: ChangeFeed | None = None
+    ) -> AuthServicer:
         """The servicer of one process; its Redis guard is shared by revocations and login throttling,
         so a failure seen by either spares the other the timeout."""
         guard = RedisGuard(settings.redis_cooldown_s, degraded_note=REDIS_DEGRADED)
@@ -150,6 +158,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 max_per_address=settings.login_max_failures_per_address,
                 window_s=settings.login_window_s,
             ),
+            feed=feed,
         )
 
     @property
@@ -185,12 +194,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         """The caller behind an access token or an API key; aborts UNAUTHENTICATED if neither is valid."""
         if not looks_like_api_key(token):
             user, claims = await self._authenticated(token, context)
-            return Caller(user, claims.expires_at)
+            return Caller(user, claims.expires_at, token_id=claims.jti)
         try:
             key, user = await self._api_keys.authenticate(token)
         except InvalidApiKey as exc:
             await self._refuse_token(context, str(exc))
-        return Caller(user, _seconds(key.expires_at), api_key_id=str(key.id))
+        return Caller(user, _seconds(key.expires_at), token_id=str(key.id), api_key_id=str(key.id))
 
     async def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
         """The caller identified by the "authorization: Bearer ..." metadata."""
@@ -296,7 +305,22 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             expires_at=caller.expires_at,
             api_key_id=caller.api_key_id,
             limits_json=dump_limits(caller.user.limits),
+            token_id=caller.token_id,
         )
+
+    async def WatchCredentials(
+        self, request: auth_pb2.WatchCredentialsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[auth_pb2.CredentialChanges]:
+        if self._feed is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this auth process has no credential feed")
+        try:
+            async with self._feed.subscribe() as changes:
+                # At once, so that the subscriber knows from when on it hears every change.
+                yield auth_pb2.CredentialChanges(heartbeat_ms=self._feed.heartbeat_ms)
+                async for change in changes:
+                    yield change
+        except FeedUnavailable:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the credential change feed is not available")
 
     async def CreateUser(
         self, request: auth_pb2.CreateUserRequest, context: grpc.aio.ServicerContext
