@@ -288,10 +288,7 @@ class HistoryStore:
         Returns (conversation_id, message_id). An exchange_id already stored for this owner returns the
         stored ids and writes nothing. Raises ConversationNotFound for a conversation the owner lacks.
         """
-        if exchange.exchange_id is not None:
-            stored = await self._find_exchange(owner_id, exchange.exchange_id)
-            if stored is not None:
-                return stored
+        # No look-up first: a repeated exchange_id (a replay) is rare, and the insert's conflict finds it.
         try:
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
                 if conversation_id is None:
@@ -321,8 +318,8 @@ class HistoryStore:
                     exchange.created_at,
                 )
                 if message_id is None:
-                    # Another call stored the same exchange_id after our check: undo the conversation
-                    # this call may have started and answer with the stored ids.
+                    # Stored before (a replay, or a concurrent call): undo the conversation this call may
+                    # have started and answer with the stored ids.
                     raise _ExchangeAlreadyStored
         except _ExchangeAlreadyStored:
             assert exchange.exchange_id is not None
