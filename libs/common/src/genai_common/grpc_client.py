@@ -18,8 +18,10 @@ _CHANNEL_OPTIONS: Sequence[tuple[str, int]] = (
 )
 
 
-def create_channel(target: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, options=list(_CHANNEL_OPTIONS))
+def create_channel(
+    target: str, interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None
+) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(target, options=list(_CHANNEL_OPTIONS), interceptors=interceptors)
 
 
 def call_metadata(*extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:

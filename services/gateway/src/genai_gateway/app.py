@@ -53,6 +53,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         )
         app.state.ask_service = AskService(settings, backends, app.state.cache, recorder)
         drain = asyncio.create_task(recorder.drain_forever(settings.spool_drain_interval_s))
+        follow = None
+        if backends.credentials.enabled:
+            follow = asyncio.create_task(backends.credentials.follow(backends.auth))
         grpc_server = None
         if settings.grpc_port:
             grpc_server = await start_server(
@@ -63,9 +66,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         finally:
             if grpc_server is not None:
                 await grpc_server.stop(5)
-            drain.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await drain
+            for task in (drain, follow):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await app.state.ask_service.drain()
             await backends.close()
 

@@ -9,6 +9,7 @@ from genai.inference.v1 import inference_pb2_grpc
 
 from genai_common.grpc_client import create_channel
 from genai_common.redis_client import create_redis
+from genai_gateway.credentials import CredentialCache, ForgetOnChange
 from genai_gateway.settings import GatewaySettings
 
 
@@ -16,7 +17,11 @@ class Backends:
     """Created once in the app's lifespan, shared by every request, closed on shutdown."""
 
     def __init__(self, settings: GatewaySettings) -> None:
-        self.auth_channel = create_channel(settings.auth_target)
+        # Who recently presented which token: most requests skip Authenticate (genai_gateway.credentials).
+        self.credentials = CredentialCache(settings.auth_cache_ttl_s, settings.auth_cache_max_entries)
+        self.auth_channel = create_channel(
+            settings.auth_target, interceptors=[ForgetOnChange(self.credentials)]
+        )
         self.history_channel = create_channel(settings.history_target)
         self.adapter_channel = create_channel(settings.adapter_target)
         self.auth = auth_pb2_grpc.AuthServiceStub(self.auth_channel)

@@ -1,4 +1,5 @@
-"""Who is calling: the bearer token is checked by the auth service on every request."""
+"""Who is calling: the bearer token is checked by the auth service, or by its recent answer while that
+cannot have changed (genai_gateway.credentials)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import grpc
 from fastapi import Depends, Request
 from genai.auth.v1 import auth_pb2
 
-from genai_common.grpc_client import call_metadata
 from genai_gateway.backends import Backends
 from genai_gateway.errors import ApiError, from_grpc
 from genai_gateway.settings import GatewaySettings
@@ -28,11 +28,7 @@ async def authenticate(backends: Backends, settings: GatewaySettings, token: str
     The one check behind the HTTP API and the public gRPC API.
     """
     try:
-        return await backends.auth.Authenticate(
-            auth_pb2.AuthenticateRequest(token=token),
-            timeout=settings.auth_timeout_s,
-            metadata=call_metadata(),
-        )
+        return await backends.credentials.authenticate(backends.auth, token, settings.auth_timeout_s)
     except grpc.aio.AioRpcError as exc:
         raise from_grpc(exc, "the authentication service") from None
 

@@ -40,6 +40,11 @@ class GatewaySettings(CommonSettings):
     # Streams: a comment line this often while no token arrives (keeps proxies and clients patient).
     stream_keepalive_s: float = Field(10.0, gt=0)
 
+    # How long an Authenticate answer is used again (0: ask auth on every request). Changes to credentials
+    # are heard at once from auth's change feed; this bounds the rest.
+    auth_cache_ttl_s: float = Field(10.0, ge=0, le=300)
+    auth_cache_max_entries: int = Field(10_000, ge=1)
+
     # Deadlines of internal calls.
     auth_timeout_s: float = 3.0
     history_timeout_s: float = 3.0

@@ -1,0 +1,219 @@
+"""Authenticate answers kept for a few seconds, so that most requests skip a call to the auth service.
+
+An answer is used again only while nothing can have changed it unseen:
+
+- the auth service's change feed (WatchCredentials) is heard: every logout, revoked key, disabled, reset,
+  re-roled or deleted user and new limits, from any gateway, auth process or genai-auth-admin, arrives on
+  it as it is committed, and the answers it names are forgotten. When the stream breaks, everything is
+  forgotten; when it falls silent for a few heartbeats, nothing is used until it speaks again;
+- a change made through this gateway forgets everything before its reply leaves (ForgetOnChange), so that
+  the caller's next request never beats the feed;
+- the answer is younger than the TTL, and its credential has not expired.
+
+An answer that was on its way while a change arrived is not kept: it may predate the change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from genai.auth.v1 import auth_pb2, auth_pb2_grpc
+from prometheus_client import Counter
+
+from genai_common.grpc_client import call_metadata
+
+logger = logging.getLogger(__name__)
+
+LOOKUPS = Counter("genai_gateway_auth_cache_lookups_total", "Credential checks, by result", ["result"])
+# How many heartbeats may go unheard before the cache stops trusting itself.
+SILENT_HEARTBEATS = 3
+MAX_BACKOFF_S = 5.0
+# Auth RPCs that cannot change an Authenticate answer; after any other, everything cached is forgotten.
+# (Refresh spends a refresh token, which Authenticate never accepts.)
+READ_ONLY_METHODS = frozenset(
+    {"Authenticate", "Login", "Refresh", "ListUsers", "ListApiKeys", "CreateUser", "CreateApiKey"}
+)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    principal: auth_pb2.Principal
+    fresh_until: float  # on the monotonic clock
+
+
+def _key(token: str) -> bytes:
+    # Not the token itself: a memory dump of the gateway then shows no usable credentials.
+    return hashlib.sha256(token.encode()).digest()
+
+
+class CredentialCache:
+    def __init__(
+        self,
+        ttl_s: float,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._entries: dict[bytes, _Entry] = {}
+        # Bumped by every change heard: an answer asked for before a bump is not kept.
+        self._generation = 0
+        # When the feed last spoke (monotonic), and how long a silence it may keep; None: not subscribed.
+        self._heard_at: float | None = None
+        self._silence_s = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.ttl_s > 0
+
+    @property
+    def trusted(self) -> bool:
+        """Whether the feed is heard, so that a cached answer cannot have been changed unseen."""
+        return self._heard_at is not None and self._clock() - self._heard_at < self._silence_s
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # --- answers ---------------------------------------------------------------------------------
+
+    def get(self, token: str) -> auth_pb2.Principal | None:
+        if not self.trusted:
+            return None
+        key = _key(token)
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires_at = entry.principal.expires_at
+        if self._clock() >= entry.fresh_until or (expires_at and self._wall_clock() >= expires_at):
+            del self._entries[key]
+            return None
+        return entry.principal
+
+    def put(self, token: str, principal: auth_pb2.Principal, generation: int) -> None:
+        """Keep an answer asked for at `generation`, unless a change arrived since or the feed is not heard."""
+        if not self.enabled or generation != self._generation or not self.trusted:
+            return
+        if len(self._entries) >= self.max_entries:
+            self._evict()
+        self._entries[_key(token)] = _Entry(principal, self._clock() + self.ttl_s)
+
+    def _evict(self) -> None:
+        now = self._clock()
+        for key in [k for k, e in self._entries.items() if e.fresh_until <= now]:
+            del self._entries[key]
+        # Still full: the oldest quarter goes (dicts keep insertion order).
+        if len(self._entries) >= self.max_entries:
+            for key in list(self._entries)[: max(1, self.max_entries // 4)]:
+                del self._entries[key]
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    async def authenticate(
+        self, stub: auth_pb2_grpc.AuthServiceStub, token: str, timeout_s: float
+    ) -> auth_pb2.Principal:
+        """Who the token belongs to: from the cache when it may be trusted, else from the auth service.
+
+        Raises grpc.aio.AioRpcError as the Authenticate call does.
+        """
+        principal = self.get(token)
+        if principal is not None:
+            LOOKUPS.labels("hit").inc()
+            return principal
+        LOOKUPS.labels("miss").inc()
+        generation = self._generation
+        principal = await stub.Authenticate(
+            auth_pb2.AuthenticateRequest(token=token), timeout=timeout_s, metadata=call_metadata()
+        )
+        self.put(token, principal, generation)
+        return principal
+
+    # --- changes ---------------------------------------------------------------------------------
+
+    def forget(self, user_ids: Sequence[str] = (), token_ids: Sequence[str] = ()) -> None:
+        self._generation += 1
+        users, tokens = set(user_ids), set(token_ids)
+        for key in [
+            k
+            for k, e in self._entries.items()
+            if e.principal.user_id in users or e.principal.token_id in tokens
+        ]:
+            del self._entries[key]
+
+    def clear(self) -> None:
+        self._generation += 1
+        self._entries.clear()
+
+    def heard(self, change: auth_pb2.CredentialChanges) -> None:
+        """Apply one message of the feed; any message also says the feed is sound."""
+        if change.user_ids or change.token_ids:
+            self.forget(change.user_ids, change.token_ids)
+        if change.heartbeat_ms:
+            self._silence_s = SILENT_HEARTBEATS * change.heartbeat_ms / 1000
+        self._heard_at = self._clock()
+
+    def lost(self) -> None:
+        """The feed's stream ended: changes may be missed from now on."""
+        self._heard_at = None
+        self.clear()
+
+    async def follow(self, stub: auth_pb2_grpc.AuthServiceStub) -> None:
+        """Listen to the auth service's change feed for as long as the gateway runs."""
+        backoff = 0.2
+        while True:
+            call = stub.WatchCredentials(auth_pb2.WatchCredentialsRequest())
+            try:
+                async for change in call:
+                    if self._heard_at is None:
+                        logger.info("credential change feed heard; caching Authenticate answers")
+                    self.heard(change)
+                    backoff = 0.2
+            except grpc.aio.AioRpcError as exc:
+                if self._heard_at is not None:
+                    logger.warning(
+                        "credential change feed lost (%s); asking auth every time", exc.code().name
+                    )
+            finally:
+                call.cancel()
+                self.lost()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+
+class ForgetOnChange(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """On the auth channel: after a call that may change credentials, forget every cached answer.
+
+    Done before the call's reply reaches the code that made it, so the caller's next request (say, with
+    the API key just revoked) cannot find the old answer, whichever of it and the feed's notice is first.
+    """
+
+    def __init__(self, cache: CredentialCache) -> None:
+        self._cache = cache
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        method = client_call_details.method
+        name = (method.decode() if isinstance(method, bytes) else method).rsplit("/", 1)[-1]
+        call = await continuation(client_call_details, request)
+        if name in READ_ONLY_METHODS:
+            return call
+        try:
+            await call
+        finally:
+            self._cache.clear()
+        return call
