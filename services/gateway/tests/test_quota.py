@@ -91,6 +91,31 @@ async def test_tokens_per_minute_and_per_day_are_charged_after_answers(
     assert int(refused.value.headers["Retry-After"]) <= 86_400
 
 
+async def test_settling_gives_the_slot_back_and_charges_in_one_go(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    q = quotas(redis_client, key_prefix)
+    limits = LimitSet(requests_per_minute=UNLIMITED, concurrent_requests=1, tokens_per_minute=150)
+    admission = await q.admit("s", limits)
+    with pytest.raises(ApiError):
+        await q.admit("s", limits)  # the one slot is taken
+    await q.settle(admission, 100)
+    await q.settle(admission, 100)  # once per admission: not charged twice
+    assert await q.in_use("s") == 0
+    second = await q.admit("s", limits)  # 100 of 150 used
+    await q.settle(second, 100)
+    with pytest.raises(ApiError) as refused:
+        await q.admit("s", limits)
+    assert "token limit of 150 tokens per minute" in refused.value.message
+
+    # Nothing to charge (a cached answer, a failure): only the slot comes back.
+    free = LimitSet(requests_per_minute=UNLIMITED, concurrent_requests=1, tokens_per_minute=1)
+    admission = await q.admit("f", free)
+    await q.settle(admission, 0)
+    assert await q.in_use("f") == 0
+    await q.settle(await q.admit("f", free), 0)
+
+
 def test_overrides_replace_role_defaults(redis_client: redis.Redis, key_prefix: str) -> None:
     q = Quotas(redis_client, RedisGuard(), {"user": LimitSet(requests_per_minute=30)}, slot_ttl_s=60)
     assert q.limits_for("user", "{}").requests_per_minute == 30

@@ -30,11 +30,9 @@ async def admit(request: Request, response: Response, principal: auth_pb2.Princi
 
 async def settle(quotas: Quotas, admission: Admission, answer: Answer | None) -> None:
     """After an answer (or a failure): charge the tokens the model spent, give the slot back."""
-    try:
-        if answer is not None and answer.source == "model" and not answer.coalesced:
-            await quotas.charge(admission, answer.total_tokens)
-    finally:
-        await asyncio.shield(quotas.release(admission))
+    charged = answer is not None and answer.source == "model" and not answer.coalesced
+    # Shielded: a client that leaves while this runs must not keep its slot.
+    await asyncio.shield(quotas.settle(admission, answer.total_tokens if answer and charged else 0))
 
 
 async def metered(

@@ -140,16 +140,25 @@ end
 return {1, rpm - count - 1, reset}
 """
 
-# KEYS: token log, tokens today.  ARGV: slot id, tokens.
-_CHARGE = """
+# Charging the tokens an answer cost. ARGV: slot id, tokens; the keys' places are filled in below.
+_CHARGE_TOKENS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now, ARGV[1] .. ':' .. ARGV[2])
-redis.call('PEXPIRE', KEYS[1], 60000)
-redis.call('INCRBY', KEYS[2], ARGV[2])
-redis.call('EXPIRE', KEYS[2], 172800)
-return 1
+redis.call('ZADD', KEYS[{log}], now, ARGV[1] .. ':' .. ARGV[2])
+redis.call('PEXPIRE', KEYS[{log}], 60000)
+redis.call('INCRBY', KEYS[{day}], ARGV[2])
+redis.call('EXPIRE', KEYS[{day}], 172800)
 """
+
+# KEYS: token log, tokens today.  ARGV: slot id, tokens.
+_CHARGE = _CHARGE_TOKENS.format(log=1, day=2) + "return 1\n"
+
+# The end of a request in one round trip: the slot given back and, when the answer cost any, its tokens.
+# KEYS: slots, token log, tokens today.  ARGV: slot id, tokens (0: nothing to charge).
+_SETTLE = (
+    "redis.call('ZREM', KEYS[1], ARGV[1])\n"
+    "if tonumber(ARGV[2]) > 0 then\n" + _CHARGE_TOKENS.format(log=2, day=3) + "end\nreturn 1\n"
+)
 
 
 def _day() -> str:
@@ -234,6 +243,7 @@ class Quotas:
         self.local = LocalQuotas()
         self._admit = client.register_script(_ADMIT)
         self._charge = client.register_script(_CHARGE)
+        self._settle = client.register_script(_SETTLE)
         self._overrides: dict[str, dict[str, int]] = {}
 
     def limits_for(self, role: str, overrides_json: str = "") -> LimitSet:
@@ -320,6 +330,27 @@ class Quotas:
         except (RedisError, OSError) as exc:
             self.guard.failed(exc)
             self.local.charge(admission, tokens)
+
+    async def settle(self, admission: Admission, tokens: int) -> None:
+        """Charge what the answer cost (0: nothing) and give the slot back, in one Redis round trip.
+
+        Once per admission: a second call does nothing.
+        """
+        if admission.released:
+            return
+        if admission.local or not self.guard.available:
+            await self.charge(admission, tokens)
+            await self.release(admission)
+            return
+        admission.released = True
+        keys = self._keys(admission.subject)
+        try:
+            await self._settle(keys=keys[1:], args=[admission.slot, max(0, tokens)])
+        except (RedisError, OSError) as exc:
+            # The slot's expiry frees it; the tokens are counted here instead.
+            self.guard.failed(exc)
+            if tokens > 0:
+                self.local.charge(admission, tokens)
 
     async def in_use(self, subject: str) -> int:
         """Slots held right now (for tests and the admin view)."""
