@@ -116,6 +116,8 @@ class Results:
     redis_round_trips: dict[str, float] = field(default_factory=dict)
     redis_scripted: dict[str, float] = field(default_factory=dict)
     postgres_xacts_per_request: float = math.nan
+    # Authenticate calls the gateway makes per request (the rest are answered from its credential cache).
+    auth_calls_per_request: float = math.nan
     # (target, level) -> component -> CPU milliseconds per request, at c1 and at the highest level.
     cpu_ms: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
     # The layers of the path at c1, measured in alternation (so that background load hits all alike).
@@ -409,6 +411,7 @@ class Bench:
             # when idle only after 10 s: without these waits, counts of earlier phases land in this window.
             await asyncio.sleep(PG_STATS_IDLE_FLUSH_S)
             xacts_before = await asyncio.to_thread(rig.postgres_transactions)
+            lookups_before = await asyncio.to_thread(rig.auth_cache_lookups)
             with rig.redis_monitor() as monitor:
                 outcome = await closed_loop(
                     lambda i, w: chat(clients[w], target, _prompt(tag + "n", i), MAX_TOKENS), 1, 60, count
@@ -416,6 +419,7 @@ class Bench:
                 # Background writes (history, cache) settle.
                 await asyncio.sleep(0.5)
         done = outcome.summary().count
+        lookups_after = await asyncio.to_thread(rig.auth_cache_lookups)
         await asyncio.sleep(PG_STATS_IDLE_FLUSH_S)
         xacts_after = await asyncio.to_thread(rig.postgres_transactions)
         if done:
@@ -424,11 +428,13 @@ class Bench:
             r.redis_scripted = {k: v / done for k, v in monitor.scripted.most_common()}
             r.redis_calls_per_request = sum(r.redis_round_trips.values())
             r.postgres_xacts_per_request = (xacts_after - xacts_before) / done
+            r.auth_calls_per_request = (lookups_after.get("miss", 0) - lookups_before.get("miss", 0)) / done
         self.log(
             f"   per request: {self.results.redis_calls_per_request:.1f} Redis round trips "
             f"({', '.join(f'{k} {v:.1f}' for k, v in self.results.redis_round_trips.items())}; inside scripts: "
             f"{', '.join(f'{k} {v:.1f}' for k, v in self.results.redis_scripted.items())}), "
-            f"{self.results.postgres_xacts_per_request:.1f} PostgreSQL transactions"
+            f"{self.results.postgres_xacts_per_request:.1f} PostgreSQL transactions, "
+            f"{self.results.auth_calls_per_request:.2f} Authenticate calls"
         )
 
     def _record_layer(self, name: str, concurrency: int, outcome: Outcome) -> None:
