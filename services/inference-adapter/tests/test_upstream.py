@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -114,3 +115,27 @@ async def test_streams_reuse_pooled_connections(
             assert chunks[-1].finish_reason == "stop"
     # The body is read to its end after [DONE], so the connection goes back to the pool.
     assert [r.getMessage().startswith("connect_tcp.started") for r in caplog.records].count(True) == 1
+
+
+@pytest.mark.parametrize(("max_connections", "opened"), [(40, 40), (20, 20)])
+async def test_concurrent_streams_spread_over_the_pools_within_the_connection_cap(
+    adapter: AdapterFactory,
+    simulators: Callable[..., SimulatorProcess],
+    caplog: pytest.LogCaptureFixture,
+    max_connections: int,
+    opened: int,
+) -> None:
+    # Three pools of at most 14 (or two of 10): 40 streams at once use as many connections as the cap
+    # allows, none waits while another pool has room, and the cap holds across pools.
+    sim = simulators("--itl-ms", "20", "--output-tokens", "10", "--max-num-seqs", "100")
+    stub = await adapter(sim.url, model="sim-model", max_connections=max_connections, max_concurrent=100)
+    request = inference_pb2.GenerateRequest(messages=[inference_pb2.ChatMessage(role="user", content="hi")])
+
+    async def one() -> str:
+        chunks = [c async for c in stub.GenerateStream(request, timeout=30)]
+        return chunks[-1].finish_reason
+
+    with caplog.at_level(logging.DEBUG, logger="httpcore.connection"):
+        reasons = await asyncio.gather(*(one() for _ in range(40)))
+    assert reasons == ["stop"] * 40
+    assert [r.getMessage().startswith("connect_tcp.started") for r in caplog.records].count(True) == opened

@@ -37,6 +37,10 @@ MAX_ERROR_BODY = 64 * 1024
 MAX_ERROR_MESSAGE = 1000
 # After [DONE] only the end of the chunked body should follow; never wait long for it.
 DRAIN_AFTER_DONE_S = 1.0
+# Connections per httpx pool. httpcore looks at every connection of its pool (some checks at every pair)
+# each time a request comes or goes, so one pool of hundreds costs more CPU per request than the request
+# itself; several small pools, each request taking the least busy, keep that bookkeeping small.
+SHARD_CONNECTIONS = 16
 
 CHAT_PATH = "chat/completions"
 COMPLETIONS_PATH = "completions"
@@ -162,20 +166,21 @@ class StreamEvent:
     last: bool = False
 
 
+class _Shard:
+    """One pooled HTTP client, and how many requests it is carrying now."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+        self.busy = 0
+
+
 class Upstream:
-    """One pooled HTTP client to the model server, shared by all calls and closed on shutdown."""
+    """Pooled HTTP clients to the model server, shared by all calls and closed on shutdown."""
 
     def __init__(self, settings: AdapterSettings) -> None:
         headers = {"accept": "application/json"}
         if settings.upstream_api_key is not None:
             headers["authorization"] = f"Bearer {settings.upstream_api_key.get_secret_value()}"
-        limits = httpx.Limits(
-            max_connections=settings.max_connections,
-            max_keepalive_connections=settings.max_connections,
-            keepalive_expiry=KEEPALIVE_EXPIRY_S,
-        )
-        # httpcore retries only failed connection attempts, which is exactly the safe case.
-        transport = httpx.AsyncHTTPTransport(limits=limits, retries=settings.retries)
         timeout = httpx.Timeout(
             connect=settings.connect_timeout_s,
             read=settings.read_timeout_s,
@@ -183,16 +188,45 @@ class Upstream:
             # Waiting for a free connection is bounded by the total timeout and the caller's deadline.
             pool=None,
         )
-        self._client = httpx.AsyncClient(
-            base_url=settings.upstream_url + "/", headers=headers, timeout=timeout, transport=transport
-        )
+        shards = -(-settings.max_connections // SHARD_CONNECTIONS)
+        per_shard = -(-settings.max_connections // shards)
+        self._shards = [
+            _Shard(
+                httpx.AsyncClient(
+                    base_url=settings.upstream_url + "/",
+                    headers=headers,
+                    timeout=timeout,
+                    # httpcore retries only failed connection attempts, which is exactly the safe case.
+                    transport=httpx.AsyncHTTPTransport(
+                        limits=httpx.Limits(
+                            max_connections=per_shard,
+                            max_keepalive_connections=per_shard,
+                            keepalive_expiry=KEEPALIVE_EXPIRY_S,
+                        ),
+                        retries=settings.retries,
+                    ),
+                )
+            )
+            for _ in range(shards)
+        ]
         self._total_s = settings.total_timeout_s
         self._closed = False
+
+    @contextmanager
+    def _client(self) -> Iterator[httpx.AsyncClient]:
+        """The least busy pool, for the length of one request (a stream's included)."""
+        shard = min(self._shards, key=lambda s: s.busy)
+        shard.busy += 1
+        try:
+            yield shard.client
+        finally:
+            shard.busy -= 1
 
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
-            await self._client.aclose()
+            for shard in self._shards:
+                await shard.client.aclose()
 
     def _budget(self, time_remaining: float | None) -> float:
         if time_remaining is None:
@@ -202,7 +236,8 @@ class Upstream:
     async def list_models(self, time_remaining: float | None) -> list[dict[str, Any]]:
         with _mapped_errors():
             async with asyncio.timeout(self._budget(time_remaining)):
-                response = await self._client.get("models")
+                with self._client() as client:
+                    response = await client.get("models")
                 obj = _json_body(response)
             data = obj.get("data")
             if not isinstance(data, list) or not all(
@@ -217,7 +252,8 @@ class Upstream:
         """POST `path` (chat/completions or completions) without streaming; return the response object."""
         with _mapped_errors():
             async with asyncio.timeout(self._budget(time_remaining)):
-                response = await self._client.post(path, json=payload)
+                with self._client() as client:
+                    response = await client.post(path, json=payload)
                 return _json_body(response)
 
     async def stream(
@@ -236,10 +272,10 @@ class Upstream:
         deadline = loop.time() + self._budget(time_remaining)
         model = str(payload.get("model", ""))
         chat = path == CHAT_PATH
-        with _mapped_errors():
+        with _mapped_errors(), self._client() as client:
             async with asyncio.timeout_at(deadline):
-                request = self._client.build_request("POST", path, json=payload)
-                response = await self._client.send(request, stream=True)
+                request = client.build_request("POST", path, json=payload)
+                response = await client.send(request, stream=True)
             try:
                 if response.status_code >= 400:
                     async with asyncio.timeout_at(deadline):
