@@ -2,34 +2,24 @@
 -- it commits, whoever makes it (any auth process, genai-auth-admin, a hand-written UPDATE): auth relays
 -- the notices to gateways (WatchCredentials), which then forget what they cached for those credentials.
 -- Payload: "user:<users.id>" (every credential of that user) or "token:<jti or api_keys.id>".
-CREATE FUNCTION genai_auth_notify_user() RETURNS trigger LANGUAGE plpgsql AS $$
+-- TG_ARGV: the notice's kind ("user" or "token") and the column that names the credential; the row as it
+-- was (UPDATE, DELETE) or as it is (INSERT).
+CREATE FUNCTION genai_auth_announce() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('genai_auth_changes', 'user:' || OLD.id::text);
-    RETURN NULL;
-END;
-$$;
-
-CREATE FUNCTION genai_auth_notify_api_key() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('genai_auth_changes', 'token:' || OLD.id::text);
-    RETURN NULL;
-END;
-$$;
-
-CREATE FUNCTION genai_auth_notify_revoked_token() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('genai_auth_changes', 'token:' || NEW.jti);
+    PERFORM pg_notify(
+        'genai_auth_changes', TG_ARGV[0] || ':' || (to_jsonb(COALESCE(OLD, NEW)) ->> TG_ARGV[1])
+    );
     RETURN NULL;
 END;
 $$;
 
 -- Any column of a user: role, disabled, limits, password (a reset ends sessions), username.
 CREATE TRIGGER users_credential_changes AFTER UPDATE OR DELETE ON users
-    FOR EACH ROW EXECUTE FUNCTION genai_auth_notify_user();
+    FOR EACH ROW EXECUTE FUNCTION genai_auth_announce('user', 'id');
 
 -- Not last_used_at, which a key's own use updates once a minute.
 CREATE TRIGGER api_keys_credential_changes AFTER UPDATE OF revoked_at, expires_at, user_id, key_hash OR DELETE
-    ON api_keys FOR EACH ROW EXECUTE FUNCTION genai_auth_notify_api_key();
+    ON api_keys FOR EACH ROW EXECUTE FUNCTION genai_auth_announce('token', 'id');
 
 CREATE TRIGGER revoked_tokens_credential_changes AFTER INSERT ON revoked_tokens
-    FOR EACH ROW EXECUTE FUNCTION genai_auth_notify_revoked_token();
+    FOR EACH ROW EXECUTE FUNCTION genai_auth_announce('token', 'jti');
