@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,7 +27,7 @@ from genai.inference.v1 import inference_pb2, inference_pb2_grpc
 from genai_bench import profiling
 from genai_bench.load import MODEL, Clients, Outcome, StreamTiming, Target, chat, chat_stream, closed_loop
 from genai_bench.procs import ProcessSet, cpu_delta, rss_bytes
-from genai_bench.rig import Rig
+from genai_bench.rig import Rig, repo_root
 from genai_bench.stats import Step, Summary, gaps, summarize, sustained
 
 MAX_TOKENS = 16
@@ -215,6 +216,14 @@ async def _http_run(
             # Not in the figures, but worth knowing: these come after the path sat idle for a while.
             WARMUP_ERRORS.append(f"{target.name} c{concurrency}: {warmup.describe_errors()}")
         return outcome
+
+
+def _shown(path: Path) -> str:
+    """A path as the report shows it: from the repository's root, not this machine's folders."""
+    try:
+        return str(path.resolve().relative_to(repo_root()))
+    except ValueError:
+        return path.name
 
 
 class Bench:
@@ -505,7 +514,7 @@ class Bench:
         self.results.profile_note = (
             f"py-spy {plan.profile_s} s at {rate} Hz (--nonblocking) on each service while the load generator "
             f"ran cache misses through nginx at concurrency {plan.profile_concurrency} "
-            f"({summary.rps:.0f} req/s, p50 {summary.p50 * 1000:.1f} ms during profiling); raw stacks in {out_dir}"
+            f"({summary.rps:.0f} req/s, p50 {summary.p50 * 1000:.1f} ms during profiling); raw stacks in {_shown(out_dir)}"
         )
 
     async def _warm(self, target: Target, streaming: bool) -> None:
