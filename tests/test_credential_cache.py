@@ -44,6 +44,11 @@ def _refused_within(client: httpx.Client, headers: dict[str, str], bound_s: floa
 
 
 def test_repeated_requests_skip_the_auth_service(sim_stack: RunningStack, other_gateway: str) -> None:
+    # The gateway subscribes to auth's change feed as it starts, and caches once it hears it.
+    deadline = time.monotonic() + FEED_BOUND_S
+    while httpx.get(f"{other_gateway}/health", timeout=10).json()["credential_cache"] != "on":
+        assert time.monotonic() < deadline, "the gateway never heard auth's change feed"
+        time.sleep(0.1)
     user = sim_stack.new_user()
     with httpx.Client(base_url=other_gateway, timeout=30) as client:
         before = _lookups(other_gateway)

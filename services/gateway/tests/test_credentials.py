@@ -90,6 +90,10 @@ def test_never_trusted_before_the_feed_is_heard() -> None:
     cache = CredentialCache(10)
     cache.put("tok", _principal(), cache.generation)
     assert cache.get("tok") is None and len(cache) == 0
+    assert cache.state.startswith("off")
+    cache.heard(auth_pb2.CredentialChanges(heartbeat_ms=1000))
+    assert cache.state == "on"
+    assert CredentialCache(0).state == "disabled"
 
 
 def test_a_ttl_of_zero_caches_nothing() -> None:

@@ -81,6 +81,13 @@ class CredentialCache:
         """Whether the feed is heard, so that a cached answer cannot have been changed unseen."""
         return self._heard_at is not None and self._clock() - self._heard_at < self._silence_s
 
+    @property
+    def state(self) -> str:
+        """For /health: whether requests are being spared the Authenticate call."""
+        if not self.enabled:
+            return "disabled"
+        return "on" if self.trusted else "off: auth's change feed is not heard, every request asks auth"
+
     def __len__(self) -> int:
         return len(self._entries)
 

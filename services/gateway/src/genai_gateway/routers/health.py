@@ -73,6 +73,8 @@ async def health(request: Request) -> JSONResponse:
         "history_spool": spooled,
         # What a Redis outage means here: limits per process ("open") or 503s ("closed"), no cache.
         "redis_failure_policy": request.app.state.settings.redis_failure_policy,
+        # Whether token checks are answered from the gateway's cache (genai_gateway.credentials).
+        "credential_cache": backends.credentials.state,
     }
     return JSONResponse(body, status_code=code)
 
