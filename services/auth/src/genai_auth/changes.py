@@ -28,8 +28,11 @@ CHANNEL = "genai_auth_changes"
 APPLICATION_NAME = "genai-auth-credential-feed"
 USER = "user:"
 TOKEN = "token:"  # noqa: S105 (a notice's prefix, not a credential)
+ALL = "all"
 # Longest wait between two attempts to listen again after a failure.
 MAX_BACKOFF_S = 5.0
+# First wait after a failure; doubled while connecting keeps failing.
+FIRST_BACKOFF_S = 0.2
 
 
 class FeedUnavailable(Exception):
@@ -42,6 +45,8 @@ def parse_notice(payload: str) -> auth_pb2.CredentialChanges | None:
         return auth_pb2.CredentialChanges(user_ids=[payload[len(USER) :]])
     if payload.startswith(TOKEN):
         return auth_pb2.CredentialChanges(token_ids=[payload[len(TOKEN) :]])
+    if payload == ALL:
+        return auth_pb2.CredentialChanges(all_credentials=True)
     return None
 
 
@@ -64,8 +69,11 @@ class Subscription:
         self._queue.put_nowait(change)
 
     def end(self) -> None:
+        """End the stream at once: what is still queued is dropped, since the subscriber starts afresh."""
         if not self.ended:
             self.ended = True
+            while not self._queue.empty():
+                self._queue.get_nowait()
             self._queue.put_nowait(None)
 
     def __aiter__(self) -> Subscription:
@@ -87,6 +95,7 @@ class ChangeFeed:
         self._max_pending = max_pending
         self._subscribers: set[Subscription] = set()
         self._listening = False
+        self._conn: asyncpg.Connection | None = None
 
     @property
     def heartbeat_ms(self) -> int:
@@ -115,6 +124,11 @@ class ChangeFeed:
             return
         self._broadcast(change)
 
+    def _on_termination(self, conn: asyncpg.Connection) -> None:
+        # Only for the connection in use: a late call about an earlier one must not end the new streams.
+        if conn is self._conn:
+            self._end_all()
+
     def _end_all(self) -> None:
         self._listening = False
         for subscription in list(self._subscribers):
@@ -123,23 +137,27 @@ class ChangeFeed:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Listen and send heartbeats until `stop`; after a failure, end every stream and listen again."""
-        backoff = 0.2
+        backoff = FIRST_BACKOFF_S
         while not stop.is_set():
             conn: asyncpg.Connection | None = None
             try:
                 conn = await asyncpg.connect(
                     self._dsn, timeout=5, server_settings={"application_name": APPLICATION_NAME}
                 )
+                # A connection that drops ends the streams at once, not at the next heartbeat.
+                self._conn = conn
+                conn.add_termination_listener(self._on_termination)
                 await conn.add_listener(CHANNEL, self._on_notice)
                 self._listening = True
-                if backoff > 0.2:
-                    logger.info("credential feed listening again")
-                backoff = 0.2
                 while not stop.is_set():
                     # Notices committed before this round trip have been delivered once it returns, so the
-                    # heartbeat after it vouches for everything before it.
-                    await conn.fetchval("SELECT 1", timeout=max(2 * self.heartbeat_s, 1.0))
+                    # heartbeat after it vouches for everything before it. No longer than a heartbeat:
+                    # the streams end before their subscribers' patience (three heartbeats) runs out.
+                    await conn.fetchval("SELECT 1", timeout=self.heartbeat_s)
                     self._broadcast(auth_pb2.CredentialChanges(heartbeat_ms=self.heartbeat_ms))
+                    if backoff > FIRST_BACKOFF_S:
+                        logger.info("credential feed listening again")
+                        backoff = FIRST_BACKOFF_S
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), self.heartbeat_s)
             except Exception as exc:  # noqa: BLE001 (whatever broke the connection, listen again)

@@ -45,7 +45,7 @@ async def run(settings: AuthSettings) -> None:
         # Its current round is bounded by the Redis and PostgreSQL timeouts. Not cancelled: see maintain().
         _, running = await asyncio.wait({upkeep, relay}, timeout=UPKEEP_STOP_S)
         if running:
-            logger.warning("revocation upkeep did not stop within %s s", UPKEEP_STOP_S)
+            logger.warning("revocation upkeep or credential feed did not stop within %s s", UPKEEP_STOP_S)
         await pool.close()
         await client.aclose()
 

@@ -66,8 +66,9 @@ class AuthSettings(UserStoreSettings):
     redis_cooldown_s: float = Field(2.0, gt=0)
     # How often revocations of expired tokens are deleted (PostgreSQL and Redis); they are refused anyway.
     revocation_cleanup_interval_s: float = Field(600, gt=0)
-    # How often WatchCredentials streams hear that the credential feed is sound when nothing changes.
-    credential_feed_heartbeat_s: float = Field(1.0, gt=0, le=60)
+    # How often WatchCredentials streams hear that the credential feed is sound when nothing changes;
+    # gateways stop trusting their caches after three unheard.
+    credential_feed_heartbeat_s: float = Field(1.0, gt=0, le=5)
     migrate_on_start: bool = True
 
     @model_validator(mode="after")
