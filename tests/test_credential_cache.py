@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 
 import httpx
 import pytest
@@ -122,3 +123,18 @@ def test_new_limits_apply_to_a_token_already_cached(sim_stack: RunningStack, oth
             asked = other.post("/ask", json={"prompt": f"limits {len(codes)}"}, headers=user.headers)
             codes.append(asked.status_code)
         assert codes == [200, 200, 429], codes
+
+
+def test_a_refused_change_does_not_empty_the_cache(sim_stack: RunningStack, other_gateway: str) -> None:
+    # Otherwise anyone could flush it by asking to revoke keys that do not exist.
+    user = sim_stack.new_user()
+    with httpx.Client(base_url=other_gateway, timeout=30) as other:
+        assert other.get("/api/v1/me", headers=user.headers).status_code == 200
+        before = _lookups(other_gateway)
+        missing = other.delete(f"/api/v1/keys/{uuid.uuid4()}", headers=user.headers)
+        assert missing.status_code == 404, missing.text
+        assert other.get("/api/v1/me", headers=user.headers).status_code == 200
+        after = _lookups(other_gateway)
+    # The DELETE's own check and the next request's, both from the cache.
+    assert after.get("hit", 0) - before.get("hit", 0) == 2
+    assert after.get("miss", 0) == before.get("miss", 0)

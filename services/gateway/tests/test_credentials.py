@@ -20,6 +20,15 @@ def _principal(user: str = "u1", jti: str = "t1", expires_at: int = 0) -> auth_p
     return auth_pb2.Principal(user_id=user, username=user, role="user", token_id=jti, expires_at=expires_at)
 
 
+def _tick(cache: CredentialCache, clock: Clock, seconds: float) -> None:
+    """Time passing with the feed's heartbeat heard every second, as when all is well."""
+    while seconds > 0:
+        step = min(1.0, seconds)
+        clock.now += step
+        seconds -= step
+        cache.heard(auth_pb2.CredentialChanges(heartbeat_ms=1000))
+
+
 def _cache(ttl_s: float = 10, max_entries: int = 100) -> tuple[CredentialCache, Clock, Clock]:
     clock, wall = Clock(), Clock()
     wall.now = 2_000_000_000.0
@@ -33,11 +42,9 @@ def test_an_answer_is_used_again_within_its_ttl() -> None:
     cache.put("tok", _principal(), cache.generation)
     assert cache.get("tok") == _principal()
     assert cache.get("other") is None
-    clock.now += 9.9
-    cache.heard(auth_pb2.CredentialChanges(heartbeat_ms=1000))
+    _tick(cache, clock, 9.9)
     assert cache.get("tok") is not None
-    clock.now += 0.2
-    cache.heard(auth_pb2.CredentialChanges(heartbeat_ms=1000))
+    _tick(cache, clock, 0.2)
     assert cache.get("tok") is None
 
 
@@ -60,6 +67,34 @@ def test_changes_forget_the_credentials_they_name() -> None:
     assert cache.get("a") is None and cache.get("b") is None
 
 
+def test_credentials_named_lately_are_not_cached_again_for_a_while() -> None:
+    # A logout is announced as PostgreSQL commits it, a moment before auth's Redis copy has it: an answer
+    # from that moment may say "valid", so answers about that token are not kept for a TTL.
+    cache, clock, _ = _cache(ttl_s=10)
+    cache.heard(auth_pb2.CredentialChanges(token_ids=["t1"]))
+    cache.heard(auth_pb2.CredentialChanges(user_ids=["u2"]))
+    cache.put("a", _principal("u1", "t1"), cache.generation)
+    cache.put("b", _principal("u2", "t9"), cache.generation)
+    cache.put("c", _principal("u3", "t3"), cache.generation)
+    assert cache.get("a") is None and cache.get("b") is None and cache.get("c") is not None
+    _tick(cache, clock, 10)
+    cache.put("a", _principal("u1", "t1"), cache.generation)
+    assert cache.get("a") is not None
+
+
+def test_an_answer_that_names_no_credential_id_is_not_cached() -> None:
+    cache, _, _ = _cache()
+    cache.put("tok", _principal(jti=""), cache.generation)
+    assert cache.get("tok") is None
+
+
+def test_emptied_tables_forget_everything() -> None:
+    cache, _, _ = _cache()
+    cache.put("a", _principal("u1", "t1"), cache.generation)
+    cache.heard(auth_pb2.CredentialChanges(all_credentials=True))
+    assert len(cache) == 0
+
+
 def test_an_answer_asked_for_before_a_change_is_not_kept() -> None:
     cache, _, _ = _cache()
     asked_at = cache.generation
@@ -76,10 +111,15 @@ def test_nothing_is_trusted_while_the_feed_is_silent_or_lost() -> None:
     cache.put("tok", _principal(), cache.generation)
     clock.now += SILENT_HEARTBEATS * 1.0
     assert not cache.trusted and cache.get("tok") is None
-    # Silence is a delay on an intact stream: what comes next is still in order, so the entry may serve.
+    # Heard again: what was cached, and what was asked for, before then may predate a change it missed.
+    asked_at = cache.generation
     cache.heard(auth_pb2.CredentialChanges(heartbeat_ms=1000))
-    assert cache.get("tok") is not None
-    # A broken stream may have lost changes: everything goes, and nothing is kept until it is heard.
+    assert cache.trusted and len(cache) == 0
+    cache.put("tok", _principal(), asked_at)
+    assert len(cache) == 0
+    # A broken stream: everything goes, and nothing is kept until it is heard.
+    cache.put("tok", _principal(), cache.generation)
+    assert len(cache) == 1
     cache.lost()
     assert len(cache) == 0 and not cache.trusted
     cache.put("tok", _principal(), cache.generation)
@@ -107,8 +147,7 @@ def test_a_full_cache_makes_room() -> None:
     cache, clock, _ = _cache(ttl_s=10, max_entries=8)
     for n in range(8):
         cache.put(f"old{n}", _principal(f"u{n}"), cache.generation)
-    clock.now += 5
-    cache.heard(auth_pb2.CredentialChanges(heartbeat_ms=1000))
+    _tick(cache, clock, 5)
     cache.put("new", _principal("new"), cache.generation)
     assert len(cache) <= 8
     assert cache.get("new") is not None

@@ -10,7 +10,10 @@ An answer is used again only while nothing can have changed it unseen:
   the caller's next request never beats the feed;
 - the answer is younger than the TTL, and its credential has not expired.
 
-An answer that was on its way while a change arrived is not kept: it may predate the change.
+An answer that was on its way while a change arrived is not kept: it may predate the change. Nor is one
+about a credential that a notice named less than a TTL ago: a logout is announced as PostgreSQL commits it,
+a moment before auth's Redis copy of the revocations has it, and an answer from that moment would say
+"valid"; asking auth each time for a while costs little, caching that answer would keep it for the TTL.
 """
 
 from __future__ import annotations
@@ -35,6 +38,20 @@ LOOKUPS = Counter("genai_gateway_auth_cache_lookups_total", "Credential checks, 
 # How many heartbeats may go unheard before the cache stops trusting itself.
 SILENT_HEARTBEATS = 3
 MAX_BACKOFF_S = 5.0
+# Credentials named by a notice are not cached for at least this long (or the TTL, if longer).
+RECENT_MIN_S = 5.0
+# Errors after which nothing can have changed: the cache is kept (so failed calls cannot flush it).
+_REFUSED = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
 # Auth RPCs that cannot change an Authenticate answer; after any other, everything cached is forgotten.
 # (Refresh spends a refresh token, which Authenticate never accepts.)
 READ_ONLY_METHODS = frozenset(
@@ -68,6 +85,8 @@ class CredentialCache:
         self._entries: dict[bytes, _Entry] = {}
         # Bumped by every change heard: an answer asked for before a bump is not kept.
         self._generation = 0
+        # User and token ids named by notices -> until when answers about them are not kept (monotonic).
+        self._recent: dict[str, float] = {}
         # When the feed last spoke (monotonic), and how long a silence it may keep; None: not subscribed.
         self._heard_at: float | None = None
         self._silence_s = 0.0
@@ -107,12 +126,29 @@ class CredentialCache:
         return entry.principal
 
     def put(self, token: str, principal: auth_pb2.Principal, generation: int) -> None:
-        """Keep an answer asked for at `generation`, unless a change arrived since or the feed is not heard."""
-        if not self.enabled or generation != self._generation or not self.trusted:
+        """Keep an answer asked for at `generation`, unless the rules above say it may be stale."""
+        if (
+            not self.enabled
+            or generation != self._generation
+            or not self.trusted
+            # From an auth that names no credential id, a notice could not be matched to it.
+            or not principal.token_id
+            or self._named_lately(principal.user_id)
+            or self._named_lately(principal.token_id)
+        ):
             return
         if len(self._entries) >= self.max_entries:
             self._evict()
         self._entries[_key(token)] = _Entry(principal, self._clock() + self.ttl_s)
+
+    def _named_lately(self, credential: str) -> bool:
+        until = self._recent.get(credential)
+        if until is None:
+            return False
+        if self._clock() < until:
+            return True
+        del self._recent[credential]
+        return False
 
     def _evict(self) -> None:
         now = self._clock()
@@ -151,6 +187,12 @@ class CredentialCache:
     def forget(self, user_ids: Sequence[str] = (), token_ids: Sequence[str] = ()) -> None:
         self._generation += 1
         users, tokens = set(user_ids), set(token_ids)
+        now = self._clock()
+        until = now + max(self.ttl_s, RECENT_MIN_S)
+        for credential in users | tokens:
+            self._recent[credential] = until
+        if len(self._recent) > self.max_entries:
+            self._recent = {k: v for k, v in self._recent.items() if v > now}
         for key in [
             k
             for k, e in self._entries.items()
@@ -164,7 +206,13 @@ class CredentialCache:
 
     def heard(self, change: auth_pb2.CredentialChanges) -> None:
         """Apply one message of the feed; any message also says the feed is sound."""
-        if change.user_ids or change.token_ids:
+        if not self.trusted:
+            # Changes made while the feed was not heard were missed: answers asked for before now may
+            # predate them.
+            self.clear()
+        if change.all_credentials:
+            self.clear()
+        elif change.user_ids or change.token_ids:
             self.forget(change.user_ids, change.token_ids)
         if change.heartbeat_ms:
             self._silence_s = SILENT_HEARTBEATS * change.heartbeat_ms / 1000
@@ -191,6 +239,8 @@ class CredentialCache:
                     logger.warning(
                         "credential change feed lost (%s); asking auth every time", exc.code().name
                     )
+            except Exception:
+                logger.exception("credential change feed failed; asking auth every time")
             finally:
                 call.cancel()
                 self.lost()
@@ -221,6 +271,15 @@ class ForgetOnChange(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc
             return call
         try:
             await call
-        finally:
+        except grpc.aio.AioRpcError as exc:
+            # Refused outright: nothing changed. Anything else (a deadline, a lost connection) may
+            # have come after the change was committed.
+            if exc.code() not in _REFUSED:
+                self._cache.clear()
+            raise
+        except BaseException:
+            # Cancelled (the client left): the change may still have been made.
             self._cache.clear()
+            raise
+        self._cache.clear()
         return call
