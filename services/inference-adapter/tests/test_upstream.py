@@ -117,7 +117,7 @@ async def test_streams_reuse_pooled_connections(
     assert [r.getMessage().startswith("connect_tcp.started") for r in caplog.records].count(True) == 1
 
 
-@pytest.mark.parametrize(("max_connections", "opened"), [(40, 40), (20, 20)])
+@pytest.mark.parametrize(("max_connections", "opened"), [(40, 40), (20, 20), (17, 17)])
 async def test_concurrent_streams_spread_over_the_pools_within_the_connection_cap(
     adapter: AdapterFactory,
     simulators: Callable[..., SimulatorProcess],
@@ -125,8 +125,8 @@ async def test_concurrent_streams_spread_over_the_pools_within_the_connection_ca
     max_connections: int,
     opened: int,
 ) -> None:
-    # Three pools of at most 14 (or two of 10): 40 streams at once use as many connections as the cap
-    # allows, none waits while another pool has room, and the cap holds across pools.
+    # Pools of 14, 13 and 13 (or 10 and 10, or 9 and 8): 40 streams at once use as many connections as
+    # the cap allows, none waits while another pool has room, and the cap holds across pools.
     sim = simulators("--itl-ms", "20", "--output-tokens", "10", "--max-num-seqs", "100")
     stub = await adapter(sim.url, model="sim-model", max_connections=max_connections, max_concurrent=100)
     request = inference_pb2.GenerateRequest(messages=[inference_pb2.ChatMessage(role="user", content="hi")])

@@ -188,8 +188,9 @@ class Upstream:
             # Waiting for a free connection is bounded by the total timeout and the caller's deadline.
             pool=None,
         )
-        shards = -(-settings.max_connections // SHARD_CONNECTIONS)
-        per_shard = -(-settings.max_connections // shards)
+        # As even as can be, and max_connections in all: 40 gives 14, 13, 13.
+        count = -(-settings.max_connections // SHARD_CONNECTIONS)
+        base, extra = divmod(settings.max_connections, count)
         self._shards = [
             _Shard(
                 httpx.AsyncClient(
@@ -199,15 +200,15 @@ class Upstream:
                     # httpcore retries only failed connection attempts, which is exactly the safe case.
                     transport=httpx.AsyncHTTPTransport(
                         limits=httpx.Limits(
-                            max_connections=per_shard,
-                            max_keepalive_connections=per_shard,
+                            max_connections=base + (n < extra),
+                            max_keepalive_connections=base + (n < extra),
                             keepalive_expiry=KEEPALIVE_EXPIRY_S,
                         ),
                         retries=settings.retries,
                     ),
                 )
             )
-            for _ in range(shards)
+            for n in range(count)
         ]
         self._total_s = settings.total_timeout_s
         self._closed = False
