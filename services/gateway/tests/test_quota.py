@@ -55,8 +55,8 @@ async def test_concurrency_slots_are_exact_and_given_back(redis_client: redis.Re
     assert len(admitted) == 3
     assert await q.in_use("u") == 3
     for admission in admitted:
-        await q.release(admission)  # type: ignore[arg-type]
-        await q.release(admission)  # type: ignore[arg-type]  # twice is harmless
+        await q.settle(admission, 0)  # type: ignore[arg-type]
+        await q.settle(admission, 0)  # type: ignore[arg-type]  # twice is harmless
     assert await q.in_use("u") == 0
     assert not isinstance((await _outcomes(q, "u", limits, 1))[0], ApiError)
 
@@ -77,14 +77,14 @@ async def test_tokens_per_minute_and_per_day_are_charged_after_answers(
     q = quotas(redis_client, key_prefix)
     per_minute = LimitSet(requests_per_minute=UNLIMITED, concurrent_requests=UNLIMITED, tokens_per_minute=100)
     admission = await q.admit("m", per_minute)
-    await q.charge(admission, 100)
+    await q.settle(admission, 100)
     with pytest.raises(ApiError) as refused:
         await q.admit("m", per_minute)
     assert "token limit of 100 tokens per minute" in refused.value.message
 
     per_day = LimitSet(requests_per_minute=UNLIMITED, concurrent_requests=UNLIMITED, tokens_per_day=50)
     admission = await q.admit("d", per_day)
-    await q.charge(admission, 60)
+    await q.settle(admission, 60)
     with pytest.raises(ApiError) as refused:
         await q.admit("d", per_day)
     assert "daily token limit" in refused.value.message

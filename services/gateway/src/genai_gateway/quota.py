@@ -62,7 +62,7 @@ _MESSAGES = {
 
 @dataclass
 class Admission:
-    """A request let through: its slot is given back by `Quotas.release`, its tokens charged by `charge`."""
+    """A request let through: `Quotas.settle` gives its slot back and charges the tokens it cost."""
 
     subject: str
     limits: LimitSet
@@ -140,25 +140,21 @@ end
 return {1, rpm - count - 1, reset}
 """
 
-# Charging the tokens an answer cost. ARGV: slot id, tokens; the keys' places are filled in below.
-_CHARGE_TOKENS = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[{log}], now, ARGV[1] .. ':' .. ARGV[2])
-redis.call('PEXPIRE', KEYS[{log}], 60000)
-redis.call('INCRBY', KEYS[{day}], ARGV[2])
-redis.call('EXPIRE', KEYS[{day}], 172800)
-"""
-
-# KEYS: token log, tokens today.  ARGV: slot id, tokens.
-_CHARGE = _CHARGE_TOKENS.format(log=1, day=2) + "return 1\n"
-
-# The end of a request in one round trip: the slot given back and, when the answer cost any, its tokens.
+# The end of a request in one round trip: the slot given back and, when the answer cost any, its tokens
+# charged (a member per answer in the minute's log, and the day's sum).
 # KEYS: slots, token log, tokens today.  ARGV: slot id, tokens (0: nothing to charge).
-_SETTLE = (
-    "redis.call('ZREM', KEYS[1], ARGV[1])\n"
-    "if tonumber(ARGV[2]) > 0 then\n" + _CHARGE_TOKENS.format(log=2, day=3) + "end\nreturn 1\n"
-)
+_SETTLE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+if tonumber(ARGV[2]) > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZADD', KEYS[2], now, ARGV[1] .. ':' .. ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], 60000)
+  redis.call('INCRBY', KEYS[3], ARGV[2])
+  redis.call('EXPIRE', KEYS[3], 172800)
+end
+return 1
+"""
 
 
 def _day() -> str:
@@ -216,6 +212,8 @@ class LocalQuotas:
             state.slots.discard(admission.slot)
 
     def charge(self, admission: Admission, tokens: int) -> None:
+        if tokens <= 0:
+            return
         state = self._subjects.setdefault(admission.subject, _LocalSubject())
         state.tokens.append((time.monotonic(), tokens))
         if state.day != _day():
@@ -242,7 +240,6 @@ class Quotas:
         self.prefix = prefix
         self.local = LocalQuotas()
         self._admit = client.register_script(_ADMIT)
-        self._charge = client.register_script(_CHARGE)
         self._settle = client.register_script(_SETTLE)
         self._overrides: dict[str, dict[str, int]] = {}
 
@@ -303,34 +300,6 @@ class Quotas:
         ADMITTED.inc()
         return outcome
 
-    async def release(self, admission: Admission) -> None:
-        """Give the slot back; safe to call more than once."""
-        if admission.released:
-            return
-        admission.released = True
-        if admission.local:
-            self.local.release(admission)
-            return
-        if not self.guard.available:
-            return  # the slot's expiry frees it
-        try:
-            await self.client.zrem(self._keys(admission.subject)[1], admission.slot)
-        except (RedisError, OSError) as exc:
-            self.guard.failed(exc)
-
-    async def charge(self, admission: Admission, tokens: int) -> None:
-        if tokens <= 0:
-            return
-        if admission.local or not self.guard.available:
-            self.local.charge(admission, tokens)
-            return
-        keys = self._keys(admission.subject)
-        try:
-            await self._charge(keys=[keys[2], keys[3]], args=[admission.slot, tokens])
-        except (RedisError, OSError) as exc:
-            self.guard.failed(exc)
-            self.local.charge(admission, tokens)
-
     async def settle(self, admission: Admission, tokens: int) -> None:
         """Charge what the answer cost (0: nothing) and give the slot back, in one Redis round trip.
 
@@ -338,19 +307,20 @@ class Quotas:
         """
         if admission.released:
             return
-        if admission.local or not self.guard.available:
-            await self.charge(admission, tokens)
-            await self.release(admission)
-            return
         admission.released = True
-        keys = self._keys(admission.subject)
-        try:
-            await self._settle(keys=keys[1:], args=[admission.slot, max(0, tokens)])
-        except (RedisError, OSError) as exc:
-            # The slot's expiry frees it; the tokens are counted here instead.
-            self.guard.failed(exc)
-            if tokens > 0:
-                self.local.charge(admission, tokens)
+        if admission.local:
+            self.local.charge(admission, tokens)
+            self.local.release(admission)
+            return
+        if self.guard.available:
+            keys = self._keys(admission.subject)
+            try:
+                await self._settle(keys=keys[1:], args=[admission.slot, max(0, tokens)])
+                return
+            except (RedisError, OSError) as exc:
+                self.guard.failed(exc)
+        # Redis is away: the slot's expiry frees it, and the tokens are counted here meanwhile.
+        self.local.charge(admission, tokens)
 
     async def in_use(self, subject: str) -> int:
         """Slots held right now (for tests and the admin view)."""
