@@ -138,3 +138,30 @@ def test_a_refused_change_does_not_empty_the_cache(sim_stack: RunningStack, othe
     # The DELETE's own check and the next request's, both from the cache.
     assert after.get("hit", 0) - before.get("hit", 0) == 2
     assert after.get("miss", 0) == before.get("miss", 0)
+
+
+def test_with_auth_down_no_cached_answer_is_used(sim_stack: RunningStack, other_gateway: str) -> None:
+    # Nobody can tell the gateway about a logout while auth is away, so it must not vouch for anyone.
+    user = sim_stack.new_user()
+    with httpx.Client(base_url=other_gateway, timeout=30) as other:
+        assert other.get("/api/v1/me", headers=user.headers).status_code == 200
+        assert other.get("/api/v1/me", headers=user.headers).status_code == 200
+        sim_stack.stop("auth")
+        try:
+            # The feed's stream ended with auth; the gateway has stopped trusting its cache by the time
+            # it has processed that, and then every request asks auth (and gets no answer).
+            deadline = time.monotonic() + FEED_BOUND_S
+            while other.get("/health").json()["credential_cache"] == "on":
+                assert time.monotonic() < deadline, "the gateway still trusts its cache with auth gone"
+                time.sleep(0.05)
+            refused = other.get("/api/v1/me", headers=user.headers)
+        finally:
+            sim_stack.start("auth")
+            sim_stack.wait_healthy()
+        assert refused.status_code == 503, refused.text
+        # Back: the feed is heard again and the token works (and is cached) as before.
+        deadline = time.monotonic() + FEED_BOUND_S * 2
+        while httpx.get(f"{other_gateway}/health", timeout=10).json()["credential_cache"] != "on":
+            assert time.monotonic() < deadline, "the gateway did not hear auth's change feed again"
+            time.sleep(0.1)
+        assert other.get("/api/v1/me", headers=user.headers).status_code == 200
