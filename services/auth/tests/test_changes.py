@@ -76,10 +76,13 @@ class _Watcher:
             await asyncio.wait_for(self._task, WAIT_S)
 
 
+Watched = tuple[auth_pb2_grpc.AuthServiceStub, _Watcher, ChangeFeed]
+
+
 @pytest.fixture
 async def watched(
     settings: AuthSettings, pool: asyncpg.Pool, redis_client: Redis, serve: Serve
-) -> AsyncIterator[tuple[auth_pb2_grpc.AuthServiceStub, _Watcher, ChangeFeed]]:
+) -> AsyncIterator[Watched]:
     async with _feed(settings) as feed:
         async with serve(AuthServicer.from_settings(settings, pool, redis_client, feed)) as stub:
             watcher = _Watcher(stub)
@@ -99,7 +102,7 @@ def test_notices_parse_into_changes() -> None:
 
 
 async def test_user_changes_are_announced_whoever_makes_them(
-    watched: tuple[auth_pb2_grpc.AuthServiceStub, _Watcher, ChangeFeed],
+    watched: Watched,
     store: UserStore,
     pool: asyncpg.Pool,
     make_user: MakeUser,
@@ -121,7 +124,7 @@ async def test_user_changes_are_announced_whoever_makes_them(
 
 
 async def test_revoked_tokens_and_api_keys_are_announced(
-    watched: tuple[auth_pb2_grpc.AuthServiceStub, _Watcher, ChangeFeed],
+    watched: Watched,
     pool: asyncpg.Pool,
     redis_client: Redis,
     make_user: MakeUser,
@@ -146,7 +149,7 @@ async def test_revoked_tokens_and_api_keys_are_announced(
 
 
 async def test_authenticate_names_the_credential_the_feed_speaks_of(
-    watched: tuple[auth_pb2_grpc.AuthServiceStub, _Watcher, ChangeFeed],
+    watched: Watched,
     pool: asyncpg.Pool,
     make_user: MakeUser,
     address: str,
@@ -167,7 +170,7 @@ async def test_authenticate_names_the_credential_the_feed_speaks_of(
 
 
 async def test_a_lost_database_connection_ends_the_streams_and_the_feed_comes_back(
-    watched: tuple[auth_pb2_grpc.AuthServiceStub, _Watcher, ChangeFeed],
+    watched: Watched,
     pool: asyncpg.Pool,
     make_user: MakeUser,
 ) -> None:
