@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import ssl
@@ -128,6 +129,12 @@ class RunningStack:
                     return
                 time.sleep(0.2)
         raise RuntimeError(f"stack not healthy within {timeout_s} s: {body}")
+
+    def auth_cache_lookups(self, name: str = "gateway") -> dict[str, float]:
+        """A gateway's credential checks so far, from its /metrics: "hit" (its cache), "miss" (asked auth)."""
+        text = httpx.get(f"http://127.0.0.1:{self._port(name)}/metrics", timeout=10).text
+        found = re.findall(r'^genai_gateway_auth_cache_lookups_total\{result="(\w+)"\} (\S+)$', text, re.M)
+        return {result: float(value) for result, value in found}
 
     # --- the simulator's own view (sim stacks only) ---------------------------------------------------
 

@@ -3,7 +3,6 @@ credential still takes effect, on this gateway and on another one, whoever makes
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import time
@@ -19,15 +18,12 @@ from tests.harness import RunningStack, User
 FEED_BOUND_S = 5.0
 
 
+OTHER = "gateway-credentials"
+
+
 @pytest.fixture(scope="module")
 def other_gateway(sim_stack: RunningStack) -> str:
-    return sim_stack.start_extra_gateway("gateway-credentials")
-
-
-def _lookups(base_url: str) -> dict[str, float]:
-    text = httpx.get(f"{base_url}/metrics", timeout=10).text
-    found = re.findall(r'^genai_gateway_auth_cache_lookups_total\{result="(\w+)"\} ([0-9.e+]+)$', text, re.M)
-    return {result: float(value) for result, value in found}
+    return sim_stack.start_extra_gateway(OTHER)
 
 
 def _refused_within(client: httpx.Client, headers: dict[str, str], bound_s: float) -> int:
@@ -52,10 +48,10 @@ def test_repeated_requests_skip_the_auth_service(sim_stack: RunningStack, other_
         time.sleep(0.1)
     user = sim_stack.new_user()
     with httpx.Client(base_url=other_gateway, timeout=30) as client:
-        before = _lookups(other_gateway)
+        before = sim_stack.auth_cache_lookups(OTHER)
         for _ in range(20):
             assert client.get("/api/v1/me", headers=user.headers).status_code == 200
-        after = _lookups(other_gateway)
+        after = sim_stack.auth_cache_lookups(OTHER)
     misses = after.get("miss", 0) - before.get("miss", 0)
     hits = after.get("hit", 0) - before.get("hit", 0)
     print(f"\n20 requests with one token: {hits:.0f} answered from the cache, {misses:.0f} asked auth")
@@ -130,11 +126,11 @@ def test_a_refused_change_does_not_empty_the_cache(sim_stack: RunningStack, othe
     user = sim_stack.new_user()
     with httpx.Client(base_url=other_gateway, timeout=30) as other:
         assert other.get("/api/v1/me", headers=user.headers).status_code == 200
-        before = _lookups(other_gateway)
+        before = sim_stack.auth_cache_lookups(OTHER)
         missing = other.delete(f"/api/v1/keys/{uuid.uuid4()}", headers=user.headers)
         assert missing.status_code == 404, missing.text
         assert other.get("/api/v1/me", headers=user.headers).status_code == 200
-        after = _lookups(other_gateway)
+        after = sim_stack.auth_cache_lookups(OTHER)
     # The DELETE's own check and the next request's, both from the cache.
     assert after.get("hit", 0) - before.get("hit", 0) == 2
     assert after.get("miss", 0) == before.get("miss", 0)

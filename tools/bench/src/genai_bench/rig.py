@@ -12,7 +12,6 @@ import contextlib
 import importlib.util
 import json
 import os
-import re
 import socket
 import sys
 import threading
@@ -192,12 +191,6 @@ class Rig:
 
     def redis_monitor(self) -> RedisMonitor:
         return RedisMonitor(self.redis.host, self.redis.port)
-
-    def auth_cache_lookups(self) -> dict[str, float]:
-        """The gateway's credential checks so far, by result: "hit" (its cache) and "miss" (a call to auth)."""
-        text = httpx.get(f"http://127.0.0.1:{self.running.cfg.ports.gateway}/metrics", timeout=5).text
-        found = re.findall(r'^genai_gateway_auth_cache_lookups_total\{result="(\w+)"\} (\S+)$', text, re.M)
-        return {result: float(value) for result, value in found}
 
     def postgres_transactions(self) -> int:
         """Transactions committed in the stack's database so far (pg_stat_database)."""

@@ -420,7 +420,7 @@ class Bench:
             # when idle only after 10 s: without these waits, counts of earlier phases land in this window.
             await asyncio.sleep(PG_STATS_IDLE_FLUSH_S)
             xacts_before = await asyncio.to_thread(rig.postgres_transactions)
-            lookups_before = await asyncio.to_thread(rig.auth_cache_lookups)
+            lookups_before = await asyncio.to_thread(rig.running.auth_cache_lookups)
             with rig.redis_monitor() as monitor:
                 outcome = await closed_loop(
                     lambda i, w: chat(clients[w], target, _prompt(tag + "n", i), MAX_TOKENS), 1, 60, count
@@ -428,7 +428,7 @@ class Bench:
                 # Background writes (history, cache) settle.
                 await asyncio.sleep(0.5)
         done = outcome.summary().count
-        lookups_after = await asyncio.to_thread(rig.auth_cache_lookups)
+        lookups_after = await asyncio.to_thread(rig.running.auth_cache_lookups)
         await asyncio.sleep(PG_STATS_IDLE_FLUSH_S)
         xacts_after = await asyncio.to_thread(rig.postgres_transactions)
         if done:
