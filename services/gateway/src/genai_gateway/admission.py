@@ -30,9 +30,11 @@ async def admit(request: Request, response: Response, principal: auth_pb2.Princi
 
 async def settle(quotas: Quotas, admission: Admission, answer: Answer | None) -> None:
     """After an answer (or a failure): charge the tokens the model spent, give the slot back."""
-    charged = answer is not None and answer.source == "model" and not answer.coalesced
+    # Only a generation of its own costs tokens: not a cached answer, nor one shared with another request.
+    spent = answer is not None and answer.source == "model" and not answer.coalesced
+    tokens = answer.total_tokens if answer is not None and spent else 0
     # Shielded: a client that leaves while this runs must not keep its slot.
-    await asyncio.shield(quotas.settle(admission, answer.total_tokens if answer and charged else 0))
+    await asyncio.shield(quotas.settle(admission, tokens))
 
 
 async def metered(
