@@ -5,7 +5,7 @@ import asyncpg
 from genai_common.db import migrate
 from genai_history.store import COMPONENT, MIGRATIONS_DIR
 
-ALL = ["0001_conversations.sql", "0002_search.sql", "0003_audit.sql"]
+ALL = ["0001_conversations.sql", "0002_search.sql", "0003_audit.sql", "0004_origin.sql"]
 
 
 async def test_concurrent_migrations_apply_once(new_database_dsn: str) -> None:

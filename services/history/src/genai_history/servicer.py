@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "genai.history.v1.HistoryService"
 SOURCES = ("model", "cache")
+# Where a conversation comes from (migration 0004); an exchange that names none starts an "api" one.
+ORIGINS = ("chat", "api")
 # Model names, request ids and exchange ids are identifiers, not text: a short cap keeps junk out.
 MAX_ID_CHARS = 256
 # Same answer whether the conversation is missing or someone else's.
@@ -75,10 +77,12 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
             if conversation_id is None:
                 await _not_found(context)
         exchange = await self._exchange(request, context)
+        # Checked even when the conversation exists and the origin goes unused: a wrong value is a bug.
+        origin = await _origin(request.origin, context) or "api"
         async with _database(context):
             try:
                 stored_conversation, message_id = await self._store.append_exchange(
-                    owner_id, conversation_id, title_from_prompt(exchange.prompt), exchange
+                    owner_id, conversation_id, title_from_prompt(exchange.prompt), exchange, origin
                 )
             except ConversationNotFound:
                 await _not_found(context)
@@ -90,10 +94,11 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
         self, request: history_pb2.ListConversationsRequest, context: grpc.aio.ServicerContext
     ) -> history_pb2.ListConversationsResponse:
         owner_id = await _owner(request.owner_id, context)
+        origin = await _origin(request.origin, context)
         page_size = await self._page_size(request.page_size, context)
         after = await _cursor(request.page_token, context)
         async with _database(context):
-            rows, next_cursor = await self._store.list_conversations(owner_id, page_size, after)
+            rows, next_cursor = await self._store.list_conversations(owner_id, page_size, after, origin)
         return history_pb2.ListConversationsResponse(
             conversations=[_summary(row) for row in rows],
             next_page_token=encode_page_token(next_cursor) if next_cursor else "",
@@ -191,10 +196,13 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
     ) -> history_pb2.AdminListConversationsResponse:
         entry = await _actor(request.actor, "list_conversations", context)
         owner_id = await _optional_owner(request.owner_id, context)
+        origin = await _origin(request.origin, context)
         page_size = await self._page_size(request.page_size, context)
         after = await _cursor(request.page_token, context)
         async with _database(context):
-            rows, next_cursor = await self._store.admin_list_conversations(owner_id, page_size, after, entry)
+            rows, next_cursor = await self._store.admin_list_conversations(
+                owner_id, page_size, after, entry, origin
+            )
         return history_pb2.AdminListConversationsResponse(
             conversations=[_summary(row) for row in rows],
             next_page_token=encode_page_token(next_cursor) if next_cursor else "",
@@ -402,6 +410,15 @@ async def _optional_owner(value: str, context: grpc.aio.ServicerContext) -> uuid
     return await _owner(value, context) if value else None
 
 
+async def _origin(value: str, context: grpc.aio.ServicerContext) -> str | None:
+    """ "chat" or "api"; None for an empty value (no filter, or the default of a new conversation)."""
+    if not value:
+        return None
+    if value not in ORIGINS:
+        await _invalid(context, "origin must be 'chat' or 'api'")
+    return value
+
+
 async def _cursor(token: str, context: grpc.aio.ServicerContext) -> Cursor | None:
     if not token:
         return None
@@ -491,6 +508,7 @@ def _summary(row: ConversationRow) -> history_pb2.ConversationSummary:
     return history_pb2.ConversationSummary(
         id=str(row.id),
         title=row.title,
+        origin=row.origin,
         created_at_ms=_millis(row.created_at),
         updated_at_ms=_millis(row.updated_at),
         message_count=row.message_count,

@@ -63,6 +63,8 @@ class ConversationRow:
 
     id: uuid.UUID
     title: str
+    # "chat" or "api": see migration 0004.
+    origin: str
     created_at: datetime
     updated_at: datetime
     message_count: int
@@ -117,55 +119,45 @@ class ExportCaps:
     max_text_bytes: int
 
 
-_LIST_FIRST_PAGE = """
-    SELECT c.id, c.owner_id, c.title, c.created_at, c.updated_at,
-           (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count
-    FROM conversations c
-    WHERE c.owner_id = $1
-    ORDER BY c.updated_at DESC, c.id DESC
-    LIMIT $2
+# Every summary is read with these columns: the statements below differ only in their conditions.
+_SUMMARY_COLUMNS = """
+    c.id, c.owner_id, c.title, c.origin, c.created_at, c.updated_at,
+    (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count
 """
+_SUMMARY = f"SELECT {_SUMMARY_COLUMNS} FROM conversations c"  # noqa: S608 (fixed text)
 
-# Two statements rather than one with "cursor IS NULL OR ...": a generic plan keeps the index range.
-_LIST_NEXT_PAGE = """
-    SELECT c.id, c.owner_id, c.title, c.created_at, c.updated_at,
-           (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count
-    FROM conversations c
-    WHERE c.owner_id = $1 AND (c.updated_at, c.id) < ($3::timestamptz, $4::uuid)
-    ORDER BY c.updated_at DESC, c.id DESC
-    LIMIT $2
-"""
+_GET_SUMMARY = f"{_SUMMARY} WHERE c.id = $1 AND c.owner_id = $2"
 
-_GET_SUMMARY = """
-    SELECT c.id, c.owner_id, c.title, c.created_at, c.updated_at,
-           (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count
-    FROM conversations c
-    WHERE c.id = $1 AND c.owner_id = $2
-"""
+_ADMIN_GET_SUMMARY = f"{_SUMMARY} WHERE c.id = $1"
 
-_ADMIN_GET_SUMMARY = """
-    SELECT c.id, c.owner_id, c.title, c.created_at, c.updated_at,
-           (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count
-    FROM conversations c
-    WHERE c.id = $1
-"""
 
-_ADMIN_LIST_FIRST_PAGE = """
-    SELECT c.id, c.owner_id, c.title, c.created_at, c.updated_at,
-           (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count
-    FROM conversations c
-    ORDER BY c.updated_at DESC, c.id DESC
-    LIMIT $1
-"""
+def _list_page(
+    limit: int, owner_id: uuid.UUID | None, origin: str | None, after: Cursor | None
+) -> tuple[str, list[object]]:
+    """The statement and arguments reading one page of a conversation list, newest updated first.
 
-_ADMIN_LIST_NEXT_PAGE = """
-    SELECT c.id, c.owner_id, c.title, c.created_at, c.updated_at,
-           (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count
-    FROM conversations c
-    WHERE (c.updated_at, c.id) < ($2::timestamptz, $3::uuid)
-    ORDER BY c.updated_at DESC, c.id DESC
-    LIMIT $1
-"""
+    Each combination of filters gets a statement of its own rather than one with "$n IS NULL OR ..." in
+    it: asyncpg prepares every statement, and such a condition would keep a generic plan off the index
+    range that matches the filters, (owner_id[, origin], updated_at, id) or ([origin, ]updated_at, id),
+    walked newest first until the LIMIT. The text is made of fixed fragments only; every value is a
+    parameter. One row more than the page tells whether another page exists without a count.
+    """
+    args: list[object] = [limit + 1]
+
+    def param(value: object) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    conditions = []
+    if owner_id is not None:
+        conditions.append(f"c.owner_id = {param(owner_id)}")
+    if origin is not None:
+        conditions.append(f"c.origin = {param(origin)}")
+    if after is not None:
+        conditions.append(f"(c.updated_at, c.id) < ({param(after.at)}::timestamptz, {param(after.id)}::uuid)")
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    return f"{_SUMMARY} {where} ORDER BY c.updated_at DESC, c.id DESC LIMIT $1", args
+
 
 # The newest $3 messages, handed back oldest first.
 _GET_MESSAGES = """
@@ -185,8 +177,8 @@ _FIND_EXCHANGE = """
 """
 
 _NEW_CONVERSATION = """
-    INSERT INTO conversations (owner_id, title, created_at, updated_at)
-    VALUES ($1, $2, COALESCE($3::timestamptz, now()), COALESCE($3::timestamptz, now()))
+    INSERT INTO conversations (owner_id, title, origin, created_at, updated_at)
+    VALUES ($1, $2, $4, COALESCE($3::timestamptz, now()), COALESCE($3::timestamptz, now()))
     RETURNING id
 """
 
@@ -209,12 +201,11 @@ _DELETE_CONVERSATION = """
     DELETE FROM conversations WHERE id = $1 AND owner_id = $2 RETURNING id
 """
 
-_RENAME_CONVERSATION = """
+_RENAME_CONVERSATION = f"""
     UPDATE conversations c SET title = $3
     WHERE c.id = $1 AND c.owner_id = $2
-    RETURNING c.id, c.owner_id, c.title, c.created_at, c.updated_at,
-              (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count
-"""
+    RETURNING {_SUMMARY_COLUMNS}
+"""  # noqa: S608 (fixed text)
 
 # The page is chosen first and only its rows get a headline, which reads the whole text. The headline runs
 # over the same text as the generated search_vector column (migration 0002) and marks matches with
@@ -250,8 +241,9 @@ _EXPORT_COUNT = """
 """
 
 _EXPORT_ROWS = """
-    SELECT c.id AS c_id, c.owner_id AS c_owner_id, c.title AS c_title, c.created_at AS c_created_at,
-           c.updated_at AS c_updated_at, count(*) OVER (PARTITION BY c.id) AS c_message_count,
+    SELECT c.id AS c_id, c.owner_id AS c_owner_id, c.title AS c_title, c.origin AS c_origin,
+           c.created_at AS c_created_at, c.updated_at AS c_updated_at,
+           count(*) OVER (PARTITION BY c.id) AS c_message_count,
            m.id, m.prompt, m.response, m.source, m.model, m.prompt_tokens, m.completion_tokens,
            m.total_tokens, m.latency_ms, m.request_id, m.created_at
     FROM conversations c JOIN messages m ON m.conversation_id = c.id
@@ -281,9 +273,16 @@ class HistoryStore:
         return self._pool
 
     async def append_exchange(
-        self, owner_id: uuid.UUID, conversation_id: uuid.UUID | None, title: str, exchange: Exchange
+        self,
+        owner_id: uuid.UUID,
+        conversation_id: uuid.UUID | None,
+        title: str,
+        exchange: Exchange,
+        origin: str = "api",
     ) -> tuple[uuid.UUID, uuid.UUID]:
         """Store one exchange, starting a conversation titled `title` when conversation_id is None.
+
+        A new conversation gets `origin` ("chat" or "api"); an existing one keeps its own.
 
         Returns (conversation_id, message_id). An exchange_id already stored for this owner returns the
         stored ids and writes nothing. Raises ConversationNotFound for a conversation the owner lacks.
@@ -293,7 +292,7 @@ class HistoryStore:
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
                 if conversation_id is None:
                     conversation_id = await conn.fetchval(
-                        _NEW_CONVERSATION, owner_id, title or None, exchange.created_at
+                        _NEW_CONVERSATION, owner_id, title or None, exchange.created_at, origin
                     )
                 else:
                     touched = await conn.fetchval(
@@ -338,20 +337,14 @@ class HistoryStore:
         return None if row is None else (row["conversation_id"], row["id"])
 
     async def list_conversations(
-        self, owner_id: uuid.UUID, limit: int, after: Cursor | None
+        self, owner_id: uuid.UUID, limit: int, after: Cursor | None, origin: str | None = None
     ) -> tuple[list[ConversationRow], Cursor | None]:
-        """Up to `limit` conversations, newest updated first, and the cursor of the next page (or None)."""
+        """Up to `limit` conversations (of `origin` only, if given), newest updated first, and the cursor
+        of the next page (or None)."""
+        sql, args = _list_page(limit, owner_id, origin, after)
         async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
-            # One extra row tells whether another page exists without a count.
-            if after is None:
-                rows = await conn.fetch(_LIST_FIRST_PAGE, owner_id, limit + 1)
-            else:
-                rows = await conn.fetch(_LIST_NEXT_PAGE, owner_id, limit + 1, after.at, after.id)
-        conversations = [_conversation(row) for row in rows[:limit]]
-        if len(rows) <= limit:
-            return conversations, None
-        last = conversations[-1]
-        return conversations, Cursor(at=last.updated_at, id=last.id)
+            rows = await conn.fetch(sql, *args)
+        return _page(rows, limit)
 
     async def get_conversation(
         self, owner_id: uuid.UUID, conversation_id: uuid.UUID, max_messages: int
@@ -451,6 +444,7 @@ class HistoryStore:
                 conversation = ConversationRow(
                     id=row["c_id"],
                     title=row["c_title"] or "",
+                    origin=row["c_origin"],
                     created_at=row["c_created_at"],
                     updated_at=row["c_updated_at"],
                     message_count=row["c_message_count"],
@@ -461,29 +455,26 @@ class HistoryStore:
     # --- admin reads: any owner's data, each one recorded in the audit log in the same transaction ---------
 
     async def admin_list_conversations(
-        self, owner_id: uuid.UUID | None, limit: int, after: Cursor | None, audit: AuditEntry
+        self,
+        owner_id: uuid.UUID | None,
+        limit: int,
+        after: Cursor | None,
+        audit: AuditEntry,
+        origin: str | None = None,
     ) -> tuple[list[ConversationRow], Cursor | None]:
         """Like list_conversations, across owners when owner_id is None; audited as list_conversations."""
+        sql, args = _list_page(limit, owner_id, origin, after)
         async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
-            if owner_id is not None and after is None:
-                rows = await conn.fetch(_LIST_FIRST_PAGE, owner_id, limit + 1)
-            elif owner_id is not None:
-                assert after is not None
-                rows = await conn.fetch(_LIST_NEXT_PAGE, owner_id, limit + 1, after.at, after.id)
-            elif after is None:
-                rows = await conn.fetch(_ADMIN_LIST_FIRST_PAGE, limit + 1)
-            else:
-                rows = await conn.fetch(_ADMIN_LIST_NEXT_PAGE, limit + 1, after.at, after.id)
-            conversations = [_conversation(row) for row in rows[:limit]]
-            await insert_event(
-                conn,
-                audit.about(owner_id=owner_id),
-                {"page_size": limit, "returned": len(conversations), "next_page": after is not None},
-            )
-        if len(rows) <= limit:
-            return conversations, None
-        last = conversations[-1]
-        return conversations, Cursor(at=last.updated_at, id=last.id)
+            rows = await conn.fetch(sql, *args)
+            details: dict[str, object] = {
+                "page_size": limit,
+                "returned": min(len(rows), limit),
+                "next_page": after is not None,
+            }
+            if origin is not None:
+                details["origin"] = origin
+            await insert_event(conn, audit.about(owner_id=owner_id), details)
+        return _page(rows, limit)
 
     async def admin_get_conversation(
         self, conversation_id: uuid.UUID, max_messages: int, audit: AuditEntry
@@ -510,11 +501,20 @@ def _conversation(row: asyncpg.Record) -> ConversationRow:
     return ConversationRow(
         id=row["id"],
         title=row["title"] or "",
+        origin=row["origin"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         message_count=row["message_count"],
         owner_id=row["owner_id"],
     )
+
+
+def _page(rows: list[asyncpg.Record], limit: int) -> tuple[list[ConversationRow], Cursor | None]:
+    conversations = [_conversation(row) for row in rows[:limit]]
+    if len(rows) <= limit:
+        return conversations, None
+    last = conversations[-1]
+    return conversations, Cursor(at=last.updated_at, id=last.id)
 
 
 def _message(row: asyncpg.Record) -> MessageRow:
