@@ -280,12 +280,21 @@ export async function* sseEvents(body) {
  * POST /ask with stream=true. Yields {type: "queued"|"delta"|"done"} events; an error event is thrown
  * as an ApiError. Aborting `signal` cancels the request, and with it the generation on the server.
  * `regenerate` sends Cache-Control: no-cache, so the model answers again instead of the cache.
+ * `origin` ("chat" or "api") says where a new conversation belongs; the server takes "api" without it.
  */
-export async function* ask({ prompt, conversationId = null, regenerate = false, maxTokens = null, signal }) {
+export async function* ask({
+  prompt,
+  conversationId = null,
+  origin = null,
+  regenerate = false,
+  maxTokens = null,
+  signal,
+}) {
   const headers = { Accept: "text/event-stream" };
   if (regenerate) headers["Cache-Control"] = "no-cache";
   const body = { prompt, stream: true };
   if (conversationId) body.conversation_id = conversationId;
+  if (origin) body.origin = origin;
   if (maxTokens) body.max_tokens = maxTokens;
   const response = await call("/ask", { method: "POST", body, headers, signal });
   for await (const event of sseEvents(response.body)) {

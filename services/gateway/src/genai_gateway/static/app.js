@@ -1,4 +1,6 @@
 // The chat page: sign-in, the conversation list with search, the chat with streamed answers, exports.
+// The list shows the page's own dialogs (origin "chat"); conversations that scripts started through the
+// API without naming one (origin "api") are listed apart, behind the "API calls" switch.
 // Model output and everything else users wrote reach the page only through markdown.js (DOM nodes
 // made with createElement, text with createTextNode) or textContent: never as HTML.
 
@@ -28,6 +30,7 @@ const state = {
   messages: [],
   list: [],
   listCursor: null,
+  origin: "chat", // which conversations the list shows: "chat" or "api"
   search: null, // {query, hits, cursor} while search results are shown
   streaming: null, // {controller, message}
   lastPrompt: null,
@@ -244,6 +247,15 @@ function updateComposer() {
 async function send(prompt, { regenerate = false } = {}) {
   if (state.streaming || !prompt.trim()) return;
   clearError();
+  // A dialog started here belongs with the dialogs: the list goes back to them, so that it appears there.
+  if (!state.conversationId && state.origin !== "chat") {
+    await showOrigin("chat");
+    if (state.streaming) {
+      // Another question went out meanwhile: this one goes back into the box rather than being lost.
+      if (!$("prompt").value) $("prompt").value = prompt;
+      return;
+    }
+  }
   const message = { prompt, response: "", source: "", model: "", pending: true, queued: 0 };
   const knownIds = new Set(state.list.map((c) => c.id));
   const startedNew = !state.conversationId;
@@ -268,6 +280,8 @@ async function send(prompt, { regenerate = false } = {}) {
     const events = api.ask({
       prompt,
       conversationId: state.conversationId,
+      // Only a new conversation takes it; one that goes on keeps where it came from.
+      origin: startedNew ? "chat" : null,
       regenerate,
       signal: controller.signal,
     });
@@ -355,10 +369,11 @@ function syncTitle() {
 }
 
 async function loadList({ more = false } = {}) {
+  const origin = state.origin;
   try {
-    const page = await api.json(
-      `/api/v1/history${api.query({ limit: PAGE_SIZE, cursor: more ? state.listCursor : "" })}`,
-    );
+    const params = { origin, limit: PAGE_SIZE, cursor: more ? state.listCursor : "" };
+    const page = await api.json(`/api/v1/history${api.query(params)}`);
+    if (origin !== state.origin) return; // the switch was used meanwhile: a newer load has the list
     state.list = more ? state.list.concat(page.conversations) : page.conversations;
     state.listCursor = page.next_cursor;
   } catch (err) {
@@ -442,13 +457,29 @@ function renderList() {
     $("list-more").hidden = !state.search.cursor;
     $("search-clear").hidden = false;
   } else {
-    $("list-title").textContent = t("recent");
+    const apiCalls = state.origin === "api";
+    $("list-title").textContent = apiCalls ? t("apiCalls") : t("recent");
     list.replaceChildren(...state.list.map(conversationItem));
-    empty.textContent = t("noConversations");
+    empty.textContent = apiCalls ? t("noApiCalls") : t("noConversations");
     empty.hidden = state.list.length > 0;
     $("list-more").hidden = !state.listCursor;
     $("search-clear").hidden = true;
   }
+  // Search covers every conversation, whatever their origin: the switch is for the list only.
+  const toggle = $("origin-toggle");
+  toggle.hidden = Boolean(state.search);
+  toggle.textContent = state.origin === "api" ? t("backToDialogs") : t("apiCalls");
+  $("list-note").hidden = Boolean(state.search) || state.origin !== "api";
+}
+
+/** Shows the conversations of one origin ("chat": the page's dialogs, "api": scripts' calls). */
+async function showOrigin(origin) {
+  if (state.origin === origin) return;
+  state.origin = origin;
+  state.list = [];
+  state.listCursor = null;
+  renderList();
+  await loadList();
 }
 
 async function openConversation(id, highlightMessageId = null) {
@@ -591,7 +622,9 @@ function wire() {
     resetChat();
     closeSidebar();
     $("prompt").focus();
+    showOrigin("chat");
   });
+  $("origin-toggle").addEventListener("click", () => showOrigin(state.origin === "api" ? "chat" : "api"));
 
   $("ask-form").addEventListener("submit", (event) => {
     event.preventDefault();
@@ -699,6 +732,7 @@ function wire() {
 
 async function start(me) {
   const wanted = hashConversation();
+  state.origin = "chat";
   showChat(me);
   resetChat({ keepHash: true });
   await loadList();
