@@ -642,6 +642,62 @@ def test_logout_revokes_and_english_interface(new_page: Callable[..., Page], sim
         assert client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
 
 
+def test_api_calls_are_listed_apart_from_the_page_dialogs(
+    new_page: Callable[..., Page], sim_stack: RunningStack
+) -> None:
+    user = sim_stack.new_user()
+    tag = uuid.uuid4().hex[:6]
+    # A script's call that names no conversation: stored, but not among the page's dialogs.
+    script_prompt = f"Скрипт спрашивает {tag}"
+    with sim_stack.client() as client:
+        asked = client.post("/ask", json={"prompt": script_prompt}, headers=user.headers)
+    assert asked.status_code == 200, asked.text
+    call_id = asked.json()["conversation_id"]
+    assert call_id
+
+    page = new_page()
+    with page.expect_request(lambda r: "/api/v1/history?" in r.url) as listed:
+        log_in(page, user.username, user.password)
+    assert "origin=chat" in listed.value.url, listed.value.url
+    with page.expect_request(lambda r: r.url.endswith("/ask") and r.method == "POST") as sent:
+        ask(page, f"Вопрос со страницы {tag}")
+    assert json.loads(sent.value.post_data or "{}")["origin"] == "chat"
+    wait_answered(page)
+    chat_id = page.evaluate("() => location.hash.slice(3)")
+    chat_item = page.locator(f'#conversation-list [data-conversation-id="{chat_id}"]')
+    call_item = page.locator(f'#conversation-list [data-conversation-id="{call_id}"]')
+    expect(chat_item).to_have_count(1)
+    expect(call_item).to_have_count(0)
+    expect(page.locator("#conversation-list .conv")).to_have_count(1)
+    expect(page.locator("#list-note")).to_be_hidden()
+
+    # The switch shows the API calls, and only them; a call opens like any dialog.
+    with page.expect_request(lambda r: "/api/v1/history?" in r.url) as listed:
+        page.click("#origin-toggle")
+    assert "origin=api" in listed.value.url, listed.value.url
+    expect(page.locator("#list-title")).to_have_text("Вызовы API")
+    expect(call_item).to_contain_text("Скрипт спрашивает")
+    expect(chat_item).to_have_count(0)
+    expect(page.locator("#list-note")).to_be_visible()
+    expect(page.locator("#origin-toggle")).to_have_text("Назад к диалогам")
+    shot(page, "14-api-calls-desktop")
+    call_item.click()
+    expect(page.locator("#messages .msg.user .msg-body")).to_have_text(script_prompt)
+
+    # Back to the dialogs; and a new chat from the API calls' list goes back to them too.
+    page.click("#origin-toggle")
+    expect(page.locator("#list-title")).to_have_text("Недавние")
+    expect(chat_item).to_have_count(1)
+    expect(call_item).to_have_count(0)
+    page.click("#origin-toggle")
+    expect(call_item).to_have_count(1)
+    page.click("#new-chat")
+    expect(page.locator("#list-title")).to_have_text("Недавние")
+    expect(chat_item).to_have_count(1)
+    page.select_option("#lang", "en")
+    expect(page.locator("#origin-toggle")).to_have_text("API calls")
+
+
 def test_real_model_answer_streams_into_the_page(live: RunningStack, playwright: Any) -> None:
     # llama.cpp with SmolLM2: a real model's text, whatever it writes, rendered by the same code.
     user = live.new_user()
@@ -821,7 +877,9 @@ def test_pages_on_a_phone_and_accessibility(
             f"Как очистить кэш apt? {uuid.uuid4().hex[:4]}",
             f"Что такое systemd? {uuid.uuid4().hex[:4]}",
         ):
-            assert client.post("/ask", json={"prompt": prompt}, headers=user.headers).status_code == 200
+            # As dialogs of the page, so that they are in its list.
+            asked = client.post("/ask", json={"prompt": prompt, "origin": "chat"}, headers=user.headers)
+            assert asked.status_code == 200, asked.text
     findings: dict[str, list[dict[str, Any]]] = {}
 
     for phone in (False, True):
