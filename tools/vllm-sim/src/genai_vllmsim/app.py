@@ -7,6 +7,10 @@ clients can be tested against both. A missing or wrong API key gets vLLM's `{"er
 
 Per-request headers override the flags: `x-sim-ttft-ms`, `x-sim-itl-ms`, `x-sim-output-tokens`,
 `x-sim-error` (500|429|400|reset|none) and `x-sim-error-format` (nested|legacy).
+
+Structured output (`response_format`) and tool calls (`tools`, `tool_choice`) follow vLLM's shapes,
+finish reasons and refusals (see `structured`); `POST /tokenize` counts with the same words-as-tokens
+rule that prompt usage uses.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from genai_vllmsim import text
+from genai_vllmsim import structured, text
 from genai_vllmsim.config import ERROR_FORMATS, ERROR_KINDS, SimConfig
 from genai_vllmsim.slots import Slots
 from genai_vllmsim.stats import Stats
@@ -80,6 +84,17 @@ class Knobs:
 
 
 @dataclass(slots=True)
+class ToolCallPlan:
+    """The one function call an answer makes: its id, name and arguments cut into tokens."""
+
+    id: str
+    name: str
+    arguments: list[str]
+    # vLLM answers a named or required call with content "", an automatic one with null.
+    content: str | None
+
+
+@dataclass(slots=True)
 class Job:
     """One accepted generation request, planned in full before it is queued."""
 
@@ -92,6 +107,15 @@ class Job:
     finish_reason: str
     knobs: Knobs
     arrival: float
+    # A structured answer's tokens, sent instead of the words of `indices`.
+    tokens: list[str] | None = None
+    tool_call: ToolCallPlan | None = None
+
+    @property
+    def output_tokens(self) -> int:
+        if self.tool_call is not None:
+            return len(self.tool_call.arguments)
+        return len(self.tokens) if self.tokens is not None else len(self.indices)
 
 
 class Simulator:
@@ -219,20 +243,52 @@ class Simulator:
                 "max_tokens",
             )
         cap = limit - prompt_tokens if max_tokens is None else max_tokens
-        count = min(knobs.output_tokens, cap)
-        indices, stopped = text.plan(text.prompt_seed(prompt), count, stop_words)
-        finish_reason = "length" if not stopped and count < knobs.output_tokens else "stop"
-        return Job(
+        seed = text.prompt_seed(prompt)
+        try:
+            schema = structured.response_schema(body.get("response_format"))
+            # The completions API has no tools: vLLM ignores the fields there.
+            tool = (
+                structured.tool_choice(
+                    body.get("tools"), body.get("tool_choice"), auto_enabled=self.config.auto_tool_choice
+                )
+                if chat
+                else None
+            )
+        except structured.Refusal as exc:
+            raise Rejected(400, str(exc), exc.param) from exc
+        job = Job(
             chat=chat,
             stream=stream,
             include_usage=bool(options and options.get("include_usage")),
             model=model,
             prompt_tokens=prompt_tokens,
-            indices=indices,
-            finish_reason=finish_reason,
+            indices=[],
+            finish_reason="stop",
             knobs=knobs,
             arrival=arrival,
         )
+        # A model left to choose answers a tool's result in words rather than calling again.
+        if tool is not None and not (tool.mode == "auto" and prompt[-1].get("role") == "tool"):
+            arguments = structured.pieces(structured.dumps(structured.value_for(tool.parameters, seed)))
+            content = None if tool.mode == "auto" else ""
+            job.tool_call = ToolCallPlan(self.next_tool_call_id(), tool.name, arguments[:cap], content)
+            # As in OpenAI's API, a named call ends with "stop", an automatic or required one with "tool_calls".
+            job.finish_reason = (
+                "length" if cap < len(arguments) else "stop" if tool.mode == "named" else "tool_calls"
+            )
+        elif schema is not None:
+            # Guided decoding writes the whole JSON value; only max_tokens or the context cuts it short.
+            tokens = structured.pieces(structured.dumps(structured.value_for(schema, seed)))
+            job.tokens = tokens[:cap]
+            job.finish_reason = "length" if cap < len(tokens) else "stop"
+        else:
+            count = min(knobs.output_tokens, cap)
+            job.indices, stopped = text.plan(seed, count, stop_words)
+            job.finish_reason = "length" if not stopped and count < knobs.output_tokens else "stop"
+        return job
+
+    def next_tool_call_id(self) -> str:
+        return f"chatcmpl-tool-{self._id_prefix}{next(self._ids):x}"
 
     async def generate(self, request: Request, chat: bool) -> Response:
         arrival = asyncio.get_running_loop().time()
@@ -257,6 +313,40 @@ class Simulator:
             self.stats.errors += 1
             return error_response(int(knobs.fault), ERROR_MESSAGES[knobs.fault], error_format)
         return Generation(self, job)
+
+    async def tokenize(self, request: Request) -> Response:
+        """vLLM's /tokenize: a completion `prompt` or chat `messages`, counted as prompts are counted."""
+        error_format = self.config.error_format
+        try:
+            try:
+                body = json.loads(await request.body())
+            except ValueError as exc:
+                raise Rejected(400, f"Invalid JSON body: {exc}") from exc
+            if not isinstance(body, dict):
+                raise Rejected(400, "The request body must be a JSON object.")
+            model = body.get("model") or self.config.model
+            if model != self.config.model:
+                raise Rejected(404, f"The model `{model}` does not exist.", "model")
+            if "messages" in body:
+                value = body["messages"]
+                if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
+                    raise Rejected(400, "messages must be a list of objects.", "messages")
+            else:
+                value = body.get("prompt")
+                if not isinstance(value, str):
+                    raise Rejected(400, "prompt must be a string.", "prompt")
+        except Rejected as exc:
+            self.stats.rejected += 1
+            return error_response(exc.status, exc.message, error_format, exc.param)
+        words = text.words(value)
+        return JSONResponse(
+            {
+                "count": len(words),
+                "max_model_len": self.config.max_model_len,
+                "tokens": [text.token_id(w) for w in words],
+                "token_strs": words if body.get("return_token_strs") else None,
+            }
+        )
 
 
 def _non_negative(value: float) -> float:
@@ -355,8 +445,17 @@ class Generation(Response):
             more = ',"logprobs":null,"finish_reason":null,"stop_reason":null}]}\n\n'
             last = f',"logprobs":null,"finish_reason":"{job.finish_reason}","stop_reason":null}}]}}\n\n'
 
+        tool_call = job.tool_call
+        tokens = None if job.tokens is None else [json.dumps(t, ensure_ascii=False) for t in job.tokens]
+        if tool_call is not None:
+            # Pieces of the call in delta.tool_calls: the first with its id, type and name, then the arguments.
+            prefix = head + '"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":'
+            more = '}}]},"logprobs":null,"finish_reason":null}]}\n\n'
+            last = (
+                f'}}}}]}},"logprobs":null,"finish_reason":"{job.finish_reason}","stop_reason":null}}]}}\n\n'
+            )
         knobs = job.knobs
-        count = len(job.indices)
+        count = job.output_tokens
         reset_at = min(RESET_AFTER_CHUNKS, count) if knobs.fault == "reset" else -1
         first_at = start + knobs.ttft_s
         await _sleep_until(loop, first_at)
@@ -365,7 +464,14 @@ class Generation(Response):
             role = head + '"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,'
             role += '"finish_reason":null}]}\n\n'
             await send({"type": "http.response.body", "body": role.encode(), "more_body": True})
-        for i, idx in enumerate(job.indices):
+        if tool_call is not None:
+            call = {"index": 0, "id": tool_call.id, "type": "function"}
+            call["function"] = {"name": tool_call.name, "arguments": ""}
+            opening = head + '"choices":[{"index":0,"delta":{"tool_calls":[' + json.dumps(call) + "]},"
+            opening += '"logprobs":null,"finish_reason":null}]}\n\n'
+            await send({"type": "http.response.body", "body": opening.encode(), "more_body": True})
+            tokens = [json.dumps(a, ensure_ascii=False) for a in tool_call.arguments]
+        for i in range(count):
             if i:
                 delay = first_at + i * knobs.itl_s - loop.time()
                 if delay > 0:
@@ -374,7 +480,11 @@ class Generation(Response):
                     await asyncio.sleep(0)
             if i == reset_at:
                 break
-            word = text.FIRST_JSON[idx] if i == 0 else text.NEXT_JSON[idx]
+            if tokens is not None:
+                word = tokens[i]
+            else:
+                idx = job.indices[i]
+                word = text.FIRST_JSON[idx] if i == 0 else text.NEXT_JSON[idx]
             chunk = prefix + word + (last if i == count - 1 else more)
             await send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
             stats.generation_tokens += 1
@@ -397,7 +507,7 @@ class Generation(Response):
         sim, job = self.sim, self.job
         loop = asyncio.get_running_loop()
         knobs = job.knobs
-        count = len(job.indices)
+        count = job.output_tokens
         await _sleep_until(loop, start + knobs.ttft_s + max(count - 1, 0) * knobs.itl_s)
         sim.stats.ttft.observe(start + knobs.ttft_s - job.arrival)
         if knobs.fault == "reset":
@@ -411,10 +521,20 @@ class Generation(Response):
                 }
             )
             return
-        content = text.join(job.indices)
+        tool_call = job.tool_call
+        calls: list[dict[str, Any]] = []
+        content: str | None
+        if tool_call is not None:
+            content = tool_call.content
+            function = {"name": tool_call.name, "arguments": "".join(tool_call.arguments)}
+            calls.append({"id": tool_call.id, "type": "function", "function": function})
+        elif job.tokens is not None:
+            content = "".join(job.tokens)
+        else:
+            content = text.join(job.indices)
         choice: dict[str, Any]
         if job.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": content, "tool_calls": []}}
+            choice = {"index": 0, "message": {"role": "assistant", "content": content, "tool_calls": calls}}
         else:
             choice = {"index": 0, "text": content}
         choice.update(logprobs=None, finish_reason=job.finish_reason, stop_reason=None)
@@ -449,6 +569,9 @@ def create_app(config: SimConfig) -> FastAPI:
     # Plain Starlette routes: the hot path skips FastAPI's per-request dependency solving.
     app.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
     app.add_route("/v1/completions", completions, methods=["POST"])
+    if config.tokenize:
+        # At the root, as in vLLM, and like vLLM outside the API key's reach (it guards /v1 only).
+        app.add_route("/tokenize", sim.tokenize, methods=["POST"])
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:

@@ -29,6 +29,10 @@ class SimConfig:
     error_format: str = "nested"
     # False mimics servers that ignore stream_options.include_usage.
     stream_usage: bool = True
+    # False mimics vLLM started without --enable-auto-tool-choice: tool_choice "auto" is refused.
+    auto_tool_choice: bool = True
+    # False mimics OpenAI-compatible servers without vLLM's /tokenize (it answers 404).
+    tokenize: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -137,6 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("NO_STREAM_USAGE", _flag, False),
         help="never send the usage chunk, like servers that ignore stream_options",
     )
+    add(
+        "--no-auto-tool-choice",
+        action="store_true",
+        default=_env("NO_AUTO_TOOL_CHOICE", _flag, False),
+        help='refuse tool_choice "auto" (given or implied by tools) as vLLM does without --enable-auto-tool-choice',
+    )
+    add(
+        "--no-tokenize",
+        action="store_true",
+        default=_env("NO_TOKENIZE", _flag, False),
+        help="no POST /tokenize, like OpenAI-compatible servers without a tokenizer endpoint",
+    )
     add("--seed", type=int, default=_env("SEED", int, d.seed), help="seed of the error-rate dice")
     return parser
 
@@ -157,6 +173,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimConfig, ServerOpti
             error_kind=args.error_kind,
             error_format=args.error_format,
             stream_usage=not args.no_stream_usage,
+            auto_tool_choice=not args.no_auto_tool_choice,
+            tokenize=not args.no_tokenize,
             seed=args.seed,
         )
     except ValueError as exc:

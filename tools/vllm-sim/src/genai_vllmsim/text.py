@@ -50,6 +50,27 @@ def join(indices: list[int]) -> str:
     return FIRST_WORDS[indices[0]] + "".join(NEXT_WORDS[i] for i in indices[1:])
 
 
+# Token ids of the simulated tokenizer: a stable hash of the word, within a vocabulary of this size.
+TOKEN_ID_SPACE = 32_000
+
+
+def words(value: Any) -> list[str]:
+    """The tokens of a prompt (or messages), one per word: the ones `count_words` counts."""
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, list):
+        return [w for v in value for w in words(v)]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [str(value)]
+    if isinstance(value, dict):
+        return words(value.get("content")) + words(value.get("text"))
+    return []
+
+
+def token_id(word: str) -> int:
+    return zlib.crc32(word.encode("utf-8")) % TOKEN_ID_SPACE
+
+
 def count_words(value: Any) -> int:
     """Prompt tokens, approximated as whitespace-separated words of every text part."""
     if isinstance(value, str):
