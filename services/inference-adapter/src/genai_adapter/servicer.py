@@ -1,4 +1,11 @@
-"""genai.inference.v1.InferenceService: gRPC calls turned into OpenAI-compatible HTTP requests."""
+"""genai.inference.v1.InferenceService: gRPC calls turned into OpenAI-compatible HTTP requests.
+
+Structured output and tools: response_format_json, tools_json and tool_choice_json are parsed (bad JSON
+is INVALID_ARGUMENT) and sent as the body's response_format, tools and tool_choice; whether the server
+supports them is the server's to say (a 400 from it is INVALID_ARGUMENT with its message). Tool calls
+come back in GenerateResponse.tool_calls, or in a stream as pieces in GenerateChunk.tool_calls (see
+`ToolCallPiece`), exactly as the server sent them: the adapter neither joins nor checks arguments.
+"""
 
 from __future__ import annotations
 
@@ -19,9 +26,11 @@ from genai_adapter.upstream import (
     CHAT_PATH,
     COMPLETIONS_PATH,
     BadUpstreamResponse,
+    ToolCallPiece,
     Upstream,
     UpstreamError,
     map_error,
+    read_tool_calls,
 )
 
 logger = logging.getLogger(__name__)
@@ -54,13 +63,42 @@ _RESERVED_FIELDS = frozenset(
         "stop",
         "seed",
         "user",
+        "response_format",
+        "tools",
+        "tool_choice",
     }
 )
+# Texts one CountTokens call may count (each is one request to the model server).
+MAX_COUNT_TEXTS = 1024
 
 
 def _sampling_value(value: float) -> float:
     # Proto floats are 32-bit: 0.7 would go upstream as 0.699999988079071.
     return float(f"{value:.6g}")
+
+
+def _openai_message(message: inference_pb2.ChatMessage) -> dict[str, Any]:
+    """A chat turn in OpenAI's shape, with the tool calls it made or the call it answers."""
+    turn: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        turn["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": call.type or "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in message.tool_calls
+        ]
+    if message.tool_call_id:
+        turn["tool_call_id"] = message.tool_call_id
+    return turn
+
+
+def _tool_calls(pieces: list[ToolCallPiece]) -> list[inference_pb2.ToolCall]:
+    return [
+        inference_pb2.ToolCall(index=p.index, id=p.id, type=p.type, name=p.name, arguments=p.arguments)
+        for p in pieces
+    ]
 
 
 def _caller_deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -143,13 +181,30 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "extra_json must be a JSON object")
             # The fields below are the adapter's to set; extra ones never override them.
             payload.update({k: v for k, v in extra.items() if k not in _RESERVED_FIELDS})
+        structured = {
+            "response_format": (request.response_format_json, dict, "a JSON object"),
+            "tools": (request.tools_json, list, "a JSON array"),
+            "tool_choice": (request.tool_choice_json, str | dict, "a JSON string or object"),
+        }
+        for name, (raw, kind, described) in structured.items():
+            if not raw:
+                continue
+            try:
+                value = json.loads(raw)
+            except ValueError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{name}_json is not valid JSON: {exc}")
+            if not isinstance(value, kind):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{name}_json must be {described}")
+            payload[name] = value
+        if request.prompt and ("tools" in payload or "tool_choice" in payload):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tools need messages, not a prompt")
         payload["model"] = await self._model(request.model, context)
         if request.prompt:
             path = COMPLETIONS_PATH
             payload["prompt"] = request.prompt
         else:
             path = CHAT_PATH
-            payload["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+            payload["messages"] = [_openai_message(m) for m in request.messages]
         if request.user:
             payload["user"] = request.user
         # Only what the caller set: the upstream's own defaults (e.g. the model's generation config) apply otherwise.
@@ -223,9 +278,15 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
                 raise map_error(BadUpstreamResponse("no choices in the answer"))
             choice = choices[0]
+            calls: list[ToolCallPiece] = []
             if path == CHAT_PATH:
                 message = choice.get("message")
                 text = message.get("content") if isinstance(message, dict) else None
+                if isinstance(message, dict):
+                    try:
+                        calls = read_tool_calls(message.get("tool_calls"), streamed=False)
+                    except BadUpstreamResponse as exc:
+                        raise map_error(exc) from exc
             else:
                 text = choice.get("text")
         except UpstreamError as exc:
@@ -239,6 +300,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             model=str(answer.get("model") or payload["model"]),
             finish_reason=str(choice.get("finish_reason") or ""),
             usage=_usage(answer.get("usage")),
+            tool_calls=_tool_calls(calls),
         )
 
     async def GenerateStream(
@@ -275,7 +337,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                         if first:
                             FIRST_TOKEN_SECONDS.observe(time.perf_counter() - started)
                             first = False
-                        yield inference_pb2.GenerateChunk(text=event.text, model=event.model)
+                        yield inference_pb2.GenerateChunk(
+                            text=event.text, model=event.model, tool_calls=_tool_calls(event.tool_calls)
+                        )
         except UpstreamError as exc:
             await self._abort(context, "GenerateStream", exc, payload["model"])
         except asyncio.CancelledError:
@@ -301,3 +365,23 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 for m in models
             ]
         )
+
+    async def CountTokens(
+        self, request: inference_pb2.CountTokensRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.CountTokensResponse:
+        """Each text's token count by the upstream's tokenizer, and the model's context length if known.
+
+        Texts are counted as plain text (no chat template, no special tokens where the server lets
+        the caller say so). Not queued behind generations: tokenizing costs the server no GPU time.
+        """
+        if len(request.texts) > MAX_COUNT_TEXTS:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_COUNT_TEXTS} texts can be counted at once"
+            )
+        model = await self._model(request.model, context)
+        try:
+            counted = await self._upstream.count_tokens(model, list(request.texts), context.time_remaining())
+        except UpstreamError as exc:
+            await self._abort(context, "CountTokens", exc, model)
+        UPSTREAM_CALLS.labels("CountTokens", "OK").inc()
+        return inference_pb2.CountTokensResponse(counts=counted.counts, max_model_len=counted.max_model_len)

@@ -6,10 +6,18 @@ What can go wrong, and what the caller sees (see `map_error`):
     no byte for READ_TIMEOUT_S, call longer than TOTAL_TIMEOUT_S
       or than the caller's deadline                                 -> DEADLINE_EXCEEDED
     400, 413, 422 (message passed on)                               -> INVALID_ARGUMENT
+    500 reporting a request validation error (llama-cpp-python
+      answers an unsupported field so; message up to the trace)     -> INVALID_ARGUMENT
     404 (unknown model)                                             -> NOT_FOUND
     429                                                             -> RESOURCE_EXHAUSTED
     401, 403 (the adapter's API key is wrong)                       -> UNAVAILABLE, logged as an error
     a body that is not the OpenAI shape                             -> INTERNAL
+    no tokenizer endpoint (neither vLLM's nor llama.cpp's)          -> UNIMPLEMENTED
+
+Token counting uses whichever tokenizer endpoint the server has, found once and remembered:
+vLLM's `POST /tokenize` ({"model", "prompt"} -> {"count", "max_model_len", "tokens"}) or
+llama-cpp-python's `POST /extras/tokenize/count` ({"model", "input"} -> {"count"}), both at the
+server's root (the upstream URL without its /v1).
 """
 
 from __future__ import annotations
@@ -17,10 +25,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import httpx
@@ -48,6 +57,15 @@ COMPLETIONS_PATH = "completions"
 UNAVAILABLE_MESSAGE = "model server unavailable"
 TIMEOUT_MESSAGE = "model server timed out"
 CREDENTIALS_MESSAGE = "upstream rejected the adapter's credentials"
+NO_TOKENIZER_MESSAGE = (
+    "the model server exposes no tokenizer (neither vLLM's /tokenize nor llama.cpp's /extras/tokenize/count)"
+)
+
+# Texts counted at once per CountTokens call: enough to hide the round trips, few enough to leave the
+# connection pools to generations.
+COUNT_CONCURRENCY = 8
+# A server found to have no tokenizer is asked again after this long (it may have been replaced).
+NO_TOKENIZER_RECHECK_S = 60.0
 
 
 class UpstreamError(Exception):
@@ -88,6 +106,8 @@ def map_error(exc: Exception) -> UpstreamError:
         if status in (401, 403):
             logger.error("the model server refused the adapter's API key (HTTP %s)", status)
             return UpstreamError(code.UNAVAILABLE, CREDENTIALS_MESSAGE)
+        if status == 500 and _VALIDATION_FAILURE.match(detail):
+            return UpstreamError(code.INVALID_ARGUMENT, detail.split("\n\n", 1)[0])
         if status in (408, 504):
             return UpstreamError(code.DEADLINE_EXCEEDED, TIMEOUT_MESSAGE)
         if status >= 500:
@@ -111,6 +131,10 @@ def map_error(exc: Exception) -> UpstreamError:
         return UpstreamError(code.INTERNAL, "the model server sent an invalid response")
     raise TypeError(f"not an upstream failure: {exc!r}") from exc
 
+
+# FastAPI's RequestValidationError as text ("1 validation error:\n  {...}"): always the request's fault,
+# whatever status the server wrapped it in.
+_VALIDATION_FAILURE = re.compile(r"\d+ validation errors?:")
 
 _UPSTREAM_FAILURES = (UpstreamStatus, BadUpstreamResponse, httpx.HTTPError, TimeoutError)
 
@@ -156,14 +180,85 @@ def _status_of_error_event(obj: dict[str, Any]) -> int:
 
 
 @dataclass(slots=True)
+class ToolCallPiece:
+    """A tool call the model made, or in a stream a piece of one (pieces of one call share its index).
+
+    In a stream the first piece of a call has its id, type and name, and later ones only more of its
+    arguments; in a whole answer each call is complete.
+    """
+
+    index: int
+    id: str = ""
+    type: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+def read_tool_calls(raw: Any, *, streamed: bool) -> list[ToolCallPiece]:
+    """The `tool_calls` of a message (or of a stream's delta), checked to be in OpenAI's shape."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise BadUpstreamResponse("tool_calls is not a list")
+    calls: list[ToolCallPiece] = []
+    for position, call in enumerate(raw):
+        if not isinstance(call, dict):
+            raise BadUpstreamResponse("a tool call that is not an object")
+        function = call.get("function") or {}
+        index = call.get("index", None if streamed else position)
+        if not isinstance(function, dict) or not isinstance(index, int) or isinstance(index, bool):
+            raise BadUpstreamResponse("a tool call without a function object or an index")
+        fields = {"id": call.get("id"), "type": call.get("type"), **function}
+        if not all(isinstance(fields.get(k), str | None) for k in ("id", "type", "name", "arguments")):
+            raise BadUpstreamResponse("a tool call whose id, type, name or arguments is not a string")
+        calls.append(
+            ToolCallPiece(
+                index=index,
+                id=fields["id"] or "",
+                # A whole answer's calls are all functions, whether or not the server says so.
+                type=fields["type"] or ("" if streamed else "function"),
+                name=fields.get("name") or "",
+                arguments=fields.get("arguments") or "",
+            )
+        )
+    return calls
+
+
+@dataclass(slots=True)
 class StreamEvent:
-    """One piece of a streamed answer: text, or (on the last event) the finish reason and usage."""
+    """One piece of a streamed answer: text and/or tool call pieces, or (on the last event) the finish
+    reason and usage."""
 
     text: str = ""
     model: str = ""
     finish_reason: str = ""
     usage: dict[str, Any] = field(default_factory=dict)
     last: bool = False
+    tool_calls: list[ToolCallPiece] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class TokenCounts:
+    """Tokens per text, in order, and the model's context length (0 when the server does not say)."""
+
+    counts: list[int]
+    max_model_len: int
+
+
+TokenizerKind = Literal["vllm", "llama.cpp"]
+# Where each kind of server counts tokens (relative to the server's root) and the body it expects.
+_TOKENIZER_PATHS: dict[TokenizerKind, str] = {"vllm": "tokenize", "llama.cpp": "extras/tokenize/count"}
+
+
+def _tokenize_body(kind: TokenizerKind, model: str, text: str) -> dict[str, Any]:
+    if kind == "vllm":
+        # Plain text, as the contract says: no BOS or other special tokens added.
+        return {"model": model, "prompt": text, "add_special_tokens": False}
+    return {"model": model, "input": text}
+
+
+class _NoSuchEndpoint(Exception):
+    """The server has no route there (404/405 without an OpenAI error object, or not the expected answer)."""
 
 
 class _Shard:
@@ -212,6 +307,15 @@ class Upstream:
         ]
         self._total_s = settings.total_timeout_s
         self._closed = False
+        # The server's root, where tokenizer endpoints live: the upstream URL without its /v1.
+        url = settings.upstream_url
+        self._root = (url[: -len("/v1")] if url.endswith("/v1") else url) + "/"
+        self._tokenizer: TokenizerKind | None = None
+        # Event-loop time after which a server found to have no tokenizer is probed again.
+        self._no_tokenizer_until = 0.0
+        self._detect_lock = asyncio.Lock()
+        # Context lengths from model cards, for servers whose tokenizer does not say it (llama.cpp).
+        self._card_max_model_len: dict[str, int] = {}
 
     @contextmanager
     def _client(self) -> Iterator[httpx.AsyncClient]:
@@ -237,15 +341,7 @@ class Upstream:
     async def list_models(self, time_remaining: float | None) -> list[dict[str, Any]]:
         with _mapped_errors():
             async with asyncio.timeout(self._budget(time_remaining)):
-                with self._client() as client:
-                    response = await client.get("models")
-                obj = _json_body(response)
-            data = obj.get("data")
-            if not isinstance(data, list) or not all(
-                isinstance(m, dict) and isinstance(m.get("id"), str) for m in data
-            ):
-                raise BadUpstreamResponse("/models has no list of models with ids")
-        return data
+                return await self._models()
 
     async def complete(
         self, path: str, payload: dict[str, Any], time_remaining: float | None
@@ -284,6 +380,9 @@ class Upstream:
                     raise UpstreamStatus(response.status_code, error_message(body))
                 finish_reason = ""
                 usage: dict[str, Any] = {}
+                # Indices of the tool calls already named: later pieces of a call carry arguments only,
+                # as the contract says, even from servers that repeat id and name (llama-cpp-python).
+                named: set[int] = set()
                 done = False
                 lines = response.aiter_lines()
                 data: list[str] = []
@@ -313,15 +412,19 @@ class Upstream:
                     for choice in obj.get("choices") or ():
                         if not isinstance(choice, dict):
                             raise BadUpstreamResponse("a stream choice that is not an object")
+                        calls: list[ToolCallPiece] = []
                         if chat:
                             delta = choice.get("delta")
                             if not isinstance(delta, dict):
                                 raise BadUpstreamResponse("a stream choice without a delta object")
                             text = delta.get("content")
+                            calls = _announce_once(
+                                read_tool_calls(delta.get("tool_calls"), streamed=True), named
+                            )
                         else:
                             text = choice.get("text")
-                        if text:
-                            yield StreamEvent(text=text, model=model)
+                        if text or calls:
+                            yield StreamEvent(text=text or "", model=model, tool_calls=calls)
                         if choice.get("finish_reason"):
                             finish_reason = choice["finish_reason"]
                     if isinstance(obj.get("usage"), dict):
@@ -333,6 +436,134 @@ class Upstream:
             finally:
                 await response.aclose()
         yield StreamEvent(model=model, finish_reason=finish_reason, usage=usage, last=True)
+
+    async def count_tokens(self, model: str, texts: list[str], time_remaining: float | None) -> TokenCounts:
+        """Count each text with the server's own tokenizer, several at once.
+
+        The first text also finds out, once, which tokenizer endpoint the server has. With no texts,
+        an empty one is counted so that the context length is still learnt.
+        """
+        with _mapped_errors():
+            async with asyncio.timeout(self._budget(time_remaining)):
+                try:
+                    return await self._count_tokens(model, texts or [""], bool(texts))
+                except _NoSuchEndpoint:
+                    # The server was replaced by one of another kind between two calls: find out again.
+                    self._tokenizer = None
+                try:
+                    return await self._count_tokens(model, texts or [""], bool(texts))
+                except _NoSuchEndpoint as exc:
+                    raise BadUpstreamResponse(
+                        "the tokenizer endpoint answers some texts but not others"
+                    ) from exc
+
+    async def _count_tokens(self, model: str, texts: list[str], keep: bool) -> TokenCounts:
+        kind, first = await self._tokenizer_kind(model, texts[0])
+        gate = asyncio.Semaphore(COUNT_CONCURRENCY)
+
+        async def one(text: str) -> tuple[int, int]:
+            async with gate:
+                return await self._count_one(kind, model, text)
+
+        tasks = [asyncio.ensure_future(one(t)) for t in texts[1:]]
+        try:
+            # The first failure fails the call; the counts still running are then of no use.
+            rest = await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+        answers = [first, *rest]
+        max_model_len = max(m for _, m in answers)
+        if kind == "llama.cpp":
+            max_model_len = await self._model_card_max_len(model)
+        return TokenCounts([c for c, _ in answers] if keep else [], max_model_len)
+
+    async def _tokenizer_kind(self, model: str, text: str) -> tuple[TokenizerKind, tuple[int, int]]:
+        """The server's tokenizer (found on first use) and the count of `text` by it."""
+        if self._tokenizer is not None:
+            try:
+                return self._tokenizer, await self._count_one(self._tokenizer, model, text)
+            except _NoSuchEndpoint:
+                self._tokenizer = None
+        async with self._detect_lock:
+            loop = asyncio.get_running_loop()
+            if self._tokenizer is None and loop.time() < self._no_tokenizer_until:
+                raise UpstreamError(grpc.StatusCode.UNIMPLEMENTED, NO_TOKENIZER_MESSAGE)
+            kinds: tuple[TokenizerKind, ...] = (
+                (self._tokenizer,) if self._tokenizer is not None else ("vllm", "llama.cpp")
+            )
+            for kind in kinds:
+                try:
+                    answer = await self._count_one(kind, model, text)
+                except _NoSuchEndpoint:
+                    continue
+                if self._tokenizer != kind:
+                    logger.info("the model server counts tokens %s's way", kind)
+                self._tokenizer = kind
+                return kind, answer
+            self._tokenizer = None
+            self._no_tokenizer_until = loop.time() + NO_TOKENIZER_RECHECK_S
+            logger.warning("the model server has no tokenizer endpoint; CountTokens is unimplemented")
+            raise UpstreamError(grpc.StatusCode.UNIMPLEMENTED, NO_TOKENIZER_MESSAGE)
+
+    async def _count_one(self, kind: TokenizerKind, model: str, text: str) -> tuple[int, int]:
+        """One text's token count and the context length the answer gives (0 if none)."""
+        with self._client() as client:
+            response = await client.post(
+                self._root + _TOKENIZER_PATHS[kind], json=_tokenize_body(kind, model, text)
+            )
+        if response.status_code in (404, 405) and not _is_openai_error(response):
+            raise _NoSuchEndpoint(kind)
+        obj = _json_body(response)
+        count, max_model_len = obj.get("count"), obj.get("max_model_len", 0)
+        if not _is_count(count) or not _is_count(max_model_len):
+            # Another server's endpoint of the same name (llama.cpp's own /tokenize answers {"tokens"}).
+            raise _NoSuchEndpoint(kind)
+        return count, max_model_len
+
+    async def _model_card_max_len(self, model: str) -> int:
+        if model not in self._card_max_model_len:
+            cards = await self._models()
+            card = next((m for m in cards if m["id"] == model), {})
+            value = card.get("max_model_len")
+            self._card_max_model_len[model] = value if _is_count(value) else 0
+        return self._card_max_model_len[model]
+
+    async def _models(self) -> list[dict[str, Any]]:
+        with self._client() as client:
+            response = await client.get("models")
+        data = _json_body(response).get("data")
+        if not isinstance(data, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("id"), str) for m in data
+        ):
+            raise BadUpstreamResponse("/models has no list of models with ids")
+        return data
+
+
+def _announce_once(pieces: list[ToolCallPiece], named: set[int]) -> list[ToolCallPiece]:
+    """The pieces with id, type and name kept on each call's first piece only; empty pieces dropped."""
+    kept: list[ToolCallPiece] = []
+    for piece in pieces:
+        if piece.index in named:
+            piece.id = piece.type = piece.name = ""
+        elif piece.id or piece.type or piece.name:
+            named.add(piece.index)
+        if piece.id or piece.type or piece.name or piece.arguments:
+            kept.append(piece)
+    return kept
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_openai_error(response: httpx.Response) -> bool:
+    """Whether an error answer is the server's own (an unknown model), not a missing route's."""
+    try:
+        obj = json.loads(response.content[:MAX_ERROR_BODY])
+    except ValueError:
+        return False
+    return isinstance(obj, dict) and ("error" in obj or obj.get("object") == "error")
 
 
 async def _drain(lines: AsyncIterator[str], deadline: float) -> None:
