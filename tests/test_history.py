@@ -68,3 +68,36 @@ def test_another_user_cannot_list_read_or_delete(live: RunningStack, user: User)
         assert client.get(f"/api/v1/history/{conversation_id}", headers=user.headers).status_code == 200
         assert client.delete(f"/api/v1/history/{conversation_id}", headers=user.headers).status_code == 204
         assert client.get(f"/api/v1/history/{conversation_id}", headers=user.headers).status_code == 404
+
+
+def test_api_calls_that_ask_for_no_conversation_are_listed_apart_from_chats(
+    live: RunningStack, user: User
+) -> None:
+    script_call = _ask(live, user, f"From a script {uuid.uuid4().hex[:6]}")
+    with live.client() as client:
+        chat = client.post(
+            "/ask",
+            json={"prompt": f"From the chat {uuid.uuid4().hex[:6]}", "max_tokens": 8, "origin": "chat"},
+            headers=user.headers,
+        ).json()
+        # A turn added to the chat by any API stays in the chat.
+        followed = client.post(
+            "/v1/chat/completions",
+            json={
+                "messages": [{"role": "user", "content": "and then?"}],
+                "max_tokens": 8,
+                "conversation_id": chat["conversation_id"],
+            },
+            headers=user.headers,
+        )
+        assert followed.status_code == 200, followed.text
+
+        def listed(origin: str | None) -> list[tuple[str, str, int]]:
+            params = {"origin": origin} if origin else {}
+            page = client.get("/api/v1/history", params=params, headers=user.headers).json()
+            return [(c["id"], c["origin"], c["message_count"]) for c in page["conversations"]]
+
+        assert listed("chat") == [(chat["conversation_id"], "chat", 2)]
+        assert listed("api") == [(script_call["conversation_id"], "api", 1)]
+        assert {c[0] for c in listed(None)} == {chat["conversation_id"], script_call["conversation_id"]}
+        assert client.get("/api/v1/history?origin=web", headers=user.headers).status_code == 422

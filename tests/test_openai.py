@@ -114,21 +114,35 @@ def test_bad_credentials_are_openai_401(live: RunningStack) -> None:
         sdk(live, "not-a-token").models.list()
 
 
-def test_unknown_fields_are_ignored_and_vllm_fields_accepted(live: RunningStack, user: User) -> None:
-    with live.client() as client:
-        response = client.post(
-            "/v1/chat/completions",
-            headers=user.headers,
-            json={
-                "model": MODEL,
-                "messages": [{"role": "user", "content": f"Hi {uuid.uuid4().hex[:6]}"}],
-                "max_tokens": 4,
-                "top_k": 20,
-                "repetition_penalty": 1.1,
-                "some_future_field": {"x": 1},
-            },
-        )
-    assert response.status_code == 200, response.text
+def test_vllm_fields_are_accepted_and_fields_that_cannot_be_honoured_are_refused_by_name(
+    live: RunningStack, user: User
+) -> None:
+    def chat(**fields: object) -> httpx.Response:
+        with live.client() as client:
+            return client.post(
+                "/v1/chat/completions",
+                headers=user.headers,
+                json={
+                    "model": MODEL,
+                    "messages": [{"role": "user", "content": f"Hi {uuid.uuid4().hex[:6]}"}],
+                    "max_tokens": 4,
+                    **fields,
+                },
+            )
+
+    accepted = chat(top_k=20, repetition_penalty=1.1, logprobs=False, n=1)
+    assert accepted.status_code == 200, accepted.text
+    unknown = chat(some_future_field={"x": 1})
+    assert unknown.status_code == 400
+    assert unknown.json()["error"]["message"] == "unknown field `some_future_field`"
+    unsupported = chat(logprobs=True)
+    assert unsupported.status_code == 400
+    assert unsupported.json()["error"] == {
+        "message": "`logprobs` is not supported by this server",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "unsupported_parameter",
+    }
 
 
 def test_bad_requests_get_openai_errors(live: RunningStack, user: User) -> None:

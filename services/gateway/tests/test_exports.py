@@ -8,7 +8,6 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-import grpc
 import pytest
 from genai.history.v1 import history_pb2
 from pypdf import PdfReader
@@ -193,13 +192,6 @@ async def stream(*items: history_pb2.ExportedMessage):
         yield one
 
 
-async def failing_stream():
-    raise grpc.aio.AioRpcError(
-        grpc.StatusCode.FAILED_PRECONDITION, grpc.aio.Metadata(), grpc.aio.Metadata(), "too big to export"
-    )
-    yield  # pragma: no cover
-
-
 async def test_download_answers_a_file_to_save() -> None:
     response = await exports.download(stream(*SAMPLE), "csv", "conversation-c1", "Export", GatewaySettings())
     assert response.status_code == 200
@@ -231,9 +223,3 @@ async def test_download_without_the_font_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(ApiError) as caught:
         await exports.download(stream(*SAMPLE), "pdf", "c", "t", settings)
     assert caught.value.status == 503
-
-
-async def test_download_maps_history_errors() -> None:
-    with pytest.raises(ApiError) as caught:
-        await exports.download(failing_stream(), "json", "c", "t", GatewaySettings())
-    assert (caught.value.status, caught.value.message) == (400, "too big to export")

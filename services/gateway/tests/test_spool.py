@@ -11,10 +11,11 @@ from collections.abc import Iterator
 
 import pytest
 import redis.asyncio as redis
-from genai.history.v1 import history_pb2, history_pb2_grpc
+from genai.history.v1 import history_pb2
 
 from genai_common.grpc_client import create_channel
 from genai_devstack.infra import free_port, wait_for_port
+from genai_gateway.clients import HistoryClient
 from genai_gateway.spool import SPOOL_KEY, HistoryRecorder
 
 
@@ -55,7 +56,7 @@ async def test_outage_spools_and_replay_writes_once(history_address: str, redis_
     down_channel = create_channel(f"127.0.0.1:{free_port()}")
     up_channel = create_channel(history_address)
     try:
-        down = HistoryRecorder(history_pb2_grpc.HistoryServiceStub(down_channel), redis_client, timeout_s=1)
+        down = HistoryRecorder(HistoryClient(down_channel, 1, 1), redis_client)
         assert await down.record(_exchange(owner, "first")) == ""
         assert await down.record(_exchange(owner, "second")) == ""
         assert await down.pending() == 2
@@ -64,11 +65,11 @@ async def test_outage_spools_and_replay_writes_once(history_address: str, redis_
         first_raw = await redis_client.lindex(SPOOL_KEY, 0)
         await redis_client.rpush(SPOOL_KEY, first_raw)
 
-        up_stub = history_pb2_grpc.HistoryServiceStub(up_channel)
-        up = HistoryRecorder(up_stub, redis_client, timeout_s=5)
+        up_history = HistoryClient(up_channel, 5, 5)
+        up = HistoryRecorder(up_history, redis_client)
         assert await up.drain_once() == 3
         assert await up.pending() == 0
-        listing = await up_stub.ListConversations(history_pb2.ListConversationsRequest(owner_id=owner))
+        listing = await up_history.list_conversations(history_pb2.ListConversationsRequest(owner_id=owner))
         assert sorted(c.title for c in listing.conversations) == ["first", "second"]
     finally:
         await down_channel.close()
@@ -83,12 +84,14 @@ async def test_redis_and_history_both_down_keeps_exchanges_in_memory(history_add
     up_channel = create_channel(history_address)
     owner = str(uuid.uuid4())
     try:
-        recorder = HistoryRecorder(history_pb2_grpc.HistoryServiceStub(down_channel), dead_redis, timeout_s=1)
+        recorder = HistoryRecorder(HistoryClient(down_channel, 1, 1), dead_redis)
         assert await recorder.record(_exchange(owner, "kept in memory")) == ""
         assert await recorder.pending() == 1
-        recorder.stub = history_pb2_grpc.HistoryServiceStub(up_channel)
+        recorder.history = HistoryClient(up_channel, 5, 5)
         assert await recorder.drain_once() == 1
-        listing = await recorder.stub.ListConversations(history_pb2.ListConversationsRequest(owner_id=owner))
+        listing = await recorder.history.list_conversations(
+            history_pb2.ListConversationsRequest(owner_id=owner)
+        )
         assert [c.title for c in listing.conversations] == ["kept in memory"]
     finally:
         await dead_redis.aclose()

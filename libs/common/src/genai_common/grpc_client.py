@@ -1,8 +1,13 @@
-"""gRPC channels to internal services: one per upstream, reused, with the request id in metadata."""
+"""gRPC channels to internal services: one per upstream, reused, with the request id on every call.
+
+The request id of the work in progress (`genai_common.request_id`) is added to the metadata of every call
+made on a channel from `create_channel` by an interceptor, so no caller passes it by hand.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 
@@ -18,14 +23,57 @@ _CHANNEL_OPTIONS: Sequence[tuple[str, int]] = (
 )
 
 
+def _with_request_id(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    rid = request_id.current_request_id.get()
+    if not rid:
+        return details
+    metadata = grpc.aio.Metadata(*(tuple(details.metadata) if details.metadata else ()))
+    if request_id.METADATA_KEY in metadata:
+        return details
+    metadata.add(request_id.METADATA_KEY, rid)
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
+
+
+class RequestIdInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Puts the current request id ("x-request-id") on every outgoing call that does not carry one."""
+
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        return await continuation(_with_request_id(client_call_details), request)
+
+    async def intercept_unary_stream(
+        self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        return await continuation(_with_request_id(client_call_details), request)
+
+    async def intercept_stream_unary(
+        self,
+        continuation: Callable[..., Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: Any,
+    ) -> Any:
+        return await continuation(_with_request_id(client_call_details), request_iterator)
+
+    async def intercept_stream_stream(
+        self,
+        continuation: Callable[..., Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: Any,
+    ) -> Any:
+        return await continuation(_with_request_id(client_call_details), request_iterator)
+
+
 def create_channel(
     target: str, interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None
 ) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, options=list(_CHANNEL_OPTIONS), interceptors=interceptors)
-
-
-def call_metadata(*extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
-    """Metadata for an outgoing call: the current request id plus anything given."""
-    rid = request_id.current_request_id.get()
-    base: tuple[tuple[str, str], ...] = ((request_id.METADATA_KEY, rid),) if rid else ()
-    return base + tuple(extra)
+    return grpc.aio.insecure_channel(
+        target, options=list(_CHANNEL_OPTIONS), interceptors=[RequestIdInterceptor(), *(interceptors or ())]
+    )

@@ -17,9 +17,9 @@ from genai_gateway.cache import AnswerCache
 from genai_gateway.errors import install_handlers
 from genai_gateway.grpc_api import start_server
 from genai_gateway.middleware import RequestIdMiddleware
+from genai_gateway.pipeline import AskPipeline
 from genai_gateway.quota import Quotas
 from genai_gateway.routers import admin, ask, auth, dialogs, health, history, keys, openai, users
-from genai_gateway.serving import AskService
 from genai_gateway.settings import GatewaySettings
 from genai_gateway.spool import HistoryRecorder
 
@@ -32,11 +32,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         backends = Backends(settings)
         guard = RedisGuard(settings.redis_cooldown_s)
         app.state.redis_guard = guard
-        recorder = HistoryRecorder(backends.history, backends.redis, settings.history_timeout_s, guard=guard)
+        recorder = HistoryRecorder(backends.history, backends.redis, guard=guard)
         app.state.settings = settings
         app.state.backends = backends
         app.state.recorder = recorder
-        app.state.quotas = Quotas(
+        quotas = Quotas(
             backends.redis,
             guard,
             {"user": settings.limits_user, "admin": settings.limits_admin},
@@ -44,23 +44,23 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             slot_ttl_s=settings.generate_timeout_s + 30,
             failure_policy=settings.redis_failure_policy,
         )
-        app.state.cache = AnswerCache(
+        app.state.cache = cache = AnswerCache(
             backends.redis,
             settings.cache_ttl_s,
             settings.cache_enabled,
             guard=guard,
             max_entry_chars=settings.cache_max_entry_chars,
         )
-        app.state.ask_service = AskService(settings, backends, app.state.cache, recorder)
+        app.state.pipeline = pipeline = AskPipeline(
+            settings, backends.model, backends.history, cache, recorder, quotas
+        )
         drain = asyncio.create_task(recorder.drain_forever(settings.spool_drain_interval_s))
         follow = None
         if backends.credentials.enabled:
-            follow = asyncio.create_task(backends.credentials.follow(backends.auth))
+            follow = asyncio.create_task(backends.auth.follow_changes())
         grpc_server = None
         if settings.grpc_port:
-            grpc_server = await start_server(
-                app.state.ask_service, app.state.quotas, settings.host, settings.grpc_port
-            )
+            grpc_server = await start_server(pipeline, backends.auth, settings.host, settings.grpc_port)
         try:
             yield
         finally:
@@ -71,7 +71,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
-            await app.state.ask_service.drain()
+            await pipeline.drain()
             await backends.close()
 
     app = FastAPI(

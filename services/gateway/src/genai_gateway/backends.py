@@ -1,14 +1,12 @@
-"""The gateway's long-lived clients: one gRPC channel per internal service, and Redis."""
+"""The gateway's long-lived clients: one gRPC channel and typed client per internal service, and Redis."""
 
 from __future__ import annotations
 
 import redis.asyncio as redis
-from genai.auth.v1 import auth_pb2_grpc
-from genai.history.v1 import history_pb2_grpc
-from genai.inference.v1 import inference_pb2_grpc
 
 from genai_common.grpc_client import create_channel
 from genai_common.redis_client import create_redis
+from genai_gateway.clients import AuthClient, HistoryClient, ModelClient
 from genai_gateway.credentials import CredentialCache, ForgetOnChange
 from genai_gateway.settings import GatewaySettings
 
@@ -24,9 +22,11 @@ class Backends:
         )
         self.history_channel = create_channel(settings.history_target)
         self.adapter_channel = create_channel(settings.adapter_target)
-        self.auth = auth_pb2_grpc.AuthServiceStub(self.auth_channel)
-        self.history = history_pb2_grpc.HistoryServiceStub(self.history_channel)
-        self.adapter = inference_pb2_grpc.InferenceServiceStub(self.adapter_channel)
+        self.auth = AuthClient(self.auth_channel, self.credentials, settings.auth_timeout_s)
+        self.history = HistoryClient(
+            self.history_channel, settings.history_timeout_s, settings.export_timeout_s
+        )
+        self.model = ModelClient(self.adapter_channel, settings.generate_timeout_s)
         self.redis: redis.Redis = create_redis(settings.redis_url, settings.redis_timeout_s)
 
     async def close(self) -> None:

@@ -41,7 +41,7 @@ def normalize(text: str, case_insensitive: bool) -> str:
 
 def cache_key(
     model: str,
-    messages: list[dict[str, str]],
+    messages: list[dict[str, Any]],
     params: dict[str, Any],
     *,
     case_insensitive: bool = False,
@@ -50,9 +50,8 @@ def cache_key(
     material = json.dumps(
         {
             "model": model,
-            "messages": [
-                {"role": m["role"], "content": normalize(m["content"], case_insensitive)} for m in messages
-            ],
+            # Tool calls and tool answers of a message count as they are; only its text is normalised.
+            "messages": [{**m, "content": normalize(m["content"], case_insensitive)} for m in messages],
             "params": params,
             "scope": scope,
         },

@@ -30,8 +30,6 @@ import grpc
 from genai.auth.v1 import auth_pb2, auth_pb2_grpc
 from prometheus_client import Counter
 
-from genai_common.grpc_client import call_metadata
-
 logger = logging.getLogger(__name__)
 
 LOOKUPS = Counter("genai_gateway_auth_cache_lookups_total", "Credential checks, by result", ["result"])
@@ -176,9 +174,7 @@ class CredentialCache:
             return principal
         LOOKUPS.labels("miss").inc()
         generation = self._generation
-        principal = await stub.Authenticate(
-            auth_pb2.AuthenticateRequest(token=token), timeout=timeout_s, metadata=call_metadata()
-        )
+        principal = await stub.Authenticate(auth_pb2.AuthenticateRequest(token=token), timeout=timeout_s)
         self.put(token, principal, generation)
         return principal
 

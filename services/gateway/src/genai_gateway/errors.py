@@ -1,4 +1,10 @@
-"""One error shape for every HTTP answer, and the one place where gRPC status codes become HTTP ones.
+"""The gateway's one error type, the one place where internal gRPC failures become it, and the one error
+shape of every HTTP answer.
+
+An `ApiError` says what went wrong for the caller, whichever protocol it came through: the HTTP routes
+answer its `status`, the public gRPC API its `grpc_code`. An error that came from an internal service
+keeps that service's gRPC code, so a gRPC caller gets it unchanged (a full model queue stays
+RESOURCE_EXHAUSTED, where HTTP says 503) instead of a round trip through an HTTP status.
 
 Every error body is {"error": {"message", "type", "code"}, "detail": message}: the "error" object is the
 OpenAI shape that SDKs read, "detail" is what FastAPI clients (and the seeds' page) read.
@@ -27,22 +33,49 @@ _TYPES = {
     422: "invalid_request_error",
     429: "rate_limit_error",
     500: "internal_error",
+    501: "not_implemented",
     503: "service_unavailable",
     504: "timeout_error",
 }
 
 
+# The gRPC answer to each HTTP status, for errors raised in the gateway itself.
+_HTTP_TO_GRPC = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ALREADY_EXISTS,
+    413: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
 class ApiError(Exception):
-    """An expected failure, answered with its status and a message meant for the caller."""
+    """An expected failure, with a message meant for the caller.
+
+    `status` is the HTTP answer; `grpc_code` the gRPC one (derived from the status unless given, as it is
+    for failures of internal services); `headers` carries Retry-After and the rate-limit headers.
+    """
 
     def __init__(
-        self, status: int, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        grpc_code: grpc.StatusCode | None = None,
     ):
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.headers = headers or {}
+        self.grpc_code = grpc_code or _HTTP_TO_GRPC.get(status, grpc.StatusCode.INTERNAL)
 
 
 # (HTTP status, fallback message) per gRPC code; the service's own message is used when it has one.
@@ -58,6 +91,7 @@ _GRPC_TO_HTTP: dict[grpc.StatusCode, tuple[int, str]] = {
     grpc.StatusCode.UNAVAILABLE: (503, "a backend service is unavailable; try again shortly"),
     grpc.StatusCode.DEADLINE_EXCEEDED: (504, "the request took too long; try again"),
     grpc.StatusCode.CANCELLED: (503, "the request was cancelled"),
+    grpc.StatusCode.UNIMPLEMENTED: (501, "not supported by this server"),
 }
 
 
@@ -74,7 +108,7 @@ def from_grpc(exc: grpc.aio.AioRpcError, what: str, *, busy_status: int = 429) -
     details = exc.details() or ""
     if status == 500:
         logger.error("%s failed: %s %s", what, code.name, details)
-        return ApiError(500, "internal error")
+        return ApiError(500, "internal error", grpc_code=grpc.StatusCode.INTERNAL)
     if code == grpc.StatusCode.UNAVAILABLE:
         # Details here are often transport noise ("failed to connect to all addresses ..."): say what is down.
         logger.warning("%s unavailable: %s", what, details)
@@ -90,7 +124,7 @@ def from_grpc(exc: grpc.aio.AioRpcError, what: str, *, busy_status: int = 429) -
                 headers["Retry-After"] = str(value)
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    return ApiError(status, message, headers=headers)
+    return ApiError(status, message, headers=headers, grpc_code=code)
 
 
 def error_body(status: int, message: str, code: str | None = None) -> dict[str, Any]:

@@ -19,14 +19,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-import grpc
 from fastapi import Response
 from fontTools.ttLib import TTFont
 from fpdf import FPDF
 from genai.history.v1 import history_pb2
 from starlette.concurrency import run_in_threadpool
 
-from genai_gateway.errors import ApiError, from_grpc
+from genai_gateway.errors import ApiError
 from genai_gateway.settings import DEFAULT_PDF_FONT, GatewaySettings
 
 logger = logging.getLogger(__name__)
@@ -319,7 +318,7 @@ def _readable(millis: int) -> str:
     return (_EPOCH + timedelta(milliseconds=millis)).strftime("%Y-%m-%d %H:%M UTC")
 
 
-# --- serving ---------------------------------------------------------------------------------------------
+# --- the answer ---------------------------------------------------------------------------------------------
 
 
 async def download(
@@ -330,10 +329,7 @@ async def download(
     settings: GatewaySettings,
 ) -> Response:
     """Read an export stream from the history service and answer it as a file to save."""
-    try:
-        items = [item async for item in call]
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, "the history service") from None
+    items = [item async for item in call]
     conversations = group(items)
     if fmt == "json":
         body = to_json(conversations, datetime.now(UTC))

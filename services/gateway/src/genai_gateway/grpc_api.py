@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import AsyncIterator
-from typing import NoReturn
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn
 
 import grpc
 from genai.assistant.v1 import assistant_pb2, assistant_pb2_grpc
@@ -14,35 +15,20 @@ from grpc_reflection.v1alpha import reflection
 
 from genai_common.grpc_server import ServiceInterceptor
 from genai_common.request_id import current_request_id
-from genai_gateway.admission import admit_principal, settle
+from genai_gateway.clients import AuthClient
 from genai_gateway.errors import ApiError
-from genai_gateway.quota import Admission, Quotas
-from genai_gateway.security import authenticate
-from genai_gateway.serving import Answer, AskService, Delta, Generation, Queued
+from genai_gateway.pipeline import Answer, AskPipeline, Delta, Generation, Ticket
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = assistant_pb2.DESCRIPTOR.services_by_name["Assistant"].full_name
-
-_HTTP_TO_GRPC = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    409: grpc.StatusCode.ALREADY_EXISTS,
-    413: grpc.StatusCode.INVALID_ARGUMENT,
-    422: grpc.StatusCode.INVALID_ARGUMENT,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: ApiError) -> NoReturn:
     retry_after = error.headers.get("Retry-After")
     if retry_after:
         context.set_trailing_metadata((("retry-after", retry_after),))
-    await context.abort(_HTTP_TO_GRPC.get(error.status, grpc.StatusCode.INTERNAL), error.message)
+    await context.abort(error.grpc_code, error.message)
     raise AssertionError("unreachable: abort raises")
 
 
@@ -54,12 +40,27 @@ def _usage(answer: Answer) -> assistant_pb2.Usage:
     )
 
 
+def _failures_answered(
+    method: Callable[[AssistantServicer, Any, grpc.aio.ServicerContext], Awaitable[Any]],
+) -> Callable[[AssistantServicer, Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    """A unary method whose ApiErrors are answered with their gRPC status."""
+
+    @functools.wraps(method)
+    async def answered(self: AssistantServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except ApiError as error:
+            await _abort(context, error)
+
+    return answered
+
+
 class AssistantServicer(assistant_pb2_grpc.AssistantServicer):
     """Other services' way in. Credentials: metadata "authorization: Bearer <token or API key>"."""
 
-    def __init__(self, service: AskService, quotas: Quotas) -> None:
-        self.service = service
-        self.quotas = quotas
+    def __init__(self, pipeline: AskPipeline, auth: AuthClient) -> None:
+        self.pipeline = pipeline
+        self.auth = auth
 
     async def _principal(self, context: grpc.aio.ServicerContext) -> auth_pb2.Principal:
         token = ""
@@ -69,48 +70,29 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer):
                 if scheme.lower() == "bearer":
                     token = rest.strip()
         if not token:
-            await _abort(
-                context, ApiError(401, "missing credentials: send 'authorization: Bearer <token>' metadata")
-            )
-        try:
-            return await authenticate(self.service.backends, self.service.settings, token)
-        except ApiError as error:
-            await _abort(context, error)
+            raise ApiError(401, "missing credentials: send 'authorization: Bearer <token>' metadata")
+        return await self.auth.authenticate(token)
 
-    async def _admitted(
-        self, request: assistant_pb2.AskRequest, context: grpc.aio.ServicerContext
-    ) -> tuple[auth_pb2.Principal, Generation, Admission]:
+    async def _ticket(self, request: assistant_pb2.AskRequest, context: grpc.aio.ServicerContext) -> Ticket:
         principal = await self._principal(context)
-        try:
-            self.service.check_prompt(request.prompt)
-            generation = Generation(
-                messages=[{"role": "user", "content": request.prompt}],
-                model=request.model,
-                # proto3 has no null: 0 means the server's default.
-                max_tokens=self.service.check_max_tokens(request.max_tokens or None),
-                temperature=request.temperature if request.HasField("temperature") else None,
-                top_p=request.top_p if request.HasField("top_p") else None,
-                conversation_id=request.conversation_id,
-                no_cache=request.no_cache,
-            )
-            # The model is checked before the request counts against the caller's limits.
-            await self.service.resolve_model(request.model)
-            admission = await admit_principal(self.quotas, principal)
-        except ApiError as error:
-            await _abort(context, error)
-        return principal, generation, admission
+        generation = Generation(
+            messages=[{"role": "user", "content": request.prompt}],
+            model=request.model,
+            # proto3 has no null: 0 means the server's default.
+            max_tokens=request.max_tokens or None,
+            temperature=request.temperature if request.HasField("temperature") else None,
+            top_p=request.top_p if request.HasField("top_p") else None,
+            conversation_id=request.conversation_id,
+            no_cache=request.no_cache,
+            input_name="prompt",
+        )
+        return await self.pipeline.admit(principal, generation)
 
+    @_failures_answered
     async def Ask(
         self, request: assistant_pb2.AskRequest, context: grpc.aio.ServicerContext
     ) -> assistant_pb2.AskResponse:
-        principal, generation, admission = await self._admitted(request, context)
-        answer = None
-        try:
-            answer = await self.service.answer(principal, generation)
-        except ApiError as error:
-            await _abort(context, error)
-        finally:
-            await settle(self.quotas, admission, answer)
+        answer = await (await self._ticket(request, context)).answer()
         return assistant_pb2.AskResponse(
             response=answer.text,
             source=answer.source,
@@ -124,16 +106,12 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer):
     async def AskStream(
         self, request: assistant_pb2.AskRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[assistant_pb2.AskChunk]:
-        principal, generation, admission = await self._admitted(request, context)
-        answer = None
         try:
-            async for item in self.service.stream(principal, generation):
+            async for item in (await self._ticket(request, context)).events():
                 if isinstance(item, Delta):
-                    yield assistant_pb2.AskChunk(text=item.text)
-                elif isinstance(item, Queued):
-                    continue
-                else:
-                    answer = item
+                    if item.text:
+                        yield assistant_pb2.AskChunk(text=item.text)
+                elif isinstance(item, Answer):
                     yield assistant_pb2.AskChunk(
                         done=True,
                         source=item.source,
@@ -145,25 +123,21 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer):
                     )
         except ApiError as error:
             await _abort(context, error)
-        finally:
-            await settle(self.quotas, admission, answer)
 
+    @_failures_answered
     async def ListModels(
         self, request: assistant_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> assistant_pb2.ListModelsResponse:
         await self._principal(context)
-        try:
-            models = await self.service.models()
-        except ApiError as error:
-            await _abort(context, error)
+        models = await self.pipeline.models()
         return assistant_pb2.ListModelsResponse(
             models=[assistant_pb2.Model(id=m.id, owned_by=m.owned_by) for m in models]
         )
 
 
-async def start_server(service: AskService, quotas: Quotas, host: str, port: int) -> grpc.aio.Server:
+async def start_server(pipeline: AskPipeline, auth: AuthClient, host: str, port: int) -> grpc.aio.Server:
     server = grpc.aio.server(interceptors=[ServiceInterceptor()])
-    assistant_pb2_grpc.add_AssistantServicer_to_server(AssistantServicer(service, quotas), server)
+    assistant_pb2_grpc.add_AssistantServicer_to_server(AssistantServicer(pipeline, auth), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

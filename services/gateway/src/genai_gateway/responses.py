@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from genai.auth.v1 import auth_pb2
 
-from genai_gateway.admission import admit, metered, settle
 from genai_gateway.errors import ApiError, error_body
-from genai_gateway.serving import Answer, AskService, Delta, Generation, Queued
+from genai_gateway.pipeline import Answer, AskPipeline, Delta, Event, Generation, Queued
 from genai_gateway.streaming import DONE, KEEPALIVE, SSE_HEADERS, Pull, sse
 
 # How long to wait for the first piece before sending the response head: a failure that comes at once
 # (model server down, unknown conversation) then gets a real HTTP status instead of an event.
 FIRST_EVENT_WAIT_S = 1.0
+
+# The status of a request whose client left before its answer (nginx's own code for it).
+CLIENT_CLOSED = 499
+
+T = TypeVar("T")
 
 
 class Encoder:
@@ -40,13 +46,13 @@ class Encoder:
 
 
 async def event_stream(
-    events: AsyncIterator[Delta | Queued | Answer],
+    events: AsyncIterator[Event],
     encoder: Encoder,
     *,
     keepalive_s: float,
     headers: Mapping[str, str] | None = None,
 ) -> StreamingResponse:
-    pull: Pull[Delta | Queued | Answer] = Pull(events)
+    pull: Pull[Event] = Pull(events)
     await pull.first(FIRST_EVENT_WAIT_S)
 
     async def body() -> AsyncIterator[bytes]:
@@ -117,6 +123,34 @@ def no_cache(headers: Mapping[str, str]) -> bool:
     return "no-cache" in value or "no-store" in value
 
 
+async def _until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """`work`, cancelled if the client goes away first, which frees the model and the caller's slot.
+
+    The body has been read by now, so the next message from the server is the client's disconnect.
+    """
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watch.cancel()
+    if task not in done:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        # Nobody reads this answer; nginx logs a client that left as 499 too.
+        raise ApiError(CLIENT_CLOSED, "the client closed the request")
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def serve(
     generation: Generation,
     *,
@@ -127,24 +161,16 @@ async def serve(
     response: Response,
     principal: auth_pb2.Principal,
 ) -> Any:
-    """What every HTTP way of asking shares once the request is parsed: the caller's limits, then the
-    answer streamed (`encoder` is given the model's name) or whole, and the slot given back either way."""
-    service: AskService = request.app.state.ask_service
+    """Ask the pipeline and answer over HTTP: streamed (`encoder` is given the model's name) or whole."""
+    pipeline: AskPipeline = request.app.state.pipeline
     generation.no_cache = no_cache(request.headers)
-    # An unknown model is refused before it counts against the caller's limits.
-    model = await service.resolve_model(generation.model)
-    quotas = request.app.state.quotas
-    admission = await admit(request, response, principal)
+    ticket = await pipeline.admit(principal, generation)
+    response.headers.update(ticket.headers())
     if stream:
         return await event_stream(
-            metered(service.stream(principal, generation), quotas, admission),
-            encoder(model),
-            keepalive_s=service.settings.stream_keepalive_s,
+            ticket.events(),
+            encoder(ticket.model),
+            keepalive_s=pipeline.settings.stream_keepalive_s,
             headers=response.headers,
         )
-    answer = None
-    try:
-        answer = await service.answer(principal, generation)
-    finally:
-        await settle(quotas, admission, answer)
-    return whole(answer)
+    return whole(await _until_disconnected(request, ticket.answer()))

@@ -38,6 +38,10 @@ class PasswordChange(BaseModel):
     new_password: str = Field(min_length=1, max_length=1024)
 
 
+# Where a conversation was started: the web chat (or another chat client), or an API call.
+Origin = Literal["chat", "api"]
+
+
 class AskRequest(BaseModel):
     # Length is checked by the service against its setting, with a message that names the limit.
     prompt: str
@@ -47,6 +51,11 @@ class AskRequest(BaseModel):
         None, max_length=64, description="continue this conversation: its earlier turns are sent as context"
     )
     model: str = Field("", max_length=256, description="empty: the server's default model")
+    origin: Origin = Field(
+        "api",
+        description='a new conversation\'s place: "chat" (listed in the web chat) or "api" (a script\'s call, '
+        "kept for audit and usage and listed apart); ignored when continuing a conversation",
+    )
 
 
 class Usage(BaseModel):
@@ -177,6 +186,7 @@ class ConversationSummary(BaseModel):
     created_at_ms: int
     updated_at_ms: int
     message_count: int
+    origin: Origin = Field(description='"chat": started in a chat; "api": by an API call that asked for none')
 
 
 class ConversationList(BaseModel):

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import grpc
 from fastapi import Depends, Request
 from genai.auth.v1 import auth_pb2
 
-from genai_gateway.backends import Backends
-from genai_gateway.errors import ApiError, from_grpc
-from genai_gateway.settings import GatewaySettings
+from genai_gateway.errors import ApiError
 
 
 def bearer_token(request: Request) -> str:
@@ -22,19 +19,9 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-async def authenticate(backends: Backends, settings: GatewaySettings, token: str) -> auth_pb2.Principal:
-    """Who a token or API key belongs to, asked of the auth service; ApiError (401, 503...) otherwise.
-
-    The one check behind the HTTP API and the public gRPC API.
-    """
-    try:
-        return await backends.credentials.authenticate(backends.auth, token, settings.auth_timeout_s)
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, "the authentication service") from None
-
-
 async def current_principal(request: Request) -> auth_pb2.Principal:
-    return await authenticate(request.app.state.backends, request.app.state.settings, bearer_token(request))
+    principal: auth_pb2.Principal = await request.app.state.backends.auth.authenticate(bearer_token(request))
+    return principal
 
 
 async def admin_principal(
@@ -47,3 +34,5 @@ async def admin_principal(
 
 CurrentUser = Annotated[auth_pb2.Principal, Depends(current_principal)]
 AdminUser = Annotated[auth_pb2.Principal, Depends(admin_principal)]
+# The caller's own credential, for calls that auth authorises by it (API keys, user administration).
+Token = Annotated[str, Depends(bearer_token)]

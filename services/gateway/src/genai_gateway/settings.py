@@ -35,8 +35,15 @@ class GatewaySettings(CommonSettings):
     # The public gRPC API (genai.assistant.v1.Assistant); 0 turns it off.
     grpc_port: int = 50050
 
-    # Earlier turns of a conversation sent as context, newest first, up to this many characters.
+    # Earlier turns of a conversation sent as context, newest first, while they fit the model's context
+    # window with the request and max_tokens, counted by the model server's own tokenizer; never more than
+    # this many characters.
     context_budget_chars: int = Field(8000, ge=0)
+    # The model's context window in tokens when its server does not say (vLLM does; llama.cpp's does not:
+    # set its --n_ctx here).
+    model_context_tokens: int = Field(4096, ge=1)
+    # Tokens kept free for what the chat template adds (a default system prompt, the answer's header).
+    context_reserve_tokens: int = Field(64, ge=0)
     # Streams: a comment line this often while no token arrives (keeps proxies and clients patient).
     stream_keepalive_s: float = Field(10.0, gt=0)
 

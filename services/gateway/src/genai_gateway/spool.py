@@ -14,12 +14,13 @@ from typing import cast
 
 import grpc
 import redis.asyncio as redis
-from genai.history.v1 import history_pb2, history_pb2_grpc
+from genai.history.v1 import history_pb2
 from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
 
-from genai_common.grpc_client import call_metadata
 from genai_common.redis_guard import RedisGuard
+from genai_gateway.clients import HistoryClient
+from genai_gateway.errors import ApiError
 
 logger = logging.getLogger(__name__)
 
@@ -35,30 +36,26 @@ _PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
 class HistoryRecorder:
     def __init__(
         self,
-        stub: history_pb2_grpc.HistoryServiceStub,
+        history: HistoryClient,
         client: redis.Redis,
-        timeout_s: float,
         memory_limit: int = 10_000,
         guard: RedisGuard | None = None,
     ) -> None:
-        self.stub = stub
+        self.history = history
         self.redis = client
-        self.timeout_s = timeout_s
         self.guard = guard or RedisGuard()
         self._memory: deque[bytes] = deque(maxlen=memory_limit)
 
     async def record(self, exchange: history_pb2.AppendExchangeRequest) -> str:
         """Store one exchange; return its conversation id, or "" when it was spooled for later."""
         try:
-            response = await self.stub.AppendExchange(
-                exchange, timeout=self.timeout_s, metadata=call_metadata()
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() in _PERMANENT:
-                logger.error("history refused exchange %s: %s", exchange.exchange_id, exc.details())
+            response = await self.history.append_exchange(exchange)
+        except ApiError as exc:
+            if exc.grpc_code in _PERMANENT:
+                logger.error("history refused exchange %s: %s", exchange.exchange_id, exc.message)
                 return ""
             logger.warning(
-                "history unavailable (%s), spooling exchange %s", exc.code().name, exchange.exchange_id
+                "history unavailable (%s), spooling exchange %s", exc.grpc_code.name, exchange.exchange_id
             )
             await self._spool(exchange.SerializeToString())
             return ""
@@ -88,10 +85,10 @@ class HistoryRecorder:
         """Write one spooled exchange; False when history is still unavailable."""
         exchange = history_pb2.AppendExchangeRequest.FromString(raw)
         try:
-            await self.stub.AppendExchange(exchange, timeout=self.timeout_s, metadata=call_metadata())
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() in _PERMANENT:
-                logger.error("dropping spooled exchange %s: %s", exchange.exchange_id, exc.details())
+            await self.history.append_exchange(exchange)
+        except ApiError as exc:
+            if exc.grpc_code in _PERMANENT:
+                logger.error("dropping spooled exchange %s: %s", exchange.exchange_id, exc.message)
                 return True
             return False
         REPLAYED.inc()

@@ -61,6 +61,10 @@ class StackConfig:
         return f"https://localhost:{self.ports.https}"
 
 
+# llama.cpp's context window (--n_ctx) for SmolLM2 in the embedded stack.
+LLAMA_CONTEXT_TOKENS = 2048
+
+
 def environment(cfg: StackConfig) -> dict[str, str]:
     """Settings for every service; each reads its own GENAI_<SERVICE>_ prefix."""
     p = cfg.ports
@@ -85,6 +89,8 @@ def environment(cfg: StackConfig) -> dict[str, str]:
     }
     if cfg.upstream == "llama":
         env["GENAI_ADAPTER_MODEL"] = SMOLLM2_NAME
+        # llama.cpp's server does not say how long its context is: the gateway fits conversations to this.
+        env["GENAI_GATEWAY_MODEL_CONTEXT_TOKENS"] = str(LLAMA_CONTEXT_TOKENS)
     env.update(cfg.overrides)
     return env
 
@@ -121,7 +127,7 @@ def upstream_command(cfg: StackConfig) -> list[str]:
         "--model_alias", SMOLLM2_NAME,
         "--host", "127.0.0.1",
         "--port", port,
-        "--n_ctx", "2048",
+        "--n_ctx", str(LLAMA_CONTEXT_TOKENS),
         "--n_threads", str(max(1, min(4, os.cpu_count() or 1))),
         "--verbose", "false",
         *cfg.upstream_args,

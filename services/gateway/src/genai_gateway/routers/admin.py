@@ -11,22 +11,22 @@ import uuid
 from datetime import UTC, date, datetime
 from typing import Annotated
 
-import grpc
 from fastapi import APIRouter, Query, Request, Response
 from genai.auth.v1 import auth_pb2
 from genai.history.v1 import history_pb2
 from redis.exceptions import RedisError
 
-from genai_common.grpc_client import call_metadata
-from genai_gateway.errors import ApiError, from_grpc
+from genai_gateway.clients import History
+from genai_gateway.errors import ApiError
 from genai_gateway.exports import Format, download, iso_utc
-from genai_gateway.routers.history import HISTORY, message_out
+from genai_gateway.routers.history import message_out, summary_out
 from genai_gateway.schemas import (
     AdminConversationList,
     AdminConversationOut,
     AdminConversationSummary,
     AuditEventList,
     AuditEventOut,
+    Origin,
     UsageReportOut,
     UsageRowOut,
 )
@@ -55,35 +55,28 @@ def _owner(value: str) -> str:
 
 
 def _admin_summary(summary: history_pb2.ConversationSummary) -> AdminConversationSummary:
-    return AdminConversationSummary(
-        id=summary.id,
-        title=summary.title,
-        created_at_ms=summary.created_at_ms,
-        updated_at_ms=summary.updated_at_ms,
-        message_count=summary.message_count,
-        owner_id=summary.owner_id,
-    )
+    return AdminConversationSummary(**summary_out(summary).model_dump(), owner_id=summary.owner_id)
 
 
 @router.get("/conversations", response_model=AdminConversationList)
 async def list_conversations(
     principal: AdminUser,
-    request: Request,
+    history: History,
     owner: OwnerQuery = "",
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str, Query(max_length=512)] = "",
+    origin: Annotated[Origin | None, Query(description="only chat conversations, or only API calls")] = None,
 ) -> AdminConversationList:
     """Conversations of one user (or of everyone), newest updated first. Audited."""
-    try:
-        page = await request.app.state.backends.history.AdminListConversations(
-            history_pb2.AdminListConversationsRequest(
-                actor=_actor(principal), owner_id=_owner(owner), page_size=limit, page_token=cursor
-            ),
-            timeout=request.app.state.settings.history_timeout_s,
-            metadata=call_metadata(),
+    page = await history.admin_list_conversations(
+        history_pb2.AdminListConversationsRequest(
+            actor=_actor(principal),
+            owner_id=_owner(owner),
+            page_size=limit,
+            page_token=cursor,
+            origin=origin or "",
         )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, HISTORY) from None
+    )
     return AdminConversationList(
         conversations=[_admin_summary(c) for c in page.conversations],
         next_cursor=page.next_page_token or None,
@@ -93,35 +86,29 @@ async def list_conversations(
 @router.get("/conversations/export", response_class=Response)
 async def export_user(
     principal: AdminUser,
+    history: History,
     request: Request,
     owner: Annotated[str, Query(min_length=1, max_length=64, description="the user id")],
     format: FormatQuery = "json",  # noqa: A002
 ) -> Response:
     """Every conversation of one user as a file. Audited (export_user)."""
     owner_id = _owner(owner)
-    settings = request.app.state.settings
-    call = request.app.state.backends.history.AdminExportConversations(
-        history_pb2.AdminExportConversationsRequest(actor=_actor(principal), owner_id=owner_id),
-        timeout=settings.export_timeout_s,
-        metadata=call_metadata(),
+    messages = history.admin_export_conversations(
+        history_pb2.AdminExportConversationsRequest(actor=_actor(principal), owner_id=owner_id)
     )
+    settings = request.app.state.settings
     today = datetime.now(UTC).strftime("%Y%m%d")
-    return await download(call, format, f"conversations-{owner_id}-{today}", "Conversations", settings)
+    return await download(messages, format, f"conversations-{owner_id}-{today}", "Conversations", settings)
 
 
 @router.get("/conversations/{conversation_id}", response_model=AdminConversationOut)
 async def get_conversation(
-    conversation_id: str, principal: AdminUser, request: Request
+    conversation_id: str, principal: AdminUser, history: History
 ) -> AdminConversationOut:
     """Any user's conversation. Audited (read_conversation)."""
-    try:
-        conversation = await request.app.state.backends.history.AdminGetConversation(
-            history_pb2.AdminGetConversationRequest(actor=_actor(principal), conversation_id=conversation_id),
-            timeout=request.app.state.settings.history_timeout_s,
-            metadata=call_metadata(),
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, HISTORY) from None
+    conversation = await history.admin_get_conversation(
+        history_pb2.AdminGetConversationRequest(actor=_actor(principal), conversation_id=conversation_id)
+    )
     return AdminConversationOut(
         **_admin_summary(conversation.summary).model_dump(),
         messages=[message_out(m) for m in conversation.messages],
@@ -132,35 +119,29 @@ async def get_conversation(
 async def export_conversation(
     conversation_id: str,
     principal: AdminUser,
+    history: History,
     request: Request,
     format: FormatQuery = "json",  # noqa: A002
 ) -> Response:
     """Any user's conversation as a file. Audited (export_conversation)."""
-    settings = request.app.state.settings
-    call = request.app.state.backends.history.AdminExportConversations(
-        history_pb2.AdminExportConversationsRequest(actor=_actor(principal), conversation_id=conversation_id),
-        timeout=settings.export_timeout_s,
-        metadata=call_metadata(),
+    messages = history.admin_export_conversations(
+        history_pb2.AdminExportConversationsRequest(actor=_actor(principal), conversation_id=conversation_id)
     )
-    return await download(call, format, f"conversation-{conversation_id}", "Conversation", settings)
+    settings = request.app.state.settings
+    return await download(messages, format, f"conversation-{conversation_id}", "Conversation", settings)
 
 
 @router.get("/audit", response_model=AuditEventList)
 async def audit_log(
     _: AdminUser,
-    request: Request,
+    history: History,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     cursor: Annotated[str, Query(max_length=512)] = "",
 ) -> AuditEventList:
     """Who read or exported whose dialogs, newest first."""
-    try:
-        page = await request.app.state.backends.history.ListAuditEvents(
-            history_pb2.ListAuditEventsRequest(page_size=limit, page_token=cursor),
-            timeout=request.app.state.settings.history_timeout_s,
-            metadata=call_metadata(),
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, HISTORY) from None
+    page = await history.list_audit_events(
+        history_pb2.ListAuditEventsRequest(page_size=limit, page_token=cursor)
+    )
     return AuditEventList(
         events=[
             AuditEventOut(
@@ -184,7 +165,7 @@ async def audit_log(
 @router.get("/usage", response_model=UsageReportOut)
 async def usage(
     _: AdminUser,
-    request: Request,
+    history: History,
     from_day: Annotated[date, Query(alias="from", description="first day, YYYY-MM-DD (UTC)")],
     to_day: Annotated[date, Query(alias="to", description="last day, included; at most 366 days in all")],
     owner: OwnerQuery = "",
@@ -192,20 +173,15 @@ async def usage(
     cursor: Annotated[str, Query(max_length=512)] = "",
 ) -> UsageReportOut:
     """Requests, tokens and cache hits per user and day, from the stored dialogs."""
-    try:
-        page = await request.app.state.backends.history.UsageReport(
-            history_pb2.UsageReportRequest(
-                from_day=from_day.isoformat(),
-                to_day=to_day.isoformat(),
-                owner_id=_owner(owner),
-                page_size=limit,
-                page_token=cursor,
-            ),
-            timeout=request.app.state.settings.history_timeout_s,
-            metadata=call_metadata(),
+    page = await history.usage_report(
+        history_pb2.UsageReportRequest(
+            from_day=from_day.isoformat(),
+            to_day=to_day.isoformat(),
+            owner_id=_owner(owner),
+            page_size=limit,
+            page_token=cursor,
         )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, HISTORY) from None
+    )
     return UsageReportOut(
         rows=[
             UsageRowOut(

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import grpc
 from fastapi import APIRouter, Request
 from genai.auth.v1 import auth_pb2
 from pydantic import ValidationError
 
-from genai_common.grpc_client import call_metadata
-from genai_gateway.errors import ApiError, from_grpc
+from genai_gateway.clients import Auth
+from genai_gateway.errors import ApiError
 from genai_gateway.schemas import (
     LogoutRequest,
     Me,
@@ -17,10 +16,9 @@ from genai_gateway.schemas import (
     TokenRequest,
     TokenResponse,
 )
-from genai_gateway.security import CurrentUser, bearer_token
+from genai_gateway.security import CurrentUser, Token
 
 router = APIRouter(tags=["auth"])
-AUTH = "the authentication service"
 
 
 def _token_response(pair: auth_pb2.TokenPair) -> TokenResponse:
@@ -60,61 +58,34 @@ async def _credentials(request: Request) -> TokenRequest:
         }
     },
 )
-async def login(request: Request) -> TokenResponse:
+async def login(request: Request, auth: Auth) -> TokenResponse:
     creds = await _credentials(request)
     client = request.client.host if request.client else ""
-    try:
-        pair = await request.app.state.backends.auth.Login(
-            auth_pb2.LoginRequest(username=creds.username, password=creds.password, client_address=client),
-            timeout=request.app.state.settings.auth_timeout_s,
-            metadata=call_metadata(),
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, AUTH) from None
+    pair = await auth.login(
+        auth_pb2.LoginRequest(username=creds.username, password=creds.password, client_address=client)
+    )
     return _token_response(pair)
 
 
 @router.post("/api/v1/auth/refresh", response_model=TokenResponse)
-async def refresh(body: RefreshRequest, request: Request) -> TokenResponse:
-    try:
-        pair = await request.app.state.backends.auth.Refresh(
-            auth_pb2.RefreshRequest(refresh_token=body.refresh_token),
-            timeout=request.app.state.settings.auth_timeout_s,
-            metadata=call_metadata(),
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, AUTH) from None
-    return _token_response(pair)
+async def refresh(body: RefreshRequest, auth: Auth) -> TokenResponse:
+    return _token_response(await auth.refresh(auth_pb2.RefreshRequest(refresh_token=body.refresh_token)))
 
 
 @router.post("/api/v1/auth/logout", status_code=204)
-async def logout(_: CurrentUser, request: Request, body: LogoutRequest | None = None) -> None:
-    try:
-        await request.app.state.backends.auth.Logout(
-            auth_pb2.LogoutRequest(
-                access_token=bearer_token(request), refresh_token=body.refresh_token if body else ""
-            ),
-            timeout=request.app.state.settings.auth_timeout_s,
-            metadata=call_metadata(),
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, AUTH) from None
+async def logout(_: CurrentUser, token: Token, auth: Auth, body: LogoutRequest | None = None) -> None:
+    await auth.logout(
+        auth_pb2.LogoutRequest(access_token=token, refresh_token=body.refresh_token if body else "")
+    )
 
 
 @router.post("/api/v1/auth/password", status_code=204)
-async def change_password(_: CurrentUser, body: PasswordChange, request: Request) -> None:
-    try:
-        await request.app.state.backends.auth.ChangePassword(
-            auth_pb2.ChangePasswordRequest(
-                access_token=bearer_token(request),
-                old_password=body.old_password,
-                new_password=body.new_password,
-            ),
-            timeout=request.app.state.settings.auth_timeout_s,
-            metadata=call_metadata(),
+async def change_password(_: CurrentUser, token: Token, body: PasswordChange, auth: Auth) -> None:
+    await auth.change_password(
+        auth_pb2.ChangePasswordRequest(
+            access_token=token, old_password=body.old_password, new_password=body.new_password
         )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, AUTH) from None
+    )
 
 
 @router.get("/api/v1/me", response_model=Me)

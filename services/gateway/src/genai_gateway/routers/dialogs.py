@@ -8,14 +8,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-import grpc
 from fastapi import APIRouter, Query, Request, Response
 from genai.history.v1 import history_pb2
 
-from genai_common.grpc_client import call_metadata
-from genai_gateway.errors import from_grpc
+from genai_gateway.clients import History
 from genai_gateway.exports import Format, download
-from genai_gateway.routers.history import HISTORY, summary_out
+from genai_gateway.routers.history import summary_out
 from genai_gateway.schemas import ConversationRename, ConversationSummary, SearchHit, SearchResults
 from genai_gateway.security import CurrentUser
 
@@ -27,22 +25,17 @@ FormatQuery = Annotated[Format, Query(description="json, csv (UTF-8 with BOM) or
 @router.get("/search", response_model=SearchResults)
 async def search(
     principal: CurrentUser,
-    request: Request,
+    history: History,
     q: Annotated[str, Query(min_length=1, max_length=500, description='words, "a phrase", -word, or')],
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str, Query(max_length=512)] = "",
 ) -> SearchResults:
     """Your prompts and responses that match, newest first; snippets are plain text."""
-    try:
-        page = await request.app.state.backends.history.SearchMessages(
-            history_pb2.SearchMessagesRequest(
-                owner_id=principal.user_id, query=q, page_size=limit, page_token=cursor
-            ),
-            timeout=request.app.state.settings.history_timeout_s,
-            metadata=call_metadata(),
+    page = await history.search_messages(
+        history_pb2.SearchMessagesRequest(
+            owner_id=principal.user_id, query=q, page_size=limit, page_token=cursor
         )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, HISTORY) from None
+    )
     return SearchResults(
         hits=[
             SearchHit(
@@ -59,47 +52,45 @@ async def search(
 
 
 @router.get("/export", response_class=Response)
-async def export_all(principal: CurrentUser, request: Request, format: FormatQuery = "json") -> Response:  # noqa: A002
+async def export_all(
+    principal: CurrentUser,
+    history: History,
+    request: Request,
+    format: FormatQuery = "json",  # noqa: A002
+) -> Response:
     """Every one of your conversations as one file."""
-    settings = request.app.state.settings
-    call = request.app.state.backends.history.ExportConversations(
-        history_pb2.ExportConversationsRequest(owner_id=principal.user_id),
-        timeout=settings.export_timeout_s,
-        metadata=call_metadata(),
+    messages = history.export_conversations(
+        history_pb2.ExportConversationsRequest(owner_id=principal.user_id)
     )
     today = datetime.now(UTC).strftime("%Y%m%d")
-    return await download(call, format, f"conversations-{today}", "Conversations", settings)
+    return await download(
+        messages, format, f"conversations-{today}", "Conversations", request.app.state.settings
+    )
 
 
 @router.get("/{conversation_id}/export", response_class=Response)
 async def export_one(
     conversation_id: str,
     principal: CurrentUser,
+    history: History,
     request: Request,
     format: FormatQuery = "json",  # noqa: A002
 ) -> Response:
     """One of your conversations as a file."""
-    settings = request.app.state.settings
-    call = request.app.state.backends.history.ExportConversations(
-        history_pb2.ExportConversationsRequest(owner_id=principal.user_id, conversation_id=conversation_id),
-        timeout=settings.export_timeout_s,
-        metadata=call_metadata(),
+    messages = history.export_conversations(
+        history_pb2.ExportConversationsRequest(owner_id=principal.user_id, conversation_id=conversation_id)
     )
-    return await download(call, format, f"conversation-{conversation_id}", "Conversation", settings)
+    settings = request.app.state.settings
+    return await download(messages, format, f"conversation-{conversation_id}", "Conversation", settings)
 
 
 @router.patch("/{conversation_id}", response_model=ConversationSummary)
 async def rename(
-    conversation_id: str, body: ConversationRename, principal: CurrentUser, request: Request
+    conversation_id: str, body: ConversationRename, principal: CurrentUser, history: History
 ) -> ConversationSummary:
-    try:
-        summary = await request.app.state.backends.history.RenameConversation(
-            history_pb2.RenameConversationRequest(
-                owner_id=principal.user_id, conversation_id=conversation_id, title=body.title
-            ),
-            timeout=request.app.state.settings.history_timeout_s,
-            metadata=call_metadata(),
+    summary = await history.rename_conversation(
+        history_pb2.RenameConversationRequest(
+            owner_id=principal.user_id, conversation_id=conversation_id, title=body.title
         )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, HISTORY) from None
+    )
     return summary_out(summary)

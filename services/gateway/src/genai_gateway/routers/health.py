@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from genai.inference.v1 import inference_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
+
+from genai_gateway.errors import ApiError
 
 router = APIRouter(tags=["health"])
 
@@ -18,19 +17,11 @@ router = APIRouter(tags=["health"])
 _CRITICAL = ("auth", "inference_adapter", "model")
 
 
-async def _grpc_serving(channel: grpc.aio.Channel) -> str:
-    try:
-        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-    except grpc.aio.AioRpcError as exc:
-        return f"down: {exc.code().name.lower()}"
-    return "ok" if reply.status == health_pb2.HealthCheckResponse.SERVING else "down: not serving"
-
-
 async def _model(request: Request) -> str:
     try:
-        await request.app.state.backends.adapter.ListModels(inference_pb2.ListModelsRequest(), timeout=2.0)
-    except grpc.aio.AioRpcError as exc:
-        return f"down: {exc.code().name.lower()}"
+        await request.app.state.backends.model.list_models(timeout_s=2.0)
+    except ApiError as exc:
+        return f"down: {exc.grpc_code.name.lower()}"
     return "ok"
 
 
@@ -52,9 +43,9 @@ async def health(request: Request) -> JSONResponse:
     backends = request.app.state.backends
     names = ("auth", "history", "inference_adapter", "model", "redis")
     results = await asyncio.gather(
-        _grpc_serving(backends.auth_channel),
-        _grpc_serving(backends.history_channel),
-        _grpc_serving(backends.adapter_channel),
+        backends.auth.health(),
+        backends.history.health(),
+        backends.model.health(),
         _model(request),
         _redis(request),
     )
@@ -68,7 +59,7 @@ async def health(request: Request) -> JSONResponse:
     spooled = await request.app.state.recorder.pending()
     body = {
         "status": status,
-        "model": request.app.state.ask_service.known_model or None,
+        "model": request.app.state.pipeline.known_model or None,
         "dependencies": dependencies,
         "history_spool": spooled,
         # What a Redis outage means here: limits per process ("open") or 503s ("closed"), no cache.

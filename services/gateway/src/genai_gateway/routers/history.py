@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import grpc
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from genai.history.v1 import history_pb2
 
-from genai_common.grpc_client import call_metadata
-from genai_gateway.errors import from_grpc
-from genai_gateway.schemas import ConversationList, ConversationOut, ConversationSummary, MessageOut, Usage
+from genai_gateway.clients import History
+from genai_gateway.schemas import (
+    ConversationList,
+    ConversationOut,
+    ConversationSummary,
+    MessageOut,
+    Origin,
+    Usage,
+)
 from genai_gateway.security import CurrentUser
 
 router = APIRouter(prefix="/api/v1/history", tags=["history"])
-HISTORY = "the history service"
 
 
 def summary_out(summary: history_pb2.ConversationSummary) -> ConversationSummary:
@@ -24,6 +28,7 @@ def summary_out(summary: history_pb2.ConversationSummary) -> ConversationSummary
         created_at_ms=summary.created_at_ms,
         updated_at_ms=summary.updated_at_ms,
         message_count=summary.message_count,
+        origin=summary.origin,  # type: ignore[arg-type]
     )
 
 
@@ -48,35 +53,28 @@ def message_out(message: history_pb2.Message) -> MessageOut:
 @router.get("", response_model=ConversationList)
 async def list_conversations(
     principal: CurrentUser,
-    request: Request,
+    history: History,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str, Query(max_length=512)] = "",
+    origin: Annotated[
+        Origin | None, Query(description="only the chat's conversations, or only API calls")
+    ] = None,
 ) -> ConversationList:
-    try:
-        page = await request.app.state.backends.history.ListConversations(
-            history_pb2.ListConversationsRequest(
-                owner_id=principal.user_id, page_size=limit, page_token=cursor
-            ),
-            timeout=request.app.state.settings.history_timeout_s,
-            metadata=call_metadata(),
+    page = await history.list_conversations(
+        history_pb2.ListConversationsRequest(
+            owner_id=principal.user_id, page_size=limit, page_token=cursor, origin=origin or ""
         )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, HISTORY) from None
+    )
     return ConversationList(
         conversations=[summary_out(c) for c in page.conversations], next_cursor=page.next_page_token or None
     )
 
 
 @router.get("/{conversation_id}", response_model=ConversationOut)
-async def get_conversation(conversation_id: str, principal: CurrentUser, request: Request) -> ConversationOut:
-    try:
-        conversation = await request.app.state.backends.history.GetConversation(
-            history_pb2.GetConversationRequest(owner_id=principal.user_id, conversation_id=conversation_id),
-            timeout=request.app.state.settings.history_timeout_s,
-            metadata=call_metadata(),
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, HISTORY) from None
+async def get_conversation(conversation_id: str, principal: CurrentUser, history: History) -> ConversationOut:
+    conversation = await history.get_conversation(
+        history_pb2.GetConversationRequest(owner_id=principal.user_id, conversation_id=conversation_id)
+    )
     return ConversationOut(
         **summary_out(conversation.summary).model_dump(),
         messages=[message_out(m) for m in conversation.messages],
@@ -84,14 +82,7 @@ async def get_conversation(conversation_id: str, principal: CurrentUser, request
 
 
 @router.delete("/{conversation_id}", status_code=204)
-async def delete_conversation(conversation_id: str, principal: CurrentUser, request: Request) -> None:
-    try:
-        await request.app.state.backends.history.DeleteConversation(
-            history_pb2.DeleteConversationRequest(
-                owner_id=principal.user_id, conversation_id=conversation_id
-            ),
-            timeout=request.app.state.settings.history_timeout_s,
-            metadata=call_metadata(),
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, HISTORY) from None
+async def delete_conversation(conversation_id: str, principal: CurrentUser, history: History) -> None:
+    await history.delete_conversation(
+        history_pb2.DeleteConversationRequest(owner_id=principal.user_id, conversation_id=conversation_id)
+    )

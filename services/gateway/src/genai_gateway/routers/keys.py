@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import grpc
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from genai.auth.v1 import auth_pb2
 from pydantic import BaseModel, Field
 
-from genai_common.grpc_client import call_metadata
-from genai_gateway.errors import from_grpc
-from genai_gateway.security import CurrentUser, bearer_token
+from genai_gateway.clients import Auth
+from genai_gateway.security import CurrentUser, Token
 
 router = APIRouter(prefix="/api/v1/keys", tags=["api keys"])
-AUTH = "the authentication service"
 
 
 class KeyCreate(BaseModel):
@@ -58,55 +55,37 @@ def key_out(key: auth_pb2.ApiKey) -> KeyOut:
     )
 
 
-def _as_caller(request: Request) -> tuple[tuple[str, str], ...]:
-    return call_metadata(("authorization", f"Bearer {bearer_token(request)}"))
-
-
 @router.post("", response_model=KeyCreated, status_code=201)
-async def create_key(body: KeyCreate, _: CurrentUser, request: Request) -> KeyCreated:
-    try:
-        created = await request.app.state.backends.auth.CreateApiKey(
-            auth_pb2.CreateApiKeyRequest(
-                name=body.name, owner_username=body.owner, expires_in_s=body.expires_in_days * 86400
-            ),
-            timeout=request.app.state.settings.auth_timeout_s,
-            metadata=_as_caller(request),
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, AUTH) from None
+async def create_key(body: KeyCreate, _: CurrentUser, token: Token, auth: Auth) -> KeyCreated:
+    created = await auth.create_api_key(
+        auth_pb2.CreateApiKeyRequest(
+            name=body.name, owner_username=body.owner, expires_in_s=body.expires_in_days * 86400
+        ),
+        token,
+    )
     return KeyCreated(**key_out(created.key).model_dump(), key=created.secret)
 
 
 @router.get("", response_model=KeyList)
 async def list_keys(
     _: CurrentUser,
-    request: Request,
+    token: Token,
+    auth: Auth,
     owner: Annotated[str, Query(max_length=64, description="admins: a username, or * for everyone")] = "",
     include_revoked: bool = False,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str, Query(max_length=512)] = "",
 ) -> KeyList:
-    try:
-        page = await request.app.state.backends.auth.ListApiKeys(
-            auth_pb2.ListApiKeysRequest(
-                owner_username=owner, include_revoked=include_revoked, page_size=limit, page_token=cursor
-            ),
-            timeout=request.app.state.settings.auth_timeout_s,
-            metadata=_as_caller(request),
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, AUTH) from None
+    page = await auth.list_api_keys(
+        auth_pb2.ListApiKeysRequest(
+            owner_username=owner, include_revoked=include_revoked, page_size=limit, page_token=cursor
+        ),
+        token,
+    )
     return KeyList(keys=[key_out(k) for k in page.keys], next_cursor=page.next_page_token or None)
 
 
 @router.delete("/{key_id}", response_model=KeyOut)
-async def revoke_key(key_id: str, _: CurrentUser, request: Request) -> KeyOut:
-    try:
-        revoked = await request.app.state.backends.auth.RevokeApiKey(
-            auth_pb2.RevokeApiKeyRequest(id=key_id),
-            timeout=request.app.state.settings.auth_timeout_s,
-            metadata=_as_caller(request),
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, AUTH) from None
+async def revoke_key(key_id: str, _: CurrentUser, token: Token, auth: Auth) -> KeyOut:
+    revoked = await auth.revoke_api_key(auth_pb2.RevokeApiKeyRequest(id=key_id), token)
     return key_out(revoked.key)

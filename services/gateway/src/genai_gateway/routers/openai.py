@@ -1,8 +1,9 @@
 """OpenAI-compatible endpoints: /v1/chat/completions, /v1/completions, /v1/models.
 
 Shapes follow the OpenAI API as vLLM serves it, so the official SDK and existing tools work unchanged.
-vLLM's extra sampling fields are passed on; fields this server does not know are ignored. Answers carry
-two extra fields, `source` ("model" or "cache") and `conversation_id`.
+vLLM's extra sampling fields, structured output (`response_format`) and tools (`tools`, `tool_choice`) are
+passed on to the model server; a field this server cannot honour is refused with a 400 that names it,
+never silently ignored. Answers carry two extra fields, `source` ("model" or "cache") and `conversation_id`.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from genai_common.request_id import current_request_id
 from genai_gateway.errors import ApiError
+from genai_gateway.pipeline import Answer, AskPipeline, Delta, Generation, Message
 from genai_gateway.responses import Encoder, serve, usage_dict
 from genai_gateway.security import CurrentUser
-from genai_gateway.serving import Answer, AskService, Delta, Generation
 from genai_gateway.streaming import sse
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -35,7 +36,29 @@ VLLM_EXTRA_FIELDS = (
     "skip_special_tokens",
     "spaces_between_special_tokens",
     "stop_token_ids",
+    "parallel_tool_calls",
 )
+
+# OpenAI fields this server cannot honour, with the value that asks for nothing: sent with that value
+# (as some clients always do) they are accepted; with any other, refused by name.
+UNSUPPORTED_FIELDS: dict[str, Any] = {
+    "logprobs": False,
+    "top_logprobs": 0,
+    "logit_bias": {},
+    "functions": [],
+    "function_call": "none",
+    "audio": None,
+    "modalities": ["text"],
+    "prediction": None,
+    "web_search_options": None,
+    "reasoning_effort": None,
+    "store": False,
+    "metadata": {},
+    "service_tier": "auto",
+    "echo": False,
+    "best_of": 1,
+    "suffix": None,
+}
 
 
 class ContentPart(BaseModel):
@@ -44,10 +67,28 @@ class ContentPart(BaseModel):
     text: str | None = None
 
 
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(max_length=256)
+    arguments: str = Field("", max_length=100_000)
+
+
+class ToolCall(BaseModel):
+    """A call the model asked for, as an assistant message in the request repeats it."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: str = Field("", max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    # An assistant turn that called tools, and a tool's answer to one of those calls.
+    tool_calls: list[ToolCall] | None = Field(None, max_length=128)
+    tool_call_id: str | None = Field(None, max_length=256)
 
     def text(self) -> str:
         if self.content is None:
@@ -64,10 +105,17 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class SamplingFields(BaseModel):
-    """What chat and completion requests share. Unknown fields are ignored, as OpenAI clients expect."""
+class ResponseFormat(BaseModel):
+    """Structured output: JSON mode, or JSON that follows a schema (checked by the model server)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text", "json_object", "json_schema"]
+
+
+class SamplingFields(BaseModel):
+    """What chat and completion requests share. A field this server does not know is refused by name."""
+
+    model_config = ConfigDict(extra="allow")
     model: str = Field("", max_length=256)
     max_tokens: int | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
@@ -91,23 +139,29 @@ class SamplingFields(BaseModel):
     skip_special_tokens: bool | None = None
     spaces_between_special_tokens: bool | None = None
     stop_token_ids: list[int] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
 
-    def generation(self, service: AskService, max_tokens: int | None, **fields: Any) -> Generation:
+    def generation(self, max_tokens: int | None, **fields: Any) -> Generation:
         if self.n != 1:
             raise ApiError(400, "only n=1 is supported", code="unsupported_parameter")
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if len(stops) > 4:
-            raise ApiError(400, "at most 4 stop sequences", code="invalid_stop")
+        for name, value in (self.model_extra or {}).items():
+            if name not in UNSUPPORTED_FIELDS:
+                raise ApiError(400, f"unknown field `{name}`", code="unsupported_parameter")
+            if value is not None and value != UNSUPPORTED_FIELDS[name]:
+                raise ApiError(400, f"`{name}` is not supported by this server", code="unsupported_parameter")
+        response_format = self.response_format.model_dump() if self.response_format else None
         return Generation(
             model=self.model,
-            max_tokens=service.check_max_tokens(max_tokens),
+            max_tokens=max_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
-            stop=stops,
+            stop=[self.stop] if isinstance(self.stop, str) else list(self.stop or []),
             seed=self.seed,
             extra={
                 name: getattr(self, name) for name in VLLM_EXTRA_FIELDS if getattr(self, name) is not None
             },
+            response_format=None if response_format == {"type": "text"} else response_format,
             conversation_id=self.conversation_id or "",
             **fields,
         )
@@ -117,25 +171,67 @@ class SamplingFields(BaseModel):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = Field(None, max_length=4096)
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    name: str = Field(max_length=64)
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
     max_completion_tokens: int | None = None
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+
+    def tool_fields(self) -> dict[str, Any]:
+        if self.tool_choice is not None and not self.tools and self.tool_choice != "none":
+            raise ApiError(400, "tool_choice needs tools", code="invalid_tool_choice")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tools:
+            names = {tool.function.name for tool in self.tools}
+            if self.tool_choice.function.name not in names:
+                raise ApiError(
+                    400, f"tool_choice names `{self.tool_choice.function.name}`, which is not among the tools"
+                )
+        choice = (
+            self.tool_choice.model_dump()
+            if isinstance(self.tool_choice, NamedToolChoice)
+            else self.tool_choice
+        )
+        return {
+            "tools": [tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None,
+            "tool_choice": choice,
+        }
 
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str]
 
 
-def _chat_messages(service: AskService, body: ChatCompletionRequest) -> list[dict[str, str]]:
-    messages = [
-        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages
-    ]
-    total = sum(len(m["content"]) for m in messages)
-    limit = service.settings.max_prompt_chars
-    if total > limit:
-        raise ApiError(413, f"messages are too long: {total} characters, the limit is {limit}")
-    if not any(m["role"] == "user" and m["content"].strip() for m in messages):
-        raise ApiError(422, "messages must include a non-empty user message")
+def _chat_messages(body: ChatCompletionRequest) -> list[Message]:
+    messages: list[Message] = []
+    for m in body.messages:
+        message: Message = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        if m.tool_calls:
+            message["tool_calls"] = [call.model_dump() for call in m.tool_calls]
+        if m.tool_call_id:
+            message["tool_call_id"] = m.tool_call_id
+        messages.append(message)
     return messages
 
 
@@ -167,9 +263,10 @@ class ChatEncoder(Encoder):
         return [self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])]
 
     def delta(self, delta: Delta) -> bytes:
-        return self._chunk(
-            [{"index": 0, "delta": {"content": delta.text}, "logprobs": None, "finish_reason": None}]
-        )
+        piece: dict[str, Any] = {"content": delta.text} if delta.text or not delta.tool_calls else {}
+        if delta.tool_calls:
+            piece["tool_calls"] = delta.tool_calls
+        return self._chunk([{"index": 0, "delta": piece, "logprobs": None, "finish_reason": None}])
 
     def final(self, answer: Answer) -> list[bytes]:
         finish = answer.finish_reason or "stop"
@@ -215,6 +312,10 @@ class CompletionEncoder(ChatEncoder):
 
 
 def _whole_chat(answer: Answer) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": answer.text}
+    if answer.tool_calls:
+        message["tool_calls"] = answer.tool_calls
+        message["content"] = answer.text or None
     return {
         "id": f"chatcmpl-{current_request_id.get()}",
         "object": "chat.completion",
@@ -223,7 +324,7 @@ def _whole_chat(answer: Answer) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": answer.text},
+                "message": message,
                 "logprobs": None,
                 "finish_reason": answer.finish_reason or "stop",
             }
@@ -256,9 +357,8 @@ def _whole_completion(answer: Answer) -> dict[str, Any]:
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, response: Response, principal: CurrentUser
 ) -> Any:
-    service: AskService = request.app.state.ask_service
     generation = body.generation(
-        service, body.max_completion_tokens or body.max_tokens, messages=_chat_messages(service, body)
+        body.max_completion_tokens or body.max_tokens, messages=_chat_messages(body), **body.tool_fields()
     )
     return await serve(
         generation,
@@ -275,15 +375,13 @@ async def chat_completions(
 async def completions(
     body: CompletionRequest, request: Request, response: Response, principal: CurrentUser
 ) -> Any:
-    service: AskService = request.app.state.ask_service
     if isinstance(body.prompt, list):
         if len(body.prompt) != 1:
             raise ApiError(400, "only one prompt per request is supported", code="unsupported_parameter")
         prompt = body.prompt[0]
     else:
         prompt = body.prompt
-    service.check_prompt(prompt)
-    generation = body.generation(service, body.max_tokens, prompt=prompt)
+    generation = body.generation(body.max_tokens, prompt=prompt, input_name="prompt")
     return await serve(
         generation,
         stream=body.stream,
@@ -297,7 +395,8 @@ async def completions(
 
 @router.get("/models")
 async def models(request: Request, _: CurrentUser) -> dict[str, Any]:
-    served = await request.app.state.ask_service.models()
+    pipeline: AskPipeline = request.app.state.pipeline
+    served = await pipeline.models()
     return {
         "object": "list",
         "data": [

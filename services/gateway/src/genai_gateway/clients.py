@@ -1,0 +1,272 @@
+"""Typed clients of the internal services: auth, history and the model (inference adapter).
+
+Each client owns its deadlines, and is the one place where its service's gRPC failures become the
+gateway's `ApiError` (`genai_gateway.errors.from_grpc`), naming the service in messages about outages.
+Nothing above this module sees a `grpc.aio.AioRpcError`. The request id rides on every call by the
+channels' interceptor (`genai_common.grpc_client`).
+
+Routers take the clients as typed dependencies (`Auth`, `History`, `Model`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import grpc
+from fastapi import Depends, Request
+from genai.auth.v1 import auth_pb2, auth_pb2_grpc
+from genai.history.v1 import history_pb2, history_pb2_grpc
+from genai.inference.v1 import inference_pb2, inference_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from genai_gateway.credentials import CredentialCache
+from genai_gateway.errors import from_grpc
+
+R = TypeVar("R")
+Metadata = tuple[tuple[str, str], ...]
+
+
+class _Client:
+    """Calls of one service: a deadline on each, and its failures translated in one place."""
+
+    stub: Any
+
+    # Named in messages about the service's outages ("the history service is unavailable; ...").
+    what = "a backend service"
+    # The answer to RESOURCE_EXHAUSTED: 429 where it means the caller asked too much, 503 where the
+    # service as a whole is busy (`from_grpc`).
+    busy_status = 429
+
+    def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
+        self.channel = channel
+        self.timeout_s = timeout_s
+
+    async def health(self, timeout_s: float = 1.0) -> str:
+        """ "ok", or "down: <why>", from the service's grpc.health.v1 check."""
+        try:
+            reply = await health_pb2_grpc.HealthStub(self.channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout_s
+            )
+        except grpc.aio.AioRpcError as exc:
+            return f"down: {exc.code().name.lower()}"
+        return "ok" if reply.status == health_pb2.HealthCheckResponse.SERVING else "down: not serving"
+
+    async def _call(
+        self,
+        method: Callable[..., Awaitable[R]],
+        request: Any,
+        *,
+        timeout_s: float | None = None,
+        metadata: Metadata = (),
+    ) -> R:
+        try:
+            return await method(request, timeout=timeout_s or self.timeout_s, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(exc, self.what, busy_status=self.busy_status) from None
+
+    async def _stream(
+        self,
+        method: Callable[..., Any],
+        request: Any,
+        *,
+        timeout_s: float | None = None,
+        metadata: Metadata = (),
+    ) -> AsyncIterator[Any]:
+        """The messages of a server stream; leaving early cancels the call (and the work behind it)."""
+        call = method(request, timeout=timeout_s or self.timeout_s, metadata=metadata)
+        try:
+            async for item in call:
+                yield item
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(exc, self.what, busy_status=self.busy_status) from None
+        finally:
+            call.cancel()
+
+
+def as_caller(token: str) -> Metadata:
+    """Metadata for a call that auth authorises itself (admin calls, API keys): the caller's credential."""
+    return (("authorization", f"Bearer {token}"),)
+
+
+def _unary(rpc: str) -> Any:
+    """A client method for the unary `rpc`: `await client.method(request)`, typed where it is declared."""
+
+    async def call(self: _Client, request: Any) -> Any:
+        return await self._call(getattr(self.stub, rpc), request)
+
+    return call
+
+
+def _as_caller(rpc: str) -> Any:
+    """A client method for a unary `rpc` that auth authorises by the caller's own credential:
+    `await client.method(request, token)`."""
+
+    async def call(self: _Client, request: Any, token: str) -> Any:
+        return await self._call(getattr(self.stub, rpc), request, metadata=as_caller(token))
+
+    return call
+
+
+def _server_stream(rpc: str) -> Any:
+    """A client method for a server-streaming `rpc` (exports): `async for item in client.method(request)`."""
+
+    def call(self: HistoryClient, request: Any) -> AsyncIterator[Any]:
+        return self._stream(getattr(self.stub, rpc), request, timeout_s=self.export_timeout_s)
+
+    return call
+
+
+class AuthClient(_Client):
+    what = "the authentication service"
+
+    def __init__(self, channel: grpc.aio.Channel, credentials: CredentialCache, timeout_s: float) -> None:
+        super().__init__(channel, timeout_s)
+        self.stub = auth_pb2_grpc.AuthServiceStub(channel)
+        self.credentials = credentials
+
+    async def authenticate(self, token: str) -> auth_pb2.Principal:
+        """Who a token or API key belongs to, from the credential cache while it may be trusted."""
+        try:
+            return await self.credentials.authenticate(self.stub, token, self.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(exc, self.what) from None
+
+    async def follow_changes(self) -> None:
+        """Keep the credential cache honest from auth's change feed, for as long as the gateway runs."""
+        await self.credentials.follow(self.stub)
+
+    login: Callable[[auth_pb2.LoginRequest], Awaitable[auth_pb2.TokenPair]] = _unary("Login")
+    refresh: Callable[[auth_pb2.RefreshRequest], Awaitable[auth_pb2.TokenPair]] = _unary("Refresh")
+    logout: Callable[[auth_pb2.LogoutRequest], Awaitable[auth_pb2.LogoutResponse]] = _unary("Logout")
+    change_password: Callable[
+        [auth_pb2.ChangePasswordRequest], Awaitable[auth_pb2.ChangePasswordResponse]
+    ] = _unary("ChangePassword")
+    create_api_key: Callable[[auth_pb2.CreateApiKeyRequest, str], Awaitable[auth_pb2.CreatedApiKey]] = (
+        _as_caller("CreateApiKey")
+    )
+    list_api_keys: Callable[[auth_pb2.ListApiKeysRequest, str], Awaitable[auth_pb2.ListApiKeysResponse]] = (
+        _as_caller("ListApiKeys")
+    )
+    revoke_api_key: Callable[
+        [auth_pb2.RevokeApiKeyRequest, str], Awaitable[auth_pb2.RevokeApiKeyResponse]
+    ] = _as_caller("RevokeApiKey")
+    create_user: Callable[[auth_pb2.CreateUserRequest, str], Awaitable[auth_pb2.User]] = _as_caller(
+        "CreateUser"
+    )
+    list_users: Callable[[auth_pb2.ListUsersRequest, str], Awaitable[auth_pb2.ListUsersResponse]] = (
+        _as_caller("ListUsers")
+    )
+    set_user_role: Callable[[auth_pb2.SetUserRoleRequest, str], Awaitable[auth_pb2.User]] = _as_caller(
+        "SetUserRole"
+    )
+    set_user_disabled: Callable[[auth_pb2.SetUserDisabledRequest, str], Awaitable[auth_pb2.User]] = (
+        _as_caller("SetUserDisabled")
+    )
+    set_user_limits: Callable[[auth_pb2.SetUserLimitsRequest, str], Awaitable[auth_pb2.User]] = _as_caller(
+        "SetUserLimits"
+    )
+    reset_password: Callable[
+        [auth_pb2.ResetPasswordRequest, str], Awaitable[auth_pb2.ResetPasswordResponse]
+    ] = _as_caller("ResetPassword")
+
+
+class HistoryClient(_Client):
+    """Every call names the owner (or, for admin calls, the acting admin); history enforces it."""
+
+    what = "the history service"
+
+    def __init__(self, channel: grpc.aio.Channel, timeout_s: float, export_timeout_s: float) -> None:
+        super().__init__(channel, timeout_s)
+        self.stub = history_pb2_grpc.HistoryServiceStub(channel)
+        self.export_timeout_s = export_timeout_s
+
+    append_exchange: Callable[
+        [history_pb2.AppendExchangeRequest], Awaitable[history_pb2.AppendExchangeResponse]
+    ] = _unary("AppendExchange")
+    list_conversations: Callable[
+        [history_pb2.ListConversationsRequest], Awaitable[history_pb2.ListConversationsResponse]
+    ] = _unary("ListConversations")
+    get_conversation: Callable[[history_pb2.GetConversationRequest], Awaitable[history_pb2.Conversation]] = (
+        _unary("GetConversation")
+    )
+    delete_conversation: Callable[
+        [history_pb2.DeleteConversationRequest], Awaitable[history_pb2.DeleteConversationResponse]
+    ] = _unary("DeleteConversation")
+    rename_conversation: Callable[
+        [history_pb2.RenameConversationRequest], Awaitable[history_pb2.ConversationSummary]
+    ] = _unary("RenameConversation")
+    search_messages: Callable[
+        [history_pb2.SearchMessagesRequest], Awaitable[history_pb2.SearchMessagesResponse]
+    ] = _unary("SearchMessages")
+    export_conversations: Callable[
+        [history_pb2.ExportConversationsRequest], AsyncIterator[history_pb2.ExportedMessage]
+    ] = _server_stream("ExportConversations")
+    admin_list_conversations: Callable[
+        [history_pb2.AdminListConversationsRequest], Awaitable[history_pb2.AdminListConversationsResponse]
+    ] = _unary("AdminListConversations")
+    admin_get_conversation: Callable[
+        [history_pb2.AdminGetConversationRequest], Awaitable[history_pb2.Conversation]
+    ] = _unary("AdminGetConversation")
+    admin_export_conversations: Callable[
+        [history_pb2.AdminExportConversationsRequest], AsyncIterator[history_pb2.ExportedMessage]
+    ] = _server_stream("AdminExportConversations")
+    list_audit_events: Callable[
+        [history_pb2.ListAuditEventsRequest], Awaitable[history_pb2.ListAuditEventsResponse]
+    ] = _unary("ListAuditEvents")
+    usage_report: Callable[[history_pb2.UsageReportRequest], Awaitable[history_pb2.UsageReportResponse]] = (
+        _unary("UsageReport")
+    )
+
+
+class ModelClient(_Client):
+    """The inference adapter. A full queue there means the service is busy (503), not that the caller
+    asked too much; gRPC callers of the gateway still get RESOURCE_EXHAUSTED."""
+
+    what = "the model service"
+    busy_status = 503
+
+    def __init__(self, channel: grpc.aio.Channel, generate_timeout_s: float) -> None:
+        super().__init__(channel, generate_timeout_s)
+        self.stub = inference_pb2_grpc.InferenceServiceStub(channel)
+
+    async def list_models(self, timeout_s: float = 10.0) -> list[inference_pb2.Model]:
+        listing = await self._call(
+            self.stub.ListModels, inference_pb2.ListModelsRequest(), timeout_s=timeout_s
+        )
+        return list(listing.models)
+
+    async def count_tokens(
+        self, request: inference_pb2.CountTokensRequest, timeout_s: float
+    ) -> inference_pb2.CountTokensResponse:
+        return await self._call(self.stub.CountTokens, request, timeout_s=timeout_s)
+
+    generate: Callable[[inference_pb2.GenerateRequest], Awaitable[inference_pb2.GenerateResponse]] = _unary(
+        "Generate"
+    )
+
+    def generate_stream(
+        self, request: inference_pb2.GenerateRequest
+    ) -> AsyncIterator[inference_pb2.GenerateChunk]:
+        return self._stream(self.stub.GenerateStream, request)
+
+
+def _backends(request: Request) -> Any:
+    return request.app.state.backends
+
+
+def auth_client(request: Request) -> AuthClient:
+    return _backends(request).auth  # type: ignore[no-any-return]
+
+
+def history_client(request: Request) -> HistoryClient:
+    return _backends(request).history  # type: ignore[no-any-return]
+
+
+def model_client(request: Request) -> ModelClient:
+    return _backends(request).model  # type: ignore[no-any-return]
+
+
+Auth = Annotated[AuthClient, Depends(auth_client)]
+History = Annotated[HistoryClient, Depends(history_client)]
+Model = Annotated[ModelClient, Depends(model_client)]
