@@ -442,3 +442,26 @@ async def test_last_enabled_admin_cannot_be_demoted(new_database_dsn: str, setti
         assert await store.set_role("nobody-here", "user") is None
     finally:
         await pool.close()
+
+
+async def test_a_name_with_nul_names_nobody(stub: Stub, admin_metadata: Metadata) -> None:
+    """PostgreSQL text holds no NUL: such a name is no one's, never a failed query (an internal error)."""
+    name = "ali\x00ce"
+    calls = [
+        stub.SetUserDisabled(
+            auth_pb2.SetUserDisabledRequest(username=name, disabled=True), metadata=admin_metadata
+        ),
+        stub.SetUserRole(auth_pb2.SetUserRoleRequest(username=name, role="user"), metadata=admin_metadata),
+        stub.SetUserLimits(
+            auth_pb2.SetUserLimitsRequest(username=name, limits_json="{}"), metadata=admin_metadata
+        ),
+        stub.ResetPassword(auth_pb2.ResetPasswordRequest(username=name), metadata=admin_metadata),
+        stub.CreateApiKey(
+            auth_pb2.CreateApiKeyRequest(name="k", owner_username=name), metadata=admin_metadata
+        ),
+    ]
+    for call in calls:
+        assert (await _error(call)).code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await stub.Login(auth_pb2.LoginRequest(username=name, password="whatever-it-is"))
+    assert failed.value.code() == grpc.StatusCode.UNAUTHENTICATED

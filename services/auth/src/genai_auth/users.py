@@ -48,6 +48,12 @@ def check_username(username: str) -> None:
         raise InvalidInput("username must be 3 to 64 characters, using only letters, digits and _ . @ -")
 
 
+def nameable(username: str) -> bool:
+    """Whether a user could have this name: PostgreSQL text holds no NUL, so a name with one names nobody
+    (and is not sent in a query, where it would fail as an error instead of matching no one)."""
+    return "\x00" not in username
+
+
 def check_password(password: str) -> None:
     if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
         raise InvalidInput(f"password must be {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters long")
@@ -163,6 +169,8 @@ class UserStore:
         return bool(await self._pool.fetchval("SELECT EXISTS (SELECT 1 FROM users WHERE role = 'admin')"))
 
     async def get_by_username(self, username: str) -> User | None:
+        if not nameable(username):
+            return None
         row = await self._pool.fetchrow(
             f"SELECT {_COLUMNS} FROM users WHERE lower(username) = lower($1)",  # noqa: S608 (constant columns)
             username,
@@ -193,6 +201,8 @@ class UserStore:
 
     async def set_disabled(self, username: str, disabled: bool) -> User | None:
         """Disable or enable a user; None if there is no such user."""
+        if not nameable(username):
+            return None
         row = await self._pool.fetchrow(
             "UPDATE users SET disabled = $2, updated_at = now() WHERE lower(username) = lower($1) "  # noqa: S608 (constant columns)
             f"RETURNING {_COLUMNS}",
@@ -205,6 +215,8 @@ class UserStore:
         """Replace a user's limit overrides as a whole ({} clears them); None if there is no such user.
         Raises InvalidLimits, so that nothing but valid overrides is ever stored."""
         limits_json = dump_limits(check_limits(limits))
+        if not nameable(username):
+            return None
         row = await self._pool.fetchrow(
             "UPDATE users SET limits = $2::jsonb, updated_at = now() WHERE lower(username) = lower($1) "  # noqa: S608 (constant columns)
             f"RETURNING {_COLUMNS}",
@@ -218,6 +230,8 @@ class UserStore:
         an unknown role and LastAdmin when that would demote the last enabled admin."""
         if role not in ROLES:
             raise InvalidInput("role must be 'user' or 'admin'")
+        if not nameable(username):
+            return None
         async with self._pool.acquire() as conn, conn.transaction():
             # The same lock as the first admin's creation: two admins demoting each other at once
             # must not both succeed.
