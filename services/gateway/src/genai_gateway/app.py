@@ -17,6 +17,7 @@ from genai_gateway.cache import AnswerCache
 from genai_gateway.errors import install_handlers
 from genai_gateway.grpc_api import start_server
 from genai_gateway.middleware import RequestIdMiddleware
+from genai_gateway.openapi import install as install_openapi
 from genai_gateway.pipeline import AskPipeline
 from genai_gateway.quota import Quotas
 from genai_gateway.routers import admin, ask, auth, dialogs, health, history, keys, openai, users
@@ -95,6 +96,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         health.router,
     ):
         app.include_router(router)
+    install_openapi(app, settings)
 
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
 
