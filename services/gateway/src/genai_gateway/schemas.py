@@ -4,12 +4,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 # Per-user limit overrides, as auth stores them (genai_auth.limits): a limit is 1 to MAX_LIMIT, or
 # UNLIMITED; a limit left out follows the role's default from the gateway's settings.
 UNLIMITED = -1
 MAX_LIMIT = 10**9
+
+
+def _json_integer(value: Any) -> Any:
+    """An integer as JSON (and the OpenAPI document) has it: 5 or 5.0, never true, "5" or 5.5."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be an integer")
+    return value
+
+
+# For the integers of strict models: JSON has one kind of number, so an integral 5.0 is the integer 5.
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 
 
 class TokenRequest(BaseModel):
@@ -43,9 +56,12 @@ Origin = Literal["chat", "api"]
 
 
 class AskRequest(BaseModel):
+    # Strict, as the OpenAPI document types it: "stream": 0 or "max_tokens": "5" is a mistake to report.
+    model_config = ConfigDict(strict=True)
+
     # Length is checked by the service against its setting, with a message that names the limit.
     prompt: str
-    max_tokens: int | None = Field(None, description="1 up to the server's limit; default 256")
+    max_tokens: JsonInt | None = Field(None, description="1 up to the server's limit; default 256")
     stream: bool = Field(False, description="answer as server-sent events while the model writes")
     conversation_id: str | None = Field(
         None, max_length=64, description="continue this conversation: its earlier turns are sent as context"
@@ -95,7 +111,7 @@ def _limit(value: int) -> int:
 
 
 # Strict: true, 1.5 or "10" are mistakes, not limits.
-Limit = Annotated[StrictInt, AfterValidator(_limit)]
+Limit = Annotated[JsonInt, AfterValidator(_limit)]
 
 
 class UserLimits(BaseModel):
@@ -145,8 +161,9 @@ class UserList(BaseModel):
 class UserPatch(BaseModel):
     """Changes to one user: any of `disabled`, `role` and `limits`."""
 
-    # Forbidden extras: a misspelt field must not look like a change that was made.
-    model_config = ConfigDict(extra="forbid")
+    # Forbidden extras: a misspelt field must not look like a change that was made. Strict, as the OpenAPI
+    # document types it: "disabled": 0 is a mistake, not false.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     disabled: bool | None = None
     role: Literal["user", "admin"] | None = None
