@@ -200,7 +200,8 @@ _OPENAI_GENERATION: Reasons = {
     400: "n other than 1, more than 4 stop sequences, content other than text, more than one prompt, "
     "or the model server refused the request (e.g. longer than the model's context)",
     413: "the messages (or the prompt) are longer than the server's limit",
-    422: "no non-empty user message (or an empty prompt), or max_tokens outside 1 to the server's limit",
+    422: "no non-empty user message (or an empty prompt), a tool message without tool_call_id, or "
+    "max_tokens outside 1 to the server's limit",
 }
 
 # What each route answers of its own, beyond what `_derived` finds in the route itself.
@@ -649,6 +650,14 @@ def _apply_limits(schemas: dict[str, Any], settings: GatewaySettings) -> None:
         schemas["UserPatch"]["minProperties"] = 1
     # The history service's: whitespace is collapsed, and nothing may be left blank.
     patch("ConversationRename", "title", {"type": "string", "minLength": 1, "maxLength": 200, **nonblank})
+    # A tool's answer names the call it answers (OpenAI's rule; the gateway and model servers check it).
+    message = schemas.get("ChatMessage")
+    if message is not None and "tool_call_id" in message.get("properties", {}):
+        message["if"] = {"properties": {"role": {"const": "tool"}}, "required": ["role"]}
+        message["then"] = {
+            "properties": {"tool_call_id": {"type": "string", "minLength": 1}},
+            "required": ["tool_call_id"],
+        }
     # The messages must hold a user message with some text.
     chat = schemas.get("ChatCompletionRequest", {}).get("properties", {}).get("messages")
     if chat is not None:

@@ -323,6 +323,9 @@ class AskPipeline:
                     if name == "prompt"
                     else f"{name} must include a user message",
                 )
+            # OpenAI's rule, which model servers enforce (llama.cpp's with a 500): a tool's answer names its call.
+            if any(m["role"] == "tool" and not m.get("tool_call_id") for m in messages):
+                raise ApiError(422, f"{name}: a message of role tool needs the tool_call_id it answers")
         total = sum(len(text) for text in texts)
         if total > limit:
             raise ApiError(413, f"{name} is too long: {total} characters, the limit is {limit}")
