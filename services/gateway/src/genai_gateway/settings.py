@@ -41,7 +41,7 @@ class GatewaySettings(CommonSettings):
     context_budget_chars: int = Field(8000, ge=0)
     # The model's context window in tokens when its server does not say (vLLM does; llama.cpp's does not:
     # set its --n_ctx here).
-    model_context_tokens: int = Field(4096, ge=1)
+    model_context_tokens: int = Field(2048, ge=1)
     # Tokens kept free for what the chat template adds (a default system prompt, the answer's header).
     context_reserve_tokens: int = Field(64, ge=0)
     # Streams: a comment line this often while no token arrives (keeps proxies and clients patient).
