@@ -5,7 +5,7 @@ gateway's `ApiError` (`genai_gateway.errors.from_grpc`), naming the service in m
 Nothing above this module sees a `grpc.aio.AioRpcError`. The request id rides on every call by the
 channels' interceptor (`genai_common.grpc_client`).
 
-Routers take the clients as typed dependencies (`Auth`, `History`, `Model`).
+Routers take the clients as typed dependencies (`Auth`, `History`); the model is the pipeline's.
 """
 
 from __future__ import annotations
@@ -263,10 +263,5 @@ def history_client(request: Request) -> HistoryClient:
     return _backends(request).history  # type: ignore[no-any-return]
 
 
-def model_client(request: Request) -> ModelClient:
-    return _backends(request).model  # type: ignore[no-any-return]
-
-
 Auth = Annotated[AuthClient, Depends(auth_client)]
 History = Annotated[HistoryClient, Depends(history_client)]
-Model = Annotated[ModelClient, Depends(model_client)]

@@ -52,6 +52,8 @@ CACHED_CHUNK_CHARS = 16
 MESSAGE_OVERHEAD_TOKENS = 8
 # Token counts of stored turns, which never change: remembered per (model, message id).
 TOKEN_COUNT_MEMORY = 20_000
+# Counting a conversation's tokens at the model server (texts of one conversation, counted concurrently).
+COUNT_TOKENS_TIMEOUT_S = 5.0
 # At most this many stop sequences (OpenAI's limit).
 MAX_STOPS = 4
 
@@ -396,7 +398,7 @@ class AskPipeline:
                 inference_pb2.CountTokensRequest(
                     model=model, texts=[*current, *(t for m in unknown for t in (m.prompt, m.response))]
                 ),
-                timeout_s=self.settings.history_timeout_s,
+                timeout_s=COUNT_TOKENS_TIMEOUT_S,
             )
         except ApiError as exc:
             if exc.grpc_code != grpc.StatusCode.UNIMPLEMENTED:
