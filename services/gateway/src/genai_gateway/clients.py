@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from genai_gateway.credentials import CredentialCache
 from genai_gateway.errors import from_grpc
 
+Q = TypeVar("Q")
 R = TypeVar("R")
 Metadata = tuple[tuple[str, str], ...]
 
@@ -89,29 +90,29 @@ def as_caller(token: str) -> Metadata:
     return (("authorization", f"Bearer {token}"),)
 
 
-def _unary(rpc: str) -> Any:
-    """A client method for the unary `rpc`: `await client.method(request)`, typed where it is declared."""
+def _unary(rpc: str, _request: type[Q], _reply: type[R]) -> Callable[[Any, Q], Awaitable[R]]:
+    """A method for the unary `rpc`: `await client.method(request)`; the types say what it takes and gives."""
 
-    async def call(self: _Client, request: Any) -> Any:
+    async def call(self: _Client, request: Q) -> R:
         return await self._call(getattr(self.stub, rpc), request)
 
     return call
 
 
-def _as_caller(rpc: str) -> Any:
-    """A client method for a unary `rpc` that auth authorises by the caller's own credential:
+def _as_caller(rpc: str, _request: type[Q], _reply: type[R]) -> Callable[[Any, Q, str], Awaitable[R]]:
+    """A method for a unary `rpc` that auth authorises by the caller's own credential:
     `await client.method(request, token)`."""
 
-    async def call(self: _Client, request: Any, token: str) -> Any:
+    async def call(self: _Client, request: Q, token: str) -> R:
         return await self._call(getattr(self.stub, rpc), request, metadata=as_caller(token))
 
     return call
 
 
-def _server_stream(rpc: str) -> Any:
-    """A client method for a server-streaming `rpc` (exports): `async for item in client.method(request)`."""
+def _server_stream(rpc: str, _request: type[Q], _item: type[R]) -> Callable[[Any, Q], AsyncIterator[R]]:
+    """A method for a server-streaming `rpc` (exports): `async for item in client.method(request)`."""
 
-    def call(self: HistoryClient, request: Any) -> AsyncIterator[Any]:
+    def call(self: HistoryClient, request: Q) -> AsyncIterator[R]:
         return self._stream(getattr(self.stub, rpc), request, timeout_s=self.export_timeout_s)
 
     return call
@@ -136,39 +137,23 @@ class AuthClient(_Client):
         """Keep the credential cache honest from auth's change feed, for as long as the gateway runs."""
         await self.credentials.follow(self.stub)
 
-    login: Callable[[auth_pb2.LoginRequest], Awaitable[auth_pb2.TokenPair]] = _unary("Login")
-    refresh: Callable[[auth_pb2.RefreshRequest], Awaitable[auth_pb2.TokenPair]] = _unary("Refresh")
-    logout: Callable[[auth_pb2.LogoutRequest], Awaitable[auth_pb2.LogoutResponse]] = _unary("Logout")
-    change_password: Callable[
-        [auth_pb2.ChangePasswordRequest], Awaitable[auth_pb2.ChangePasswordResponse]
-    ] = _unary("ChangePassword")
-    create_api_key: Callable[[auth_pb2.CreateApiKeyRequest, str], Awaitable[auth_pb2.CreatedApiKey]] = (
-        _as_caller("CreateApiKey")
+    login = _unary("Login", auth_pb2.LoginRequest, auth_pb2.TokenPair)
+    refresh = _unary("Refresh", auth_pb2.RefreshRequest, auth_pb2.TokenPair)
+    logout = _unary("Logout", auth_pb2.LogoutRequest, auth_pb2.LogoutResponse)
+    change_password = _unary(
+        "ChangePassword", auth_pb2.ChangePasswordRequest, auth_pb2.ChangePasswordResponse
     )
-    list_api_keys: Callable[[auth_pb2.ListApiKeysRequest, str], Awaitable[auth_pb2.ListApiKeysResponse]] = (
-        _as_caller("ListApiKeys")
+    create_api_key = _as_caller("CreateApiKey", auth_pb2.CreateApiKeyRequest, auth_pb2.CreatedApiKey)
+    list_api_keys = _as_caller("ListApiKeys", auth_pb2.ListApiKeysRequest, auth_pb2.ListApiKeysResponse)
+    revoke_api_key = _as_caller("RevokeApiKey", auth_pb2.RevokeApiKeyRequest, auth_pb2.RevokeApiKeyResponse)
+    create_user = _as_caller("CreateUser", auth_pb2.CreateUserRequest, auth_pb2.User)
+    list_users = _as_caller("ListUsers", auth_pb2.ListUsersRequest, auth_pb2.ListUsersResponse)
+    set_user_role = _as_caller("SetUserRole", auth_pb2.SetUserRoleRequest, auth_pb2.User)
+    set_user_disabled = _as_caller("SetUserDisabled", auth_pb2.SetUserDisabledRequest, auth_pb2.User)
+    set_user_limits = _as_caller("SetUserLimits", auth_pb2.SetUserLimitsRequest, auth_pb2.User)
+    reset_password = _as_caller(
+        "ResetPassword", auth_pb2.ResetPasswordRequest, auth_pb2.ResetPasswordResponse
     )
-    revoke_api_key: Callable[
-        [auth_pb2.RevokeApiKeyRequest, str], Awaitable[auth_pb2.RevokeApiKeyResponse]
-    ] = _as_caller("RevokeApiKey")
-    create_user: Callable[[auth_pb2.CreateUserRequest, str], Awaitable[auth_pb2.User]] = _as_caller(
-        "CreateUser"
-    )
-    list_users: Callable[[auth_pb2.ListUsersRequest, str], Awaitable[auth_pb2.ListUsersResponse]] = (
-        _as_caller("ListUsers")
-    )
-    set_user_role: Callable[[auth_pb2.SetUserRoleRequest, str], Awaitable[auth_pb2.User]] = _as_caller(
-        "SetUserRole"
-    )
-    set_user_disabled: Callable[[auth_pb2.SetUserDisabledRequest, str], Awaitable[auth_pb2.User]] = (
-        _as_caller("SetUserDisabled")
-    )
-    set_user_limits: Callable[[auth_pb2.SetUserLimitsRequest, str], Awaitable[auth_pb2.User]] = _as_caller(
-        "SetUserLimits"
-    )
-    reset_password: Callable[
-        [auth_pb2.ResetPasswordRequest, str], Awaitable[auth_pb2.ResetPasswordResponse]
-    ] = _as_caller("ResetPassword")
 
 
 class HistoryClient(_Client):
@@ -181,42 +166,40 @@ class HistoryClient(_Client):
         self.stub = history_pb2_grpc.HistoryServiceStub(channel)
         self.export_timeout_s = export_timeout_s
 
-    append_exchange: Callable[
-        [history_pb2.AppendExchangeRequest], Awaitable[history_pb2.AppendExchangeResponse]
-    ] = _unary("AppendExchange")
-    list_conversations: Callable[
-        [history_pb2.ListConversationsRequest], Awaitable[history_pb2.ListConversationsResponse]
-    ] = _unary("ListConversations")
-    get_conversation: Callable[[history_pb2.GetConversationRequest], Awaitable[history_pb2.Conversation]] = (
-        _unary("GetConversation")
+    append_exchange = _unary(
+        "AppendExchange", history_pb2.AppendExchangeRequest, history_pb2.AppendExchangeResponse
     )
-    delete_conversation: Callable[
-        [history_pb2.DeleteConversationRequest], Awaitable[history_pb2.DeleteConversationResponse]
-    ] = _unary("DeleteConversation")
-    rename_conversation: Callable[
-        [history_pb2.RenameConversationRequest], Awaitable[history_pb2.ConversationSummary]
-    ] = _unary("RenameConversation")
-    search_messages: Callable[
-        [history_pb2.SearchMessagesRequest], Awaitable[history_pb2.SearchMessagesResponse]
-    ] = _unary("SearchMessages")
-    export_conversations: Callable[
-        [history_pb2.ExportConversationsRequest], AsyncIterator[history_pb2.ExportedMessage]
-    ] = _server_stream("ExportConversations")
-    admin_list_conversations: Callable[
-        [history_pb2.AdminListConversationsRequest], Awaitable[history_pb2.AdminListConversationsResponse]
-    ] = _unary("AdminListConversations")
-    admin_get_conversation: Callable[
-        [history_pb2.AdminGetConversationRequest], Awaitable[history_pb2.Conversation]
-    ] = _unary("AdminGetConversation")
-    admin_export_conversations: Callable[
-        [history_pb2.AdminExportConversationsRequest], AsyncIterator[history_pb2.ExportedMessage]
-    ] = _server_stream("AdminExportConversations")
-    list_audit_events: Callable[
-        [history_pb2.ListAuditEventsRequest], Awaitable[history_pb2.ListAuditEventsResponse]
-    ] = _unary("ListAuditEvents")
-    usage_report: Callable[[history_pb2.UsageReportRequest], Awaitable[history_pb2.UsageReportResponse]] = (
-        _unary("UsageReport")
+    list_conversations = _unary(
+        "ListConversations", history_pb2.ListConversationsRequest, history_pb2.ListConversationsResponse
     )
+    get_conversation = _unary("GetConversation", history_pb2.GetConversationRequest, history_pb2.Conversation)
+    delete_conversation = _unary(
+        "DeleteConversation", history_pb2.DeleteConversationRequest, history_pb2.DeleteConversationResponse
+    )
+    rename_conversation = _unary(
+        "RenameConversation", history_pb2.RenameConversationRequest, history_pb2.ConversationSummary
+    )
+    search_messages = _unary(
+        "SearchMessages", history_pb2.SearchMessagesRequest, history_pb2.SearchMessagesResponse
+    )
+    export_conversations = _server_stream(
+        "ExportConversations", history_pb2.ExportConversationsRequest, history_pb2.ExportedMessage
+    )
+    admin_list_conversations = _unary(
+        "AdminListConversations",
+        history_pb2.AdminListConversationsRequest,
+        history_pb2.AdminListConversationsResponse,
+    )
+    admin_get_conversation = _unary(
+        "AdminGetConversation", history_pb2.AdminGetConversationRequest, history_pb2.Conversation
+    )
+    admin_export_conversations = _server_stream(
+        "AdminExportConversations", history_pb2.AdminExportConversationsRequest, history_pb2.ExportedMessage
+    )
+    list_audit_events = _unary(
+        "ListAuditEvents", history_pb2.ListAuditEventsRequest, history_pb2.ListAuditEventsResponse
+    )
+    usage_report = _unary("UsageReport", history_pb2.UsageReportRequest, history_pb2.UsageReportResponse)
 
 
 class ModelClient(_Client):
@@ -241,9 +224,7 @@ class ModelClient(_Client):
     ) -> inference_pb2.CountTokensResponse:
         return await self._call(self.stub.CountTokens, request, timeout_s=timeout_s)
 
-    generate: Callable[[inference_pb2.GenerateRequest], Awaitable[inference_pb2.GenerateResponse]] = _unary(
-        "Generate"
-    )
+    generate = _unary("Generate", inference_pb2.GenerateRequest, inference_pb2.GenerateResponse)
 
     def generate_stream(
         self, request: inference_pb2.GenerateRequest
