@@ -66,6 +66,33 @@ def test_bad_input_is_invalid_argument(channel: grpc.Channel, user: User) -> Non
     assert "empty" in (failure.value.details() or "")
 
 
+def test_failures_carry_the_status_that_says_what_happened(
+    channel: grpc.Channel, live: RunningStack, user: User
+) -> None:
+    stub = assistant_pb2_grpc.AssistantStub(channel)
+    with pytest.raises(grpc.RpcError) as unknown:
+        stub.Ask(
+            assistant_pb2.AskRequest(prompt="hi", model="no-such-model"), metadata=_auth(user), timeout=10
+        )
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as missing:
+        stub.Ask(
+            assistant_pb2.AskRequest(prompt="hi", conversation_id=str(uuid.uuid4())),
+            metadata=_auth(user),
+            timeout=10,
+        )
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    # Over a limit: RESOURCE_EXHAUSTED with the wait in trailing metadata, not a status that went through HTTP.
+    limited_user = live.new_user()
+    live.set_limits(limited_user, requests_per_minute=1)
+    one = assistant_pb2.AskRequest(prompt=f"One {uuid.uuid4().hex[:6]}", max_tokens=4)
+    stub.Ask(one, metadata=_auth(limited_user), timeout=60)
+    with pytest.raises(grpc.RpcError) as limited:
+        stub.Ask(one, metadata=_auth(limited_user), timeout=60)
+    assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert int(dict(limited.value.trailing_metadata() or ())["retry-after"]) > 0
+
+
 def test_list_models_health_and_reflection(channel: grpc.Channel, user: User) -> None:
     models = assistant_pb2_grpc.AssistantStub(channel).ListModels(
         assistant_pb2.ListModelsRequest(), metadata=_auth(user), timeout=10
