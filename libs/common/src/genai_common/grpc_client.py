@@ -49,26 +49,10 @@ class RequestIdInterceptor(
     ) -> Any:
         return await continuation(_with_request_id(client_call_details), request)
 
-    async def intercept_unary_stream(
-        self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
-    ) -> Any:
-        return await continuation(_with_request_id(client_call_details), request)
-
-    async def intercept_stream_unary(
-        self,
-        continuation: Callable[..., Any],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request_iterator: Any,
-    ) -> Any:
-        return await continuation(_with_request_id(client_call_details), request_iterator)
-
-    async def intercept_stream_stream(
-        self,
-        continuation: Callable[..., Any],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request_iterator: Any,
-    ) -> Any:
-        return await continuation(_with_request_id(client_call_details), request_iterator)
+    # The same for every kind of call: the request (or the iterator of requests) passes through as it is.
+    intercept_unary_stream = intercept_unary_unary
+    intercept_stream_unary = intercept_unary_unary
+    intercept_stream_stream = intercept_unary_unary
 
 
 def create_channel(
