@@ -132,3 +132,14 @@ def test_a_wrong_method_names_every_method_of_the_path(settings: GatewaySettings
     assert client.put("/api/v1/history/0f8e4b8e").headers["allow"] == "DELETE, GET, PATCH"
     # A concrete path before a templated one, as OpenAPI matches them.
     assert client.post("/api/v1/history/search").headers["allow"] == "GET"
+
+
+def test_openai_requests_refuse_unknown_fields(document: dict[str, Any]) -> None:
+    for model in ("ChatCompletionRequest", "CompletionRequest"):
+        request = document["components"]["schemas"][model]
+        assert request["additionalProperties"] is False
+        assert request["properties"]["logprobs"]["anyOf"] == [
+            {"const": False},
+            {"const": 0},
+            {"type": "null"},
+        ]

@@ -24,6 +24,7 @@ schemas for answers the routes build as plain dicts, and examples for the main r
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
@@ -34,6 +35,7 @@ from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
 from genai_gateway.errors import error_response
+from genai_gateway.routers import openai as openai_routes
 from genai_gateway.schemas import MAX_LIMIT, UNLIMITED, Usage
 from genai_gateway.security import admin_principal, current_principal
 from genai_gateway.settings import GatewaySettings
@@ -198,7 +200,8 @@ _GENERATION: Reasons = {
 _OPENAI_GENERATION: Reasons = {
     **_GENERATION,
     400: "n other than 1, more than 4 stop sequences, content other than text, more than one prompt, "
-    "or the model server refused the request (e.g. longer than the model's context)",
+    "a field this server does not know or cannot honour (named in the message), tool_choice without tools "
+    "or naming none of them, or the model server refused the request (e.g. longer than the model's context)",
     413: "the messages (or the prompt) are longer than the server's limit",
     422: "no non-empty user message (or an empty prompt), a tool message without tool_call_id, or "
     "max_tokens outside 1 to the server's limit",
@@ -650,6 +653,21 @@ def _apply_limits(schemas: dict[str, Any], settings: GatewaySettings) -> None:
         schemas["UserPatch"]["minProperties"] = 1
     # The history service's: whitespace is collapsed, and nothing may be left blank.
     patch("ConversationRename", "title", {"type": "string", "minLength": 1, "maxLength": 200, **nonblank})
+    # OpenAI's fields this server cannot honour are accepted with the value that asks for nothing, and any
+    # other field it does not know is refused by name.
+    for model in ("ChatCompletionRequest", "CompletionRequest"):
+        request = schemas.get(model)
+        if request is None:
+            continue
+        for name, neutral in openai_routes.UNSUPPORTED_FIELDS.items():
+            request["properties"].setdefault(
+                name,
+                {
+                    "anyOf": [*({"const": same} for same in _equal_in_python(neutral)), {"type": "null"}],
+                    "description": f"not supported: accepted only as {json.dumps(neutral)} (or equal) or null",
+                },
+            )
+        request["additionalProperties"] = False
     # A tool's answer names the call it answers (OpenAI's rule; the gateway and model servers check it).
     message = schemas.get("ChatMessage")
     if message is not None and "tool_call_id" in message.get("properties", {}):
@@ -681,6 +699,13 @@ def _apply_limits(schemas: dict[str, Any], settings: GatewaySettings) -> None:
             },
             "required": ["role", "content"],
         }
+
+
+def _equal_in_python(value: Any) -> list[Any]:
+    """The JSON values the service takes for `value`: it compares with ==, for which false is 0."""
+    if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+        return [bool(value), int(value)]
+    return [value]
 
 
 def _is_nullable(schema: dict[str, Any]) -> bool:
