@@ -268,9 +268,7 @@ ROUTE_ERRORS: dict[str, Reasons] = {
         400: f"`to` is before `from`, more than 366 days, or {BAD_CURSOR}",
     },
     "DELETE /api/v1/admin/cache": {503: "the cache cannot be purged (Redis is unavailable)"},
-    "GET /health": {
-        503: "auth, the inference adapter or the model is down (a health body), or " + GATEWAY_DOWN
-    },
+    "GET /health": {503: "auth, the inference adapter or the model is down (with the health body)"},
 }
 
 # What the services check of a parameter beyond its declared type, by operation and name.
@@ -508,6 +506,8 @@ def _complete(operation: dict[str, Any], key: str, route: APIRoute) -> None:
     reasons = _derived(route)
     for status, reason in ROUTE_ERRORS.get(key, {}).items():
         reasons.setdefault(status, []).append(reason)
+    # Said last: the route's own reasons come first.
+    reasons[503] = [reason for reason in reasons[503] if reason != GATEWAY_DOWN] + [GATEWAY_DOWN]
     # FastAPI's own 422 goes: a route whose only input is a string in the path cannot answer it.
     responses.pop("422", None)
     for status in sorted(reasons):
