@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system programs the embedded stack runs, when missing: nginx, redis-server and the
 # PostgreSQL server binaries (used only when no PostgreSQL/Redis answers already), and the DejaVu Sans font
-# that PDF exports embed (it has Cyrillic). Debian/Ubuntu (apt-get) and Red OS/RHEL (dnf). Does nothing
-# when everything is there.
+# that PDF exports embed (it has Cyrillic), and OpenLDAP's slapd and client tools (the directory sign-in
+# tests start a slapd of their own; ldapsearch is how an operator tests a directory bind). Debian/Ubuntu
+# (apt-get) and Red OS/RHEL (dnf). Does nothing when everything is there.
 set -euo pipefail
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
@@ -18,6 +19,8 @@ have nginx || missing+=(nginx)
 have redis-server || missing+=(redis)
 have_pg || missing+=(postgresql)
 have_font || missing+=(font)
+have slapd || missing+=(slapd)
+have ldapsearch || missing+=(ldap-utils)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 sudo=""
@@ -35,6 +38,8 @@ if command -v apt-get >/dev/null 2>&1; then
       redis) packages+=(redis-server) ;;
       postgresql) packages+=(postgresql) ;;
       font) packages+=(fonts-dejavu-core) ;;
+      slapd) packages+=(slapd) ;;
+      ldap-utils) packages+=(ldap-utils) ;;
     esac
   done
   $sudo apt-get update -qq
@@ -47,9 +52,15 @@ elif command -v dnf >/dev/null 2>&1; then
       redis) packages+=(redis) ;;
       postgresql) packages+=(postgresql-server) ;;
       font) packages+=(dejavu-sans-fonts) ;;
+      ldap-utils) packages+=(openldap-clients) ;;
     esac
   done
-  $sudo dnf install -y -q "${packages[@]}"
+  [ ${#packages[@]} -eq 0 ] || $sudo dnf install -y -q "${packages[@]}"
+  # RHEL 8+ ships no OpenLDAP server (some derivatives and EPEL do): only the directory tests need it,
+  # and they skip without it.
+  if [[ " ${missing[*]} " == *" slapd "* ]]; then
+    $sudo dnf install -y -q openldap-servers || echo "openldap-servers not available: directory tests will skip" >&2
+  fi
 else
   echo "missing: ${missing[*]}; no apt-get or dnf here to install them" >&2
   exit 1

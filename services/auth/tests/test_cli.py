@@ -131,7 +131,7 @@ async def test_user_commands(
 
     assert await cli.run(parse(["list"]), settings) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["USERNAME", "ROLE", "STATUS", "CREATED", "ID", "LIMITS"]
+    assert lines[0].split() == ["USERNAME", "ROLE", "STATUS", "SOURCE", "CREATED", "ID", "LIMITS"]
     assert [line.split()[:3] for line in lines[1:]] == [
         ["Carol", "admin", "active"],
         ["dave", "user", "active"],
@@ -208,3 +208,27 @@ def test_console_script_reports_missing_database_url() -> None:
     )
     assert result.returncode != 0
     assert "GENAI_AUTH_DATABASE_URL" in result.stderr
+
+
+async def test_list_shows_a_directory_user_with_the_groups_that_gave_the_role(
+    new_database_dsn: str, fresh_store: UserStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = _cli_settings(new_database_dsn)
+    parse = cli.build_parser().parse_args
+    assert await cli.run(parse(["init"]), settings) == 0
+    group = "cn=genai-heavy,ou=groups,dc=corp,dc=example"
+    saved = await fresh_store.save_directory_user(
+        "erin", "uid=erin,ou=people,dc=corp,dc=example", "user", {"requests_per_minute": 300}, (group,)
+    )
+    assert saved is not None and saved.from_directory and saved.password_hash is None
+    capsys.readouterr()
+    assert await cli.run(parse(["list"]), settings) == 0
+    lines = capsys.readouterr().out.splitlines()
+    erin = next(i for i, line in enumerate(lines) if line.startswith("erin "))
+    assert lines[erin].split()[:4] == ["erin", "user", "active", "ldap"]
+    assert lines[erin].split()[-1] == '{"requests_per_minute":300}'
+    assert lines[erin + 1].strip() == f"directory groups: {group}"
+    # The directory keeps the password: no reset here, and no local password ever matches.
+    assert await cli.run(parse(["reset-password", "erin"]), settings) == 1
+    assert "change the password there" in capsys.readouterr().err
+    assert await fresh_store.authenticate("erin", "") is None

@@ -314,7 +314,7 @@ async def test_cli_set_limits(
 
     assert await cli.run(parse(["list"]), settings) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["USERNAME", "ROLE", "STATUS", "CREATED", "ID", "LIMITS"]
+    assert lines[0].split() == ["USERNAME", "ROLE", "STATUS", "SOURCE", "CREATED", "ID", "LIMITS"]
     rows = {line.split()[0]: line.split()[-1] for line in lines[1:]}
     assert rows == {"erin": '{"concurrent_requests":2}', "frank": "{}"}
 

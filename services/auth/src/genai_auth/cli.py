@@ -23,7 +23,14 @@ from genai_auth.limits import LIMIT_KEYS, MAX_LIMIT, UNLIMITED, InvalidLimits, d
 from genai_auth.passwords import Passwords
 from genai_auth.schema import apply_migrations
 from genai_auth.settings import CliSettings
-from genai_auth.users import ROLES, InvalidInput, UserExists, UserStore, generate_password
+from genai_auth.users import (
+    ROLES,
+    DirectoryManaged,
+    InvalidInput,
+    UserExists,
+    UserStore,
+    generate_password,
+)
 from genai_common.db import create_pool
 from genai_common.settings import load_settings
 
@@ -98,6 +105,8 @@ async def create_user(store: UserStore, username: str, role: str, password: str 
 async def reset_password(store: UserStore, username: str, password: str | None) -> None:
     try:
         reset = await store.reset_password(username, password)
+    except DirectoryManaged:
+        raise CliError(f"{username!r} signs in through the directory: change the password there") from None
     except InvalidInput as exc:
         raise CliError(str(exc)) from None
     if reset is None:
@@ -139,7 +148,8 @@ def _limits_from_args(args: argparse.Namespace) -> dict[str, int]:
 
 async def list_users(store: UserStore) -> None:
     # The limits go last: the one column of varying width.
-    _out(f"{'USERNAME':<32} {'ROLE':<6} {'STATUS':<9} {'CREATED':<20} {'ID':<36} LIMITS")
+    # A directory user's row is followed by the mapped groups that gave the role and limits.
+    _out(f"{'USERNAME':<32} {'ROLE':<6} {'STATUS':<9} {'SOURCE':<6} {'CREATED':<20} {'ID':<36} LIMITS")
     after: str | None = None
     while True:
         users = await store.list_page(after, LIST_PAGE)
@@ -147,9 +157,11 @@ async def list_users(store: UserStore) -> None:
             status = "disabled" if user.disabled else "active"
             created = user.created_at.strftime("%Y-%m-%d %H:%M:%S")
             _out(
-                f"{user.username:<32} {user.role:<6} {status:<9} {created:<20} {user.id!s:<36} "
-                f"{dump_limits(user.limits)}"
+                f"{user.username:<32} {user.role:<6} {status:<9} {user.source:<6} {created:<20} "
+                f"{user.id!s:<36} {dump_limits(user.effective_limits)}"
             )
+            if user.from_directory:
+                _out(f"    directory groups: {'; '.join(user.directory_groups) or 'none mapped'}")
         if len(users) < LIST_PAGE:
             return
         after = users[-1].username

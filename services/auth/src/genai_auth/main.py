@@ -46,6 +46,7 @@ async def run(settings: AuthSettings) -> None:
         _, running = await asyncio.wait({upkeep, relay}, timeout=UPKEEP_STOP_S)
         if running:
             logger.warning("revocation upkeep or credential feed did not stop within %s s", UPKEEP_STOP_S)
+        servicer.close()
         await pool.close()
         await client.aclose()
 

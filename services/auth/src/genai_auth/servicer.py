@@ -26,13 +26,22 @@ from genai_auth.api_keys import (
     looks_like_api_key,
 )
 from genai_auth.changes import ChangeFeed, FeedUnavailable
+from genai_auth.directory import DirectoryClient, DirectoryUnavailable, DirectoryUser, GroupGrant, combine
 from genai_auth.limiter import Attempt, LoginLimiter
 from genai_auth.limits import InvalidLimits, dump_limits, parse_limits
 from genai_auth.passwords import Passwords
 from genai_auth.revocation import RevocationList
 from genai_auth.settings import AuthSettings
 from genai_auth.tokens import ACCESS, REFRESH, Claims, InvalidToken, IssuedPair, Tokens
-from genai_auth.users import InvalidInput, LastAdmin, User, UserExists, UserStore, check_password
+from genai_auth.users import (
+    DirectoryManaged,
+    InvalidInput,
+    LastAdmin,
+    User,
+    UserExists,
+    UserStore,
+    check_password,
+)
 from genai_common.redis_guard import RedisGuard
 
 logger = logging.getLogger(__name__)
@@ -44,6 +53,23 @@ MAX_PAGE_SIZE = 200
 # Deliberately vague: which check refused a token is logged at debug, never told to the caller.
 INVALID_TOKEN = "invalid or expired token"  # noqa: S105 (a message, not a credential)
 BAD_CREDENTIALS = "incorrect username or password"
+# The directory's answers as the caller reads them (see docs/operations.md, "LDAP / Active Directory").
+DIRECTORY_DOWN = (
+    "the directory (LDAP/AD) is not answering, so directory accounts cannot sign in right now; "
+    "try again in a minute (local accounts are not affected)"
+)
+NO_MAPPED_GROUP = (
+    "your directory account is valid, but none of your directory groups gives access to this service; "
+    "ask your administrator to add you to one"
+)
+DIRECTORY_ACCESS_ENDED = (
+    "your directory account or groups no longer give access to this service; sign in again"
+)
+DIRECTORY_MANAGED = "this is a directory account: its password and role are managed in the directory"
+# Trailing metadata that tells the gateway a message is meant for the caller as it is (an UNAVAILABLE's
+# details are otherwise transport noise that the gateway replaces).
+CALLER_MESSAGE = ("genai-caller-message", "1")
+DIRECTORY_RETRY_AFTER_S = 30
 # ListApiKeysRequest.owner_username that means every user's keys.
 ALL_OWNERS = "*"
 
@@ -59,6 +85,10 @@ def _user_message(user: User) -> auth_pb2.User:
         disabled=user.disabled,
         created_at=int(user.created_at.timestamp()),
         limits_json=dump_limits(user.limits),
+        source=user.source,
+        directory_groups=list(user.directory_groups),
+        directory_limits_json=dump_limits(user.directory_limits),
+        directory_checked_at=_seconds(user.directory_checked_at),
     )
 
 
@@ -131,7 +161,15 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         revocations: RevocationList,
         limiter: LoginLimiter,
         feed: ChangeFeed | None = None,
+        directory: DirectoryClient | None = None,
+        group_grants: dict[str, GroupGrant] | None = None,
+        unmapped_role: str | None = None,
+        directory_session_s: int = 300,
     ) -> None:
+        self._directory = directory
+        self._group_grants = group_grants or {}
+        self._unmapped_role = unmapped_role
+        self._directory_session_s = directory_session_s
         self._users = users
         self._feed = feed
         self._api_keys = api_keys
@@ -159,11 +197,19 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 window_s=settings.login_window_s,
             ),
             feed=feed,
+            directory=DirectoryClient(settings.directory_config()) if settings.ldap_url else None,
+            group_grants=settings.group_grants(),
+            unmapped_role=None if settings.ldap_unmapped == "refuse" else settings.ldap_unmapped,
+            directory_session_s=settings.ldap_session_check_s,
         )
 
     @property
     def revocations(self) -> RevocationList:
         return self._revocations
+
+    def close(self) -> None:
+        if self._directory is not None:
+            self._directory.close()
 
     # --- helpers --------------------------------------------------------------------------------
 
@@ -248,32 +294,114 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
     # --- RPCs -----------------------------------------------------------------------------------
 
+    # --- the directory --------------------------------------------------------------------------
+
+    async def _directory_down(self, context: grpc.aio.ServicerContext, exc: DirectoryUnavailable) -> NoReturn:
+        logger.warning("directory unavailable: %s", exc)
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE,
+            DIRECTORY_DOWN,
+            trailing_metadata=(("retry-after", str(DIRECTORY_RETRY_AFTER_S)), CALLER_MESSAGE),
+        )
+
+    async def _directory_login(
+        self, request: auth_pb2.LoginRequest, context: grpc.aio.ServicerContext, attempt: Attempt
+    ) -> User | None:
+        """Sign-in through the directory: None for a wrong password or an unknown name; aborts with 503
+        when the directory cannot tell and 403 when the groups give no access."""
+        assert self._directory is not None
+        try:
+            found = await self._directory.authenticate(request.username, request.password)
+        except DirectoryUnavailable as exc:
+            await self._directory_down(context, exc)
+        if found is None or found.disabled:
+            return None
+        await self._limiter.succeeded(request.username, request.client_address, attempt)
+        return await self._directory_grant(found, context)
+
+    async def _directory_grant(self, found: DirectoryUser, context: grpc.aio.ServicerContext) -> User:
+        """The directory user as provisioned with the grant of their groups now; aborts PERMISSION_DENIED
+        (and ends the sessions of one provisioned before) when no mapped group gives access."""
+        grant = combine(self._group_grants, found.groups, self._unmapped_role)
+        if grant is None:
+            existing = await self._users.get_by_username(found.login)
+            if existing is not None and existing.from_directory:
+                await self._users.end_sessions(existing.id)
+            logger.info("directory user refused: no mapped group (%s groups)", len(found.groups))
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, NO_MAPPED_GROUP)
+        try:
+            user = await self._users.save_directory_user(
+                found.login, found.dn, grant.role, grant.limits, grant.groups
+            )
+        except InvalidInput as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"directory login name refused: {exc}")
+        if user is None:
+            # A local account has that name: it is not the directory's to take over.
+            logger.warning("directory login matches a local account's name; refused")
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, BAD_CREDENTIALS)
+        return user
+
+    async def _recheck_directory(self, user: User, context: grpc.aio.ServicerContext) -> User:
+        """A directory user's session is renewed: ask the directory whether they still get in, and with
+        which role and limits."""
+        if self._directory is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, DIRECTORY_ACCESS_ENDED)
+        try:
+            found = await self._directory.lookup(user.username)
+        except DirectoryUnavailable as exc:
+            await self._directory_down(context, exc)
+        if found is None or found.disabled:
+            await self._users.end_sessions(user.id)
+            logger.info("directory user %s is gone or disabled in the directory; sessions ended", user.id)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, DIRECTORY_ACCESS_ENDED)
+        return await self._directory_grant(found, context)
+
+    def _issue(self, user: User) -> auth_pb2.TokenPair:
+        # A directory user's access token lives only until the directory must be asked again.
+        ttl = self._tokens.access_ttl_s
+        if user.from_directory:
+            ttl = min(ttl, self._directory_session_s)
+        pair = self._tokens.issue_pair(
+            user_id=str(user.id), username=user.username, role=user.role, access_ttl_s=ttl
+        )
+        return _token_pair(pair, ttl)
+
+    # --- RPCs -----------------------------------------------------------------------------------
+
     async def Login(
         self, request: auth_pb2.LoginRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.TokenPair:
         attempt = await self._throttle(context, request.username, request.client_address)
-        user = await self._users.authenticate(request.username, request.password)
+        # A local account (the break-glass admin among them) never depends on the directory.
+        known = await self._users.get_by_username(request.username)
+        user: User | None
+        if self._directory is not None and (known is None or known.from_directory):
+            user = await self._directory_login(request, context, attempt)
+        else:
+            user = await self._users.authenticate(request.username, request.password)
+            if user is not None:
+                await self._limiter.succeeded(request.username, request.client_address, attempt)
         if user is None:
             logger.info("failed login (client address %s)", request.client_address or "not given")
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, BAD_CREDENTIALS)
-        await self._limiter.succeeded(request.username, request.client_address, attempt)
         # Only now: telling a guesser that an account is disabled would confirm that it exists.
         if user.disabled:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "account disabled")
-        logger.info("user %s logged in", user.id)
-        pair = self._tokens.issue_pair(user_id=str(user.id), username=user.username, role=user.role)
-        return _token_pair(pair, self._tokens.access_ttl_s)
+        logger.info("user %s logged in (%s)", user.id, user.source)
+        return self._issue(user)
 
     async def Refresh(
         self, request: auth_pb2.RefreshRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.TokenPair:
         user, claims = await self._authenticated(request.refresh_token, context, typ=REFRESH)
+        if user.from_directory:
+            # Before the token is spent: a directory that is down for a moment costs no session.
+            user = await self._recheck_directory(user, context)
         if not await self._revocations.revoke_once(claims.jti, claims.expires_at):
             # Lost a race with a concurrent refresh or logout of the same token, or used before while
             # Redis missed it: PostgreSQL decides.
             await self._refuse_token(context, "refresh token already used")
-        pair = self._tokens.issue_pair(user_id=str(user.id), username=user.username, role=user.role)
-        return _token_pair(pair, self._tokens.access_ttl_s)
+        return self._issue(user)
 
     async def Logout(
         self, request: auth_pb2.LogoutRequest, context: grpc.aio.ServicerContext
@@ -304,7 +432,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             role=caller.user.role,
             expires_at=caller.expires_at,
             api_key_id=caller.api_key_id,
-            limits_json=dump_limits(caller.user.limits),
+            limits_json=dump_limits(caller.user.effective_limits),
             token_id=caller.token_id,
         )
 
@@ -372,6 +500,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.ChangePasswordRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.ChangePasswordResponse:
         user, _ = await self._authenticated(request.access_token, context)
+        if user.from_directory:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, DIRECTORY_MANAGED)
         try:
             check_password(request.new_password)
         except InvalidInput as exc:
@@ -470,6 +600,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         admin = await self._require_admin(context)
         try:
             reset = await self._users.reset_password(request.username, request.new_password or None)
+        except DirectoryManaged:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, DIRECTORY_MANAGED)
         except InvalidInput as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"new {exc}")
         if reset is None:
@@ -487,6 +619,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             user = await self._users.set_role(request.username, request.role)
         except InvalidInput as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except DirectoryManaged:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, DIRECTORY_MANAGED)
         except LastAdmin:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "at least one enabled admin must remain")
         if user is None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any, Literal
+
 import argon2
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from genai_auth.directory import DirectoryConfig, GroupGrant
 from genai_common.settings import CommonSettings, check_secret
 
 # OWASP's lowest recommended argon2id cost (19 MiB, 2 passes). Cheaper settings exist so that tests run
@@ -71,10 +75,83 @@ class AuthSettings(UserStoreSettings):
     credential_feed_heartbeat_s: float = Field(1.0, gt=0, le=5)
     migrate_on_start: bool = True
 
+    # --- LDAP / Active Directory sign-in (off while ldap_url is empty); see docs/operations.md ---------
+    # ldaps://host[:port], or ldap://host[:port] with ldap_start_tls (plain only with ldap_allow_plain).
+    ldap_url: str = ""
+    ldap_start_tls: bool = False
+    # PEM file of the CA that signed the directory's certificate; empty: the system's trusted CAs.
+    ldap_ca_file: str = ""
+    # Plain LDAP (passwords in clear on the wire): for a test directory only.
+    ldap_allow_plain: bool = False
+    # The service account that searches users (read-only is enough); empty: an anonymous search.
+    ldap_bind_dn: str = ""
+    ldap_bind_password: SecretStr = Field(SecretStr(""), repr=False)
+    ldap_user_base_dn: str = ""
+    # Which entries are people; AD: (&(objectCategory=person)(objectClass=user)).
+    ldap_user_filter: str = "(objectClass=person)"
+    # What people type as their username: uid (OpenLDAP, FreeIPA), sAMAccountName or userPrincipalName (AD).
+    ldap_login_attribute: str = "uid"
+    # For userPrincipalName: added to a username typed without "@" (e.g. corp.example).
+    ldap_upn_suffix: str = ""
+    # AD: groups through any depth of nesting (matching rule 1.2.840.113556.1.4.1941), searched under this DN.
+    ldap_nested_groups: bool = False
+    ldap_group_base_dn: str = ""
+    # Group DN -> {"role": "admin"|"user", "limits": {...}} (JSON). Several groups: admin if any says admin,
+    # and for each limit the most generous.
+    # Empty: no group is mapped.
+    ldap_groups: str = ""
+    # Members of no mapped group: "refuse" (403 with a clear message) or "user" (the user role, role limits).
+    ldap_unmapped: Literal["refuse", "user"] = "refuse"
+    # Each network step (connect, TLS, bind, search); a login that cannot finish in twice this is a 503.
+    ldap_timeout_s: float = Field(3.0, gt=0, le=60)
+    # Connections kept open to the directory (bound as the service account), and threads using them.
+    ldap_pool_size: int = Field(4, ge=1, le=64)
+    # A directory user's access token lives at most this long; each renewal asks the directory again, so
+    # removal from a group or a disabled account ends access within it.
+    ldap_session_check_s: int = Field(300, ge=10)
+
     @model_validator(mode="after")
     def _strong_jwt_secret(self) -> AuthSettings:
         check_secret("GENAI_AUTH_JWT_SECRET", self.jwt_secret, self.env)
         return self
+
+    @model_validator(mode="after")
+    def _directory_complete(self) -> AuthSettings:
+        if self.ldap_url:
+            if self.ldap_bind_dn and not self.ldap_bind_password.get_secret_value():
+                raise ValueError("GENAI_AUTH_LDAP_BIND_DN needs GENAI_AUTH_LDAP_BIND_PASSWORD")
+            self.directory_config().check()
+            self.group_grants()
+        return self
+
+    def group_grants(self) -> dict[str, GroupGrant]:
+        if not self.ldap_groups.strip():
+            return {}
+        try:
+            groups: Any = json.loads(self.ldap_groups)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"GENAI_AUTH_LDAP_GROUPS is not valid JSON ({exc.msg})") from None
+        if not isinstance(groups, dict):
+            raise ValueError('GENAI_AUTH_LDAP_GROUPS must be a JSON object: {"<group DN>": {"role": ...}}')
+        return {dn: GroupGrant.parse(dn, value) for dn, value in groups.items()}
+
+    def directory_config(self) -> DirectoryConfig:
+        return DirectoryConfig(
+            url=self.ldap_url,
+            bind_dn=self.ldap_bind_dn,
+            bind_password=self.ldap_bind_password.get_secret_value(),
+            user_base_dn=self.ldap_user_base_dn,
+            login_attribute=self.ldap_login_attribute,
+            user_filter=self.ldap_user_filter,
+            group_base_dn=self.ldap_group_base_dn,
+            nested_groups=self.ldap_nested_groups,
+            upn_suffix=self.ldap_upn_suffix,
+            start_tls=self.ldap_start_tls,
+            ca_file=self.ldap_ca_file,
+            allow_plain=self.ldap_allow_plain,
+            timeout_s=self.ldap_timeout_s,
+            pool_size=self.ldap_pool_size,
+        )
 
 
 class CliSettings(UserStoreSettings):

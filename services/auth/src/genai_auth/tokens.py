@@ -91,7 +91,9 @@ class Tokens:
     def access_ttl_s(self) -> int:
         return self._ttl[ACCESS]
 
-    def issue(self, *, user_id: str, username: str, role: str, typ: str) -> tuple[str, Claims]:
+    def issue(
+        self, *, user_id: str, username: str, role: str, typ: str, ttl_s: int | None = None
+    ) -> tuple[str, Claims]:
         now = int(self._clock())
         claims = Claims(
             user_id=user_id,
@@ -100,7 +102,7 @@ class Tokens:
             typ=typ,
             jti=uuid.uuid4().hex,
             issued_at=now,
-            expires_at=now + self._ttl[typ],
+            expires_at=now + (ttl_s or self._ttl[typ]),
         )
         payload = {
             "sub": claims.user_id,
@@ -116,8 +118,13 @@ class Tokens:
         token = jwt.encode(payload, self._secret.get_secret_value(), algorithm=ALGORITHM)
         return token, claims
 
-    def issue_pair(self, *, user_id: str, username: str, role: str) -> IssuedPair:
-        access_token, access = self.issue(user_id=user_id, username=username, role=role, typ=ACCESS)
+    def issue_pair(
+        self, *, user_id: str, username: str, role: str, access_ttl_s: int | None = None
+    ) -> IssuedPair:
+        """An access token (living `access_ttl_s`, or the configured lifetime) and its refresh token."""
+        access_token, access = self.issue(
+            user_id=user_id, username=username, role=role, typ=ACCESS, ttl_s=access_ttl_s
+        )
         refresh_token, refresh = self.issue(user_id=user_id, username=username, role=role, typ=REFRESH)
         return IssuedPair(access_token, refresh_token, access, refresh)
 

@@ -25,7 +25,13 @@ MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024
 _USERNAME = re.compile(r"[A-Za-z0-9_.@-]{3,64}")
 
-_COLUMNS = "id, username, password_hash, role, disabled, created_at, limits, sessions_valid_after"
+_COLUMNS = (
+    "id, username, password_hash, role, disabled, created_at, limits, sessions_valid_after, "
+    "source, directory_groups, directory_limits, directory_checked_at"
+)
+
+LOCAL = "local"
+DIRECTORY = "ldap"
 
 # Serialises "is there an admin yet? if not, create one" across concurrent `genai-auth-admin init` runs.
 _FIRST_ADMIN_LOCK = int.from_bytes(hashlib.sha256(b"genai-auth-first-admin").digest()[:8], "big", signed=True)
@@ -41,6 +47,10 @@ class UserExists(Exception):
 
 class LastAdmin(Exception):
     """The change would leave no enabled admin account."""
+
+
+class DirectoryManaged(Exception):
+    """The change is the directory's to make (a directory user's password or role)."""
 
 
 def check_username(username: str) -> None:
@@ -80,11 +90,18 @@ class User:
     role: str
     disabled: bool
     created_at: datetime
-    password_hash: str = field(repr=False)
-    # Per-user limit overrides (see genai_auth.limits); empty: the role's defaults apply.
+    # None for a directory user: the directory checks the password.
+    password_hash: str | None = field(repr=False)
+    # Per-user limit overrides set by an admin (see genai_auth.limits); empty: the role's defaults apply.
     limits: dict[str, int]
     # Tokens issued before this moment are refused (set by a password reset); None: no reset yet.
     sessions_valid_after: datetime | None = None
+    # "local" (a password of ours) or "ldap" (signs in through the directory).
+    source: str = LOCAL
+    # A directory user's mapped groups, the limits they give, and when the directory was last asked.
+    directory_groups: tuple[str, ...] = ()
+    directory_limits: dict[str, int] = field(default_factory=dict)
+    directory_checked_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> User:
@@ -98,7 +115,21 @@ class User:
             # Written only by set_limits, which checked it; asyncpg hands jsonb over as text.
             limits=json.loads(row["limits"]),
             sessions_valid_after=row["sessions_valid_after"],
+            source=row["source"],
+            directory_groups=tuple(row["directory_groups"]),
+            directory_limits=json.loads(row["directory_limits"]),
+            directory_checked_at=row["directory_checked_at"],
         )
+
+    @property
+    def from_directory(self) -> bool:
+        return self.source == DIRECTORY
+
+    @property
+    def effective_limits(self) -> dict[str, int]:
+        """What the gateway enforces beyond the role's defaults: the directory groups' limits with an
+        admin's overrides laid over them, key by key."""
+        return {**self.directory_limits, **self.limits}
 
     def session_predates_reset(self, issued_at: int) -> bool:
         """Whether a token issued at `issued_at` (seconds since the epoch) was issued before the last
@@ -236,11 +267,14 @@ class UserStore:
             # The same lock as the first admin's creation: two admins demoting each other at once
             # must not both succeed.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _FIRST_ADMIN_LOCK)
-            current = await conn.fetchval(
-                "SELECT role FROM users WHERE lower(username) = lower($1)", username
+            found = await conn.fetchrow(
+                "SELECT role, source FROM users WHERE lower(username) = lower($1)", username
             )
-            if current is None:
+            if found is None:
                 return None
+            if found["source"] == DIRECTORY:
+                raise DirectoryManaged(username)
+            current = found["role"]
             if (
                 current == "admin"
                 and role != "admin"
@@ -277,12 +311,18 @@ class UserStore:
         user = await self.get_by_username(username)
         if user is None:
             return None
+        if user.from_directory:
+            raise DirectoryManaged(username)
         chosen = password or generate_password()
         await self.set_password(user.id, chosen, end_sessions=True)
         return PasswordReset(user, None if password else chosen)
 
     async def check_password(self, user: User, password: str) -> bool:
         """Verify a user's password, upgrading the stored hash if the hashing parameters changed."""
+        if user.password_hash is None:
+            # A directory user: never a local password, but as slow as one to refuse.
+            await self._passwords.verify_dummy(password)
+            return False
         if not await self._passwords.verify(user.password_hash, password):
             return False
         if self._passwords.needs_rehash(user.password_hash):
@@ -308,3 +348,32 @@ class UserStore:
             await self._passwords.verify_dummy(password)
             return None
         return user if await self.check_password(user, password) else None
+
+    async def save_directory_user(
+        self, login: str, dn: str, role: str, limits: Mapping[str, int], groups: tuple[str, ...]
+    ) -> User | None:
+        """Provision a directory user at their first login, or bring their role, limits and groups up
+        to date with the directory; None when a local account already has that name (the directory
+        does not take it over). Raises InvalidInput for a login name that cannot be a username here."""
+        check_username(login)
+        role = check_role(role)
+        row = await self._pool.fetchrow(
+            "INSERT INTO users (username, password_hash, role, source, directory_dn, directory_groups, "  # noqa: S608 (constant columns)
+            "directory_limits, directory_checked_at) VALUES ($1, NULL, $2, 'ldap', $3, $4, $5::jsonb, now()) "
+            "ON CONFLICT (lower(username)) DO UPDATE SET role = EXCLUDED.role, "
+            "directory_dn = EXCLUDED.directory_dn, directory_groups = EXCLUDED.directory_groups, "
+            "directory_limits = EXCLUDED.directory_limits, directory_checked_at = now(), updated_at = now() "
+            f"WHERE users.source = 'ldap' RETURNING {_COLUMNS}",
+            login,
+            role,
+            dn,
+            list(groups),
+            dump_limits(check_limits(limits)),
+        )
+        return User.from_row(row) if row else None
+
+    async def end_sessions(self, user_id: uuid.UUID) -> None:
+        """Refuse every token issued to the user before now (API keys stay valid)."""
+        await self._pool.execute(
+            "UPDATE users SET sessions_valid_after = now(), updated_at = now() WHERE id = $1", user_id
+        )

@@ -95,6 +95,10 @@ _GRPC_TO_HTTP: dict[grpc.StatusCode, tuple[int, str]] = {
 }
 
 
+# Trailing metadata of an internal service's failure whose details are meant for the caller as they are.
+CALLER_MESSAGE = ("genai-caller-message", "1")
+
+
 def from_grpc(exc: grpc.aio.AioRpcError, what: str, *, busy_status: int = 429) -> ApiError:
     """Translate a failed internal call; `what` names the dependency for messages about outages.
 
@@ -109,7 +113,11 @@ def from_grpc(exc: grpc.aio.AioRpcError, what: str, *, busy_status: int = 429) -
     if status == 500:
         logger.error("%s failed: %s %s", what, code.name, details)
         return ApiError(500, "internal error", grpc_code=grpc.StatusCode.INTERNAL)
-    if code == grpc.StatusCode.UNAVAILABLE:
+    trailers = tuple(exc.trailing_metadata() or ())
+    if code == grpc.StatusCode.UNAVAILABLE and CALLER_MESSAGE in trailers:
+        # A service that is up says what it cannot reach (auth: the directory), in words for the caller.
+        message = details
+    elif code == grpc.StatusCode.UNAVAILABLE:
         # Details here are often transport noise ("failed to connect to all addresses ..."): say what is down.
         logger.warning("%s unavailable: %s", what, details)
         message = f"{what} is unavailable; try again shortly"
@@ -118,8 +126,8 @@ def from_grpc(exc: grpc.aio.AioRpcError, what: str, *, busy_status: int = 429) -
     else:
         message = details or fallback
     headers: dict[str, str] = {}
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        for key, value in exc.trailing_metadata() or ():
+    if code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
+        for key, value in trailers:
             if key == "retry-after":
                 headers["Retry-After"] = str(value)
     if status == 401:

@@ -131,8 +131,16 @@ class UserOut(BaseModel):
     role: str
     disabled: bool
     created_at: int
-    # The overrides only, e.g. {"requests_per_minute": 60}; {}: the role's defaults apply throughout.
+    # An admin's overrides only, e.g. {"requests_per_minute": 60}; {}: the role's (or groups') limits apply.
     limits: dict[str, int]
+    source: Literal["local", "ldap"] = Field("local", description="local password, or the LDAP/AD directory")
+    directory_groups: list[str] = Field(
+        default_factory=list, description="a directory user's mapped groups that gave the role and limits"
+    )
+    directory_limits: dict[str, int] = Field(
+        default_factory=dict, description="the limits those groups give; `limits` wins key by key"
+    )
+    directory_checked_at: int = Field(0, description="when the directory was last asked; 0: never")
 
 
 class UserCreated(UserOut):

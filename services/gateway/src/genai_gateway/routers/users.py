@@ -33,6 +33,10 @@ def user_out(user: auth_pb2.User) -> UserOut:
         disabled=user.disabled,
         created_at=user.created_at,
         limits=json.loads(user.limits_json or "{}"),
+        source="ldap" if user.source == "ldap" else "local",
+        directory_groups=list(user.directory_groups),
+        directory_limits=json.loads(user.directory_limits_json or "{}"),
+        directory_checked_at=user.directory_checked_at,
     )
 
 

@@ -72,7 +72,25 @@ function limitsText(limits) {
   return entries.map(([key, value]) => `${t(key)}: ${value === -1 ? "∞" : formatNumber(value)}`).join("; ");
 }
 
+// Where the user comes from; for a directory user, the mapped groups (their CN, the whole DN on hover)
+// that gave the role and limits.
+function sourceCell(user) {
+  if (user.source !== "ldap") return el("td", { text: t("sourceLocal") });
+  const groups = user.directory_groups || [];
+  const names = groups.map((dn) => {
+    const first = dn.split(",")[0];
+    return first.includes("=") ? first.slice(first.indexOf("=") + 1) : dn;
+  });
+  return el(
+    "td",
+    { class: "source-directory", title: `${t("directoryRoleHint")} ${groups.join("; ") || "—"}` },
+    el("strong", { text: t("sourceDirectory") }),
+    el("div", { class: "hint", text: names.join(", ") || t("directoryGroupsNone") }),
+  );
+}
+
 function userRow(user) {
+  const fromDirectory = user.source === "ldap";
   const toggle = el("button", {
     type: "button",
     class: user.disabled ? "small" : "small danger",
@@ -94,6 +112,8 @@ function userRow(user) {
     class: "small secondary",
     text: t("resetPassword"),
     "aria-label": t("resetPasswordAria", { username: user.username }),
+    // The directory keeps a directory user's password (auth refuses a reset too).
+    disabled: fromDirectory,
   });
   reset.addEventListener("click", () => resetPassword(user));
   const role = el(
@@ -101,8 +121,9 @@ function userRow(user) {
     {
       class: "role-select",
       "aria-label": t("roleAria", { username: user.username }),
-      // An admin cannot demote themselves (auth refuses it too), so that an admin always remains.
-      disabled: state.me && user.id === state.me.id,
+      // An admin cannot demote themselves (auth refuses it too), so that an admin always remains; a
+      // directory user's role comes from their groups.
+      disabled: (state.me && user.id === state.me.id) || fromDirectory,
     },
     el("option", { value: "user", text: t("roleUser") }),
     el("option", { value: "admin", text: t("roleAdmin") }),
@@ -114,11 +135,13 @@ function userRow(user) {
     { dataset: { username: user.username } },
     el("td", { text: user.username }),
     el("td", {}, role),
+    sourceCell(user),
     el("td", {
       class: user.disabled ? "status-disabled" : "",
       text: user.disabled ? t("disabled") : t("active"),
     }),
-    el("td", { text: limitsText(user.limits) }),
+    // What applies: the groups' limits with the admin's overrides laid over them.
+    el("td", { text: limitsText({ ...(user.directory_limits || {}), ...user.limits }) }),
     el("td", { text: formatTime(user.created_at * 1000) }),
     el("td", {}, el("div", { class: "row" }, toggle, limits, reset)),
   );
