@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -126,24 +125,23 @@ def no_cache(headers: Mapping[str, str]) -> bool:
 async def _until_disconnected(request: Request, work: Awaitable[T]) -> T:
     """`work`, cancelled if the client goes away first, which frees the model and the caller's slot.
 
-    The body has been read by now, so the next message from the server is the client's disconnect.
+    The body has been read by now, so the next message from the server is the client's disconnect. The work
+    runs in this task (one watcher task beside it, no second task for the work): the watcher cancels this
+    task when the client leaves.
     """
-    task = asyncio.ensure_future(work)
+    this = asyncio.current_task()
+    assert this is not None
     watch = asyncio.ensure_future(_disconnected(request))
+    watch.add_done_callback(lambda w: None if w.cancelled() else this.cancel())
     try:
-        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
     except asyncio.CancelledError:
-        task.cancel()
-        raise
+        if watch.cancelled() or not watch.done() or this.uncancel() > 0:
+            raise  # cancelled for another reason (shutdown): not the client's leaving
+        # Nobody reads this answer; nginx logs a client that left as 499 too.
+        raise ApiError(CLIENT_CLOSED, "the client closed the request") from None
     finally:
         watch.cancel()
-    if task not in done:
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-        # Nobody reads this answer; nginx logs a client that left as 499 too.
-        raise ApiError(CLIENT_CLOSED, "the client closed the request")
-    return task.result()
 
 
 async def _disconnected(request: Request) -> None:
