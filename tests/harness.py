@@ -68,6 +68,7 @@ class RunningStack:
         self.extra_env[name] = {
             "GENAI_GATEWAY_PORT": str(port),
             "GENAI_GATEWAY_GRPC_PORT": str(infra.free_port()),
+            "GENAI_GATEWAY_METRICS_PORT": str(infra.free_port()),
             **{f"GENAI_GATEWAY_{key.upper()}": value for key, value in settings.items()},
         }
         self.start(name)
@@ -129,6 +130,30 @@ class RunningStack:
                     return
                 time.sleep(0.2)
         raise RuntimeError(f"stack not healthy within {timeout_s} s: {body}")
+
+    def metrics_port(self, name: str) -> int:
+        """The port of a process's own /metrics (never nginx's): a service's, or the simulator's API port."""
+        if name in self.extra_env:
+            return int(self.extra_env[name]["GENAI_GATEWAY_METRICS_PORT"])
+        p = self.cfg.ports
+        return {
+            "gateway": p.gateway_metrics,
+            "auth": p.auth_metrics,
+            "history": p.history_metrics,
+            "adapter": p.adapter_metrics,
+            "upstream": p.upstream,
+        }[name]
+
+    def metrics(self, name: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """A process's samples now: (name, sorted labels) -> value, read by prometheus_client's parser."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port(name)}/metrics", timeout=10).text
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
 
     def auth_cache_lookups(self, name: str = "gateway") -> dict[str, float]:
         """A gateway's credential checks so far, from its /metrics: "hit" (its cache), "miss" (asked auth)."""
@@ -217,6 +242,10 @@ def launch(
         history=infra.free_port(),
         adapter=infra.free_port(),
         upstream=infra.free_port(),
+        gateway_metrics=infra.free_port(),
+        auth_metrics=infra.free_port(),
+        history_metrics=infra.free_port(),
+        adapter_metrics=infra.free_port(),
     )
     cfg = stack.StackConfig(
         work_dir=work_dir / name,

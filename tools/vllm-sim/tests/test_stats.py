@@ -96,3 +96,22 @@ async def test_client_giving_up_on_whole_answer_cancels_generation(sim: Simulato
             await with_timeout.aclose()
         stats = await _poll_cancelled(client, 1)
         assert (stats["cancelled"], stats["finished"], stats["running"]) == (1, 0, 0)
+
+
+def test_metrics_of_the_dashboard_use_vllm_names(sim: SimulatorProcess) -> None:
+    headers = {"x-sim-itl-ms": "5", "x-request-id": "rid-123"}
+    streamed = httpx.post(
+        sim.url + "/chat/completions", json={"messages": MESSAGES, "stream": True}, headers=headers
+    )
+    whole = httpx.post(sim.url + "/chat/completions", json={"messages": MESSAGES}, headers=headers)
+    # The caller's request id comes back, as vLLM's does.
+    assert streamed.headers["x-request-id"] == whole.headers["x-request-id"] == "rid-123"
+    text = httpx.get(sim.base_url + "/metrics").text
+    # 8 tokens each: 7 gaps per answer, streamed or not.
+    assert metric(text, "vllm:inter_token_latency_seconds_count") == 14
+    assert metric(text, "vllm:time_per_output_token_seconds_count") == 14
+    # The second identical prompt is served from the (simulated) prefix cache: 2 tokens queried each time.
+    assert metric(text, "vllm:prefix_cache_queries_total") == 4
+    assert metric(text, "vllm:prefix_cache_hits_total") == 2
+    assert metric(text, "vllm:kv_cache_usage_perc") == 0
+    assert "# TYPE vllm:kv_cache_usage_perc gauge" in text

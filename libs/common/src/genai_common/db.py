@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
 from pathlib import Path
 
 import asyncpg
+from prometheus_client import Counter, Gauge, Histogram
+
+from genai_common.metrics import DEPENDENCY_BUCKETS
 
 logger = logging.getLogger(__name__)
+
+QUERY_SECONDS = Histogram(
+    "genai_postgres_query_seconds",
+    "Time of a PostgreSQL query, failed ones included",
+    buckets=DEPENDENCY_BUCKETS,
+)
+QUERY_ERRORS = Counter(
+    "genai_postgres_errors_total", "PostgreSQL queries that failed, by error class", ["error"]
+)
+POSTGRES_UP = Gauge("genai_postgres_up", "1 while this process's last probe of PostgreSQL succeeded, else 0")
+DATABASE_BYTES = Gauge("genai_postgres_database_size_bytes", "Size of the service's database on disk")
+# How often `watch_pool` probes the database, and how long a probe may take.
+PROBE_INTERVAL_S = 15.0
+PROBE_TIMEOUT_S = 5.0
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -23,12 +41,48 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     """
 
 
+def _observe_query(query: asyncpg.connection.LoggedQuery) -> None:
+    QUERY_SECONDS.observe(query.elapsed)
+    if query.exception is not None:
+        QUERY_ERRORS.labels(type(query.exception).__name__).inc()
+
+
+async def _observed(conn: asyncpg.Connection) -> None:
+    conn.add_query_logger(_observe_query)
+
+
 async def create_pool(dsn: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    """A pool whose every query is timed (`genai_postgres_query_seconds`) and counted when it fails."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, command_timeout=10, reset=_keep_session
+        dsn, min_size=min_size, max_size=max_size, command_timeout=10, reset=_keep_session, init=_observed
     )
     assert pool is not None
     return pool
+
+
+async def probe(pool: asyncpg.Pool) -> bool:
+    """One look at the database: `genai_postgres_up` and the database's size. Never raises."""
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            size = await pool.fetchval("SELECT pg_database_size(current_database())")
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        logger.debug("PostgreSQL probe failed: %s", type(exc).__name__)
+        POSTGRES_UP.set(0)
+        return False
+    POSTGRES_UP.set(1)
+    DATABASE_BYTES.set(int(size))
+    return True
+
+
+async def watch_pool(pool: asyncpg.Pool, interval_s: float = PROBE_INTERVAL_S) -> None:
+    """Probe the database every `interval_s` until cancelled: a down database shows even when idle."""
+    up = True
+    while not pool.is_closing():
+        now_up = await probe(pool)
+        if now_up != up:
+            logger.warning("PostgreSQL %s", "answers again" if now_up else "does not answer")
+            up = now_up
+        await asyncio.sleep(interval_s)
 
 
 # One lock for every component: they share the bookkeeping table, whose creation must not race.

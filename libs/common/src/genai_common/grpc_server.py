@@ -12,14 +12,27 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 from genai_common import request_id
+from genai_common.metrics import LATENCY_BUCKETS, serve_metrics
 
 logger = logging.getLogger(__name__)
 
-RPC_TOTAL = Counter("genai_grpc_server_handled_total", "RPCs handled", ["method", "code"])
-RPC_SECONDS = Histogram("genai_grpc_server_handling_seconds", "RPC handling time", ["method"])
+# RED per gRPC method, for every service that runs `serve` (one interceptor: `ServiceInterceptor`).
+# `method` is the RPC's name (a fixed set per service), `code` its gRPC status name.
+RPC_TOTAL = Counter(
+    "genai_grpc_server_handled_total", "RPCs handled, by method and status", ["method", "code"]
+)
+RPC_SECONDS = Histogram(
+    "genai_grpc_server_handling_seconds",
+    "RPC handling time (a stream's whole length), by method",
+    ["method"],
+    buckets=LATENCY_BUCKETS,
+)
+# Health checks come every few seconds from probes and carry no request: counted, not logged.
+_QUIET_METHODS = frozenset({"Check", "Watch"})
+RPC_IN_FLIGHT = Gauge("genai_grpc_server_in_flight", "RPCs being handled now, by method", ["method"])
 
 
 @contextlib.asynccontextmanager
@@ -28,6 +41,8 @@ async def _observed(method: str, context: grpc.aio.ServicerContext) -> AsyncIter
     token = request_id.current_request_id.set(_incoming_request_id(context))
     started = time.perf_counter()
     code = grpc.StatusCode.OK
+    in_flight = RPC_IN_FLIGHT.labels(method)
+    in_flight.inc()
     try:
         yield
     except grpc.aio.AbortError:
@@ -47,8 +62,19 @@ async def _observed(method: str, context: grpc.aio.ServicerContext) -> AsyncIter
         logger.exception("unhandled error in %s", method)
         await context.abort(grpc.StatusCode.INTERNAL, "internal error")
     finally:
+        in_flight.dec()
+        elapsed = time.perf_counter() - started
         RPC_TOTAL.labels(method, code.name).inc()
-        RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
+        RPC_SECONDS.labels(method).observe(elapsed)
+        if method not in _QUIET_METHODS:
+            # The service's access log: one line per call, with the request id (JSON logging adds it).
+            logger.info(
+                "rpc %s %s %.1f ms",
+                method,
+                code.name,
+                elapsed * 1000,
+                extra={"rpc": method, "code": code.name},
+            )
         request_id.current_request_id.reset(token)
 
 
@@ -137,8 +163,7 @@ async def serve(
     port = server.add_insecure_port(listen)
     if port == 0:
         raise RuntimeError(f"{name}: cannot listen on {listen}")
-    if metrics_port:
-        start_http_server(metrics_port, addr=listen.rsplit(":", 1)[0].strip("[]") or "0.0.0.0")
+    serve_metrics(metrics_port, listen.rsplit(":", 1)[0].strip("[]") or "0.0.0.0")
     await server.start()
     for service in [*service_names, ""]:
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)

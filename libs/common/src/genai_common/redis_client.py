@@ -1,8 +1,45 @@
-"""One Redis client per process, with short timeouts so a dead Redis never hangs a request."""
+"""One Redis client per process, with short timeouts so a dead Redis never hangs a request.
+
+Every command is timed and its failures counted (`genai_redis_command_seconds`,
+`genai_redis_errors_total`), labelled by command name (the few the code uses) and failure class.
+"""
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import redis.asyncio as redis
+from prometheus_client import Counter, Histogram
+
+from genai_common.metrics import DEPENDENCY_BUCKETS
+
+COMMAND_SECONDS = Histogram(
+    "genai_redis_command_seconds",
+    "Time of a Redis command, failed ones included, by command",
+    ["command"],
+    buckets=DEPENDENCY_BUCKETS,
+)
+ERRORS = Counter(
+    "genai_redis_errors_total", "Redis commands that failed, by command and error class", ["command", "error"]
+)
+
+
+class TimedRedis(redis.Redis):
+    """redis.asyncio.Redis that times each command. Pipelines and scripts in a pipeline count as one."""
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        name = args[0] if args else "?"
+        command = (name.decode() if isinstance(name, bytes) else str(name)).split(" ", 1)[0].upper()
+        started = time.perf_counter()
+        try:
+            return await super().execute_command(*args, **options)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                ERRORS.labels(command, type(exc).__name__).inc()
+            raise
+        finally:
+            COMMAND_SECONDS.labels(command).observe(time.perf_counter() - started)
 
 
 def create_redis(
@@ -23,4 +60,4 @@ def create_redis(
         socket_connect_timeout=timeout_s,
         health_check_interval=30,
     )
-    return redis.Redis(connection_pool=pool)
+    return TimedRedis(connection_pool=pool)

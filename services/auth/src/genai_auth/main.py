@@ -12,7 +12,7 @@ from genai_auth.schema import apply_migrations
 from genai_auth.servicer import SERVICE_NAME, AuthServicer
 from genai_auth.settings import AuthSettings
 from genai_common import runner
-from genai_common.db import create_pool
+from genai_common.db import create_pool, watch_pool
 from genai_common.grpc_server import serve
 from genai_common.logs import setup_logging
 from genai_common.redis_client import create_redis
@@ -39,6 +39,8 @@ async def run(settings: AuthSettings) -> None:
     # Tells gateways which cached Authenticate answers to forget (WatchCredentials).
     stop_relay = asyncio.Event()
     relay = asyncio.create_task(feed.run(stop_relay))
+    # genai_postgres_up and the database's size, for the PostgreSQL alerts.
+    watch = asyncio.create_task(watch_pool(pool))
 
     async def close() -> None:
         stop_upkeep.set()
@@ -46,6 +48,7 @@ async def run(settings: AuthSettings) -> None:
         _, running = await asyncio.wait({upkeep, relay}, timeout=UPKEEP_STOP_S)
         if running:
             logger.warning("revocation upkeep or credential feed did not stop within %s s", UPKEEP_STOP_S)
+        watch.cancel()
         servicer.close()
         await pool.close()
         await client.aclose()

@@ -10,13 +10,15 @@ from importlib import resources
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import REGISTRY, Gauge
 
+from genai_common.metrics import CertificateExpiry, serve_metrics
 from genai_common.redis_guard import RedisGuard
 from genai_gateway.backends import Backends
 from genai_gateway.cache import AnswerCache
 from genai_gateway.errors import install_handlers
 from genai_gateway.grpc_api import start_server
-from genai_gateway.middleware import RequestIdMiddleware
+from genai_gateway.middleware import MetricsMiddleware, RequestIdMiddleware
 from genai_gateway.openapi import install as install_openapi
 from genai_gateway.pipeline import AskPipeline
 from genai_gateway.quota import Quotas
@@ -26,6 +28,18 @@ from genai_gateway.spool import HistoryRecorder
 
 STATIC_DIR = resources.files("genai_gateway") / "static"
 
+# States read at scrape time from the objects of the running app.
+FEED_HEARD = Gauge(
+    "genai_gateway_auth_feed_heard",
+    "1 while auth's credential change feed is heard (Authenticate answers may be cached), else 0",
+)
+REDIS_POLICY_ACTIVE = Gauge(
+    "genai_gateway_redis_failure_policy_active",
+    "1 while Redis is unavailable and the failure policy decides (open: per-process limits, no cache; "
+    "closed: 503), else 0",
+    ["policy"],
+)
+
 
 def create_app(settings: GatewaySettings) -> FastAPI:
     @contextlib.asynccontextmanager
@@ -33,6 +47,13 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         backends = Backends(settings)
         guard = RedisGuard(settings.redis_cooldown_s)
         app.state.redis_guard = guard
+        FEED_HEARD.set_function(lambda: float(backends.credentials.trusted))
+        REDIS_POLICY_ACTIVE.labels(settings.redis_failure_policy).set_function(lambda: float(guard.degraded))
+        certificates = None
+        if settings.tls_cert_file:
+            certificates = CertificateExpiry({"public": settings.tls_cert_file})
+            REGISTRY.register(certificates)
+        metrics_server = serve_metrics(settings.metrics_port, settings.host)
         recorder = HistoryRecorder(backends.history, backends.redis, guard=guard)
         app.state.settings = settings
         app.state.backends = backends
@@ -74,6 +95,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                         await task
             await pipeline.drain()
             await backends.close()
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
+            if certificates is not None:
+                REGISTRY.unregister(certificates)
 
     app = FastAPI(
         title="On-Premise GenAI API",
@@ -81,6 +107,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         description="Multi-user access to a local LLM: web chat, HTTP API and gRPC.",
         lifespan=lifespan,
     )
+    # The last added runs first: the request id is set before the metrics middleware logs the request.
+    app.add_middleware(MetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
     install_handlers(app)
     for router in (

@@ -22,7 +22,16 @@ from genai_common.redis_guard import RedisGuard
 logger = logging.getLogger(__name__)
 
 PREFIX = "cache:v1:"
-LOOKUPS = Counter("genai_gateway_cache_lookups_total", "Cache look-ups by result", ["result"])
+# `layer`: which kind of match a look-up tries. There is one today, "normalized" (whitespace collapsed,
+# and letter case too with the case-insensitive setting), which also finds exact repeats; a later kind of
+# match gets a layer of its own. `result`: hit, miss, error (Redis failed), bypassed (cache off or
+# Redis cooling off after a failure).
+LAYER = "normalized"
+LOOKUPS = Counter(
+    "genai_gateway_cache_lookups_total", "Answer cache look-ups by layer and result", ["layer", "result"]
+)
+for _result in ("hit", "miss", "error", "bypassed"):
+    LOOKUPS.labels(LAYER, _result)
 
 
 @dataclass
@@ -81,24 +90,24 @@ class AnswerCache:
 
     async def get(self, key: str) -> CachedAnswer | None:
         if not self.enabled or not self.guard.available:
-            LOOKUPS.labels("bypassed").inc()
+            LOOKUPS.labels(LAYER, "bypassed").inc()
             return None
         try:
             raw = await self.client.get(key)
         except (RedisError, OSError) as exc:
             self.guard.failed(exc)
-            LOOKUPS.labels("error").inc()
+            LOOKUPS.labels(LAYER, "error").inc()
             return None
         self.guard.succeeded()
         if raw is None:
-            LOOKUPS.labels("miss").inc()
+            LOOKUPS.labels(LAYER, "miss").inc()
             return None
         try:
             answer = CachedAnswer(**json.loads(raw))
         except (ValueError, TypeError):
             logger.warning("dropping unreadable cache entry %s", key)
             return None
-        LOOKUPS.labels("hit").inc()
+        LOOKUPS.labels(LAYER, "hit").inc()
         return answer
 
     async def put(self, key: str, answer: CachedAnswer) -> None:

@@ -33,6 +33,8 @@ from prometheus_client import Counter
 logger = logging.getLogger(__name__)
 
 LOOKUPS = Counter("genai_gateway_auth_cache_lookups_total", "Credential checks, by result", ["result"])
+for _result in ("hit", "miss"):
+    LOOKUPS.labels(_result)
 # How many heartbeats may go unheard before the cache stops trusting itself.
 SILENT_HEARTBEATS = 3
 MAX_BACKOFF_S = 5.0

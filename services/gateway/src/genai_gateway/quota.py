@@ -31,7 +31,12 @@ from genai_gateway.errors import ApiError
 logger = logging.getLogger(__name__)
 
 ADMITTED = Counter("genai_gateway_admitted_total", "Requests let through to the model or cache")
-LIMITED = Counter("genai_gateway_limited_total", "Requests refused by a limit", ["limit"])
+LIMITED = Counter(
+    "genai_gateway_limited_total",
+    "Requests refused by a limit: requests_per_minute, concurrent_requests, tokens_per_minute, "
+    "tokens_per_day, or redis_unavailable (failure policy closed)",
+    ["limit"],
+)
 
 UNLIMITED = -1
 WINDOW_MS = 60_000
@@ -58,6 +63,8 @@ _MESSAGES = {
     "tokens_per_minute": "token limit of {limit} tokens per minute reached",
     "tokens_per_day": "daily token limit of {limit} tokens reached",
 }
+for _limit in (*_MESSAGES, "redis_unavailable"):
+    LIMITED.labels(_limit)
 
 
 @dataclass
@@ -291,6 +298,7 @@ class Quotas:
                 ADMITTED.inc()
                 return Admission(subject, limits, slot, int(result[1]), int(result[2]))
         if self.failure_policy == "closed":
+            LIMITED.labels("redis_unavailable").inc()
             raise ApiError(
                 503, "limits cannot be checked right now (Redis is unavailable); try again shortly"
             )

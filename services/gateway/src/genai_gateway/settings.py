@@ -81,6 +81,10 @@ class GatewaySettings(CommonSettings):
     # Answers longer than this are not cached.
     cache_max_entry_chars: int = Field(100_000, ge=1)
 
+    # The public TLS certificate nginx serves (PEM), mounted read-only here: its expiry date becomes the
+    # metric genai_tls_certificate_expiry_timestamp_seconds{certificate="public"}. Empty: not reported.
+    tls_cert_file: str = ""
+
     # Exchanges that history could not take are kept in Redis and replayed by this loop.
     spool_drain_interval_s: float = 2.0
 

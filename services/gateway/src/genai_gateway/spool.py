@@ -28,6 +28,10 @@ SPOOL_KEY = "history:spool"
 SPOOLED = Counter("genai_history_spooled_total", "Exchanges kept for a later write because history failed")
 REPLAYED = Counter("genai_history_replayed_total", "Spooled exchanges written to history")
 IN_MEMORY = Gauge("genai_history_spool_memory", "Spooled exchanges held in this process (Redis down)")
+DEPTH = Gauge(
+    "genai_history_spool_depth",
+    "Exchanges waiting for the history service (Redis and this process), per drain",
+)
 
 # Errors that a retry will not fix: the exchange is logged and dropped instead of retried forever.
 _PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
@@ -123,6 +127,7 @@ class HistoryRecorder:
             await asyncio.sleep(interval_s)
             try:
                 written = await self.drain_once()
+                DEPTH.set(await self.pending())
             except Exception:
                 logger.exception("history spool replay failed")
                 continue

@@ -10,7 +10,7 @@ import grpc
 from genai.history.v1 import history_pb2_grpc
 
 from genai_common import runner
-from genai_common.db import create_pool, migrate
+from genai_common.db import create_pool, migrate, watch_pool
 from genai_common.grpc_server import serve
 from genai_common.logs import setup_logging
 from genai_common.settings import load_settings
@@ -31,6 +31,8 @@ async def run(settings: HistorySettings) -> None:
         logger.info("migrations applied: %d", len(applied))
     pool = await create_pool(dsn, max_size=settings.pool_max_size)
     servicer = HistoryServicer(HistoryStore(pool), settings)
+    # genai_postgres_up and the database's size, for the PostgreSQL alerts.
+    watch = asyncio.create_task(watch_pool(pool))
 
     def register(server: grpc.aio.Server) -> None:
         history_pb2_grpc.add_HistoryServiceServicer_to_server(servicer, server)
@@ -45,10 +47,11 @@ async def run(settings: HistorySettings) -> None:
         )
 
     async def stop_cleanup() -> None:
-        if cleanup is not None:
-            cleanup.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await cleanup
+        for task in (cleanup, watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def close_pool() -> None:
         await stop_cleanup()

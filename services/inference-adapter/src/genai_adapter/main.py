@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 import grpc
@@ -34,6 +36,8 @@ async def run(settings: AdapterSettings) -> None:
         settings.queue_max,
         settings.queue_timeout_s,
     )
+    # genai_adapter_upstream_up, for the "model down" alert.
+    watch = asyncio.create_task(upstream.watch())
     try:
         await serve(
             name="inference-adapter",
@@ -44,6 +48,9 @@ async def run(settings: AdapterSettings) -> None:
             on_stop=upstream.aclose,
         )
     finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
         # A failed start never reaches on_stop; closing twice is harmless.
         await upstream.aclose()
 

@@ -38,6 +38,11 @@ QUEUE_REJECTED = Counter(
 )
 for _reason in ("queue_full", "queue_timeout", "deadline", "cancelled"):
     QUEUE_REJECTED.labels(_reason)
+# The settings the two gauges above are measured against (GENAI_ADAPTER_MAX_CONCURRENT, _QUEUE_MAX).
+CONCURRENCY_LIMIT = Gauge(
+    "genai_adapter_concurrency_limit", "Generations allowed on the model server at once"
+)
+QUEUE_LIMIT = Gauge("genai_adapter_queue_limit", "Requests allowed to wait for a slot")
 
 
 class QueueFull(Exception):
@@ -110,6 +115,8 @@ class FairScheduler:
             raise ValueError("need max_concurrent >= 1, queue_max >= 0 and queue_timeout_s > 0")
         self.max_concurrent = max_concurrent
         self.queue_max = queue_max
+        CONCURRENCY_LIMIT.set(max_concurrent)
+        QUEUE_LIMIT.set(queue_max)
         self.queue_timeout_s = queue_timeout_s
         self.position_interval_s = position_interval_s
         self._running = 0

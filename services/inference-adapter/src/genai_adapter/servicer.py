@@ -42,11 +42,53 @@ RETRY_AFTER_KEY = "retry-after"
 UPSTREAM_CALLS = Counter(
     "genai_adapter_upstream_calls_total", "Calls to the model server by outcome", ["method", "outcome"]
 )
+for _method in ("Generate", "GenerateStream"):
+    UPSTREAM_CALLS.labels(_method, "OK")
+    UPSTREAM_CALLS.labels(_method, "CANCELLED")
+# Queue wait included: what the caller waits for, which is what users feel.
 FIRST_TOKEN_SECONDS = Histogram(
     "genai_adapter_time_to_first_token_seconds",
     "Time from a GenerateStream call to its first text from the model server",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
+INTER_TOKEN_SECONDS = Histogram(
+    "genai_adapter_inter_token_seconds",
+    "Gap between two pieces of text of a streamed generation",
+    buckets=(0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5),
+)
+GENERATION_SECONDS = Histogram(
+    "genai_adapter_generation_seconds",
+    "Whole generation, from the call to the last token (queue wait included), by method",
+    ["method"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0),
+)
+for _method in ("Generate", "GenerateStream"):
+    GENERATION_SECONDS.labels(_method)
+PROMPT_TOKENS = Counter(
+    "genai_adapter_prompt_tokens_total", "Prompt tokens of finished generations (the model's count)"
+)
+COMPLETION_TOKENS = Counter(
+    "genai_adapter_completion_tokens_total", "Generated tokens of finished generations (the model's count)"
+)
+COMPLETION_TOKENS_PER_REQUEST = Histogram(
+    "genai_adapter_completion_tokens_per_request",
+    "Generated tokens per finished generation",
+    buckets=(1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096),
+)
+# The caller went away (client disconnected, deadline): the upstream request is closed, freeing the GPU.
+CANCELLED = Counter(
+    "genai_adapter_cancelled_total",
+    "Generations whose caller went away, by stage: queued (before a slot) or generating",
+    ["stage"],
+)
+for _stage in ("queued", "generating"):
+    CANCELLED.labels(_stage)
+
+
+def _count_tokens(usage: inference_pb2.Usage) -> None:
+    PROMPT_TOKENS.inc(usage.prompt_tokens)
+    COMPLETION_TOKENS.inc(usage.completion_tokens)
+    COMPLETION_TOKENS_PER_REQUEST.observe(usage.completion_tokens)
 
 
 # Body fields that only the adapter sets: a caller's extra_json cannot replace them.
@@ -263,11 +305,20 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.GenerateResponse:
         path, payload = await self._payload(request, context, stream=False)
+        started = time.perf_counter()
+        admitted = False
         try:
             async with self._scheduler.slot(request.user, _caller_deadline(context)):
-                return await self._generate(path, payload, context)
+                admitted = True
+                answer = await self._generate(path, payload, context)
         except (QueueFull, QueueTimeout) as exc:
             await self._queue_abort(context, exc)
+        except asyncio.CancelledError:
+            CANCELLED.labels("generating" if admitted else "queued").inc()
+            raise
+        GENERATION_SECONDS.labels("Generate").observe(time.perf_counter() - started)
+        _count_tokens(answer.usage)
+        return answer
 
     async def _generate(
         self, path: str, payload: dict[str, Any], context: grpc.aio.ServicerContext
@@ -308,35 +359,49 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     ) -> AsyncIterator[inference_pb2.GenerateChunk]:
         path, payload = await self._payload(request, context, stream=True)
         started = time.perf_counter()
+        stage = "queued"
         try:
             async with self._scheduler.slot(request.user, _caller_deadline(context), wait=False) as ticket:
                 # Chunks with only the place in the queue until the turn comes (none if a slot was free).
                 async with aclosing(ticket.positions()) as positions:
                     async for position in positions:
                         yield inference_pb2.GenerateChunk(queue_position=position)
+                stage = "generating"
                 async with aclosing(self._generate_stream(path, payload, context, started)) as chunks:
                     async for chunk in chunks:
                         yield chunk
         except (QueueFull, QueueTimeout) as exc:
             await self._queue_abort(context, exc)
+        except (asyncio.CancelledError, GeneratorExit):
+            # GeneratorExit: the caller stopped reading and grpc closed this generator.
+            CANCELLED.labels(stage).inc()
+            raise
 
     async def _generate_stream(
         self, path: str, payload: dict[str, Any], context: grpc.aio.ServicerContext, started: float
     ) -> AsyncIterator[inference_pb2.GenerateChunk]:
         first = True
+        last_at = 0.0
         try:
             # aclosing: when this call ends early (caller cancelled), the HTTP stream is closed now.
             async with aclosing(self._upstream.stream(path, payload, context.time_remaining())) as events:
                 async for event in events:
                     if event.last:
                         UPSTREAM_CALLS.labels("GenerateStream", "OK").inc()
+                        usage = _usage(event.usage)
+                        GENERATION_SECONDS.labels("GenerateStream").observe(time.perf_counter() - started)
+                        _count_tokens(usage)
                         yield inference_pb2.GenerateChunk(
-                            model=event.model, finish_reason=event.finish_reason, usage=_usage(event.usage)
+                            model=event.model, finish_reason=event.finish_reason, usage=usage
                         )
                     else:
+                        now = time.perf_counter()
                         if first:
-                            FIRST_TOKEN_SECONDS.observe(time.perf_counter() - started)
+                            FIRST_TOKEN_SECONDS.observe(now - started)
                             first = False
+                        else:
+                            INTER_TOKEN_SECONDS.observe(now - last_at)
+                        last_at = now
                         yield inference_pb2.GenerateChunk(
                             text=event.text, model=event.model, tool_calls=_tool_calls(event.tool_calls)
                         )

@@ -33,8 +33,10 @@ from typing import Any, Literal
 
 import grpc
 import httpx
+from prometheus_client import Counter, Gauge
 
 from genai_adapter.settings import AdapterSettings
+from genai_common.request_id import current_request_id
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,58 @@ COUNT_CONCURRENCY = 8
 NO_TOKENIZER_RECHECK_S = 60.0
 
 
+# What went wrong with the model server, by kind (one count per failed call, see `map_error`).
+ERROR_KINDS = (
+    "connect",
+    "timeout",
+    "connection_lost",
+    "http_4xx",
+    "http_429",
+    "http_5xx",
+    "credentials",
+    "invalid_response",
+)
+UPSTREAM_ERRORS = Counter(
+    "genai_adapter_upstream_errors_total", "Failed calls to the model server, by kind of failure", ["kind"]
+)
+for _kind in ERROR_KINDS:
+    UPSTREAM_ERRORS.labels(_kind)
+
+
+def _error_kind(exc: Exception) -> str:
+    if isinstance(exc, UpstreamStatus):
+        if exc.status in (401, 403):
+            return "credentials"
+        if exc.status == 429:
+            return "http_429"
+        if exc.status in (408, 504):
+            return "timeout"
+        return "http_5xx" if exc.status >= 500 else "http_4xx"
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return "connect"
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return "timeout"
+    if isinstance(exc, httpx.TransportError):
+        return "connection_lost"
+    return "invalid_response"
+
+
+UPSTREAM_UP = Gauge(
+    "genai_adapter_upstream_up",
+    "1 while the model server answered the adapter's last look (GET /v1/models), else 0",
+)
+# How often `watch` looks at the model server, and how long a look may take.
+PROBE_INTERVAL_S = 10.0
+PROBE_TIMEOUT_S = 5.0
+
+
+async def _send_request_id(request: httpx.Request) -> None:
+    """The request id goes upstream as X-Request-Id: vLLM takes it as its own request id and logs it."""
+    rid = current_request_id.get()
+    if rid:
+        request.headers["X-Request-Id"] = rid
+
+
 class UpstreamError(Exception):
     """An upstream failure, already translated into the gRPC status the caller gets."""
 
@@ -94,6 +148,8 @@ def map_error(exc: Exception) -> UpstreamError:
     """Translate whatever an upstream call raised into the caller's gRPC status and message."""
     if isinstance(exc, UpstreamError):
         return exc
+    if isinstance(exc, _UPSTREAM_FAILURES):
+        UPSTREAM_ERRORS.labels(_error_kind(exc)).inc()
     code = grpc.StatusCode
     if isinstance(exc, UpstreamStatus):
         status, detail = exc.status, exc.message
@@ -292,6 +348,7 @@ class Upstream:
                     base_url=settings.upstream_url + "/",
                     headers=headers,
                     timeout=timeout,
+                    event_hooks={"request": [_send_request_id]},
                     # httpcore retries only failed connection attempts, which is exactly the safe case.
                     transport=httpx.AsyncHTTPTransport(
                         limits=httpx.Limits(
@@ -337,6 +394,22 @@ class Upstream:
         if time_remaining is None:
             return self._total_s
         return max(0.0, min(self._total_s, time_remaining))
+
+    async def watch(self, interval_s: float = PROBE_INTERVAL_S) -> None:
+        """Look at the model server every `interval_s` until cancelled (`genai_adapter_upstream_up`):
+        a model server that is down shows even while nobody asks for text."""
+        up = True
+        while True:
+            try:
+                await self.list_models(PROBE_TIMEOUT_S)
+                now_up = True
+            except UpstreamError:
+                now_up = False
+            UPSTREAM_UP.set(1 if now_up else 0)
+            if now_up != up:
+                logger.warning("model server %s", "answers again" if now_up else "does not answer")
+                up = now_up
+            await asyncio.sleep(interval_s)
 
     async def list_models(self, time_remaining: float | None) -> list[dict[str, Any]]:
         with _mapped_errors():
@@ -430,6 +503,7 @@ class Upstream:
                     if isinstance(obj.get("usage"), dict):
                         usage = obj["usage"]
                 if not done and not finish_reason:
+                    UPSTREAM_ERRORS.labels("connection_lost").inc()
                     raise UpstreamError(grpc.StatusCode.UNAVAILABLE, "model server ended the stream early")
                 if done:
                     await _drain(lines, min(deadline, loop.time() + DRAIN_AFTER_DONE_S))

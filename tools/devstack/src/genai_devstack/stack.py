@@ -39,6 +39,11 @@ class Ports:
     history: int = 50052
     adapter: int = 50053
     upstream: int = 8081
+    # Each service's Prometheus /metrics, on ports of their own (never through nginx).
+    gateway_metrics: int = 9180
+    auth_metrics: int = 9181
+    history_metrics: int = 9182
+    adapter_metrics: int = 9183
 
 
 @dataclass
@@ -86,6 +91,12 @@ def environment(cfg: StackConfig) -> dict[str, str]:
         "GENAI_GATEWAY_HISTORY_TARGET": f"127.0.0.1:{p.history}",
         "GENAI_GATEWAY_ADAPTER_TARGET": f"127.0.0.1:{p.adapter}",
         "GENAI_GATEWAY_REDIS_URL": cfg.redis_url,
+        "GENAI_GATEWAY_METRICS_PORT": str(p.gateway_metrics),
+        "GENAI_AUTH_METRICS_PORT": str(p.auth_metrics),
+        "GENAI_HISTORY_METRICS_PORT": str(p.history_metrics),
+        "GENAI_ADAPTER_METRICS_PORT": str(p.adapter_metrics),
+        # The certificate nginx serves: its expiry date is a metric of the gateway's.
+        "GENAI_GATEWAY_TLS_CERT_FILE": str(cfg.tls.cert),
     }
     if cfg.upstream == "llama":
         env["GENAI_ADAPTER_MODEL"] = SMOLLM2_NAME
@@ -105,6 +116,7 @@ def nginx_values(cfg: StackConfig) -> dict[str, str]:
         "GENAI_TLS_CERT": str(cfg.tls.cert),
         "GENAI_TLS_KEY": str(cfg.tls.key),
         "GENAI_NGINX_BODY_LIMIT": "1m",
+        "GENAI_NGINX_ACCESS_LOG": str(cfg.work_dir / "nginx" / "logs" / "access.log"),
     }
 
 
@@ -119,6 +131,9 @@ def upstream_command(cfg: StackConfig) -> list[str]:
             "127.0.0.1",
             "--port",
             port,
+            # One JSON line per request with its X-Request-Id, as vLLM logs the requests it takes.
+            "--log-level",
+            "info",
             *cfg.upstream_args,
         ]
     return [

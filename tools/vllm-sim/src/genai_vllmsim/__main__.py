@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import sys
+import time
 from collections.abc import Sequence
 
 import uvicorn
@@ -18,6 +20,34 @@ READY_PREFIX = "genai-vllm-sim listening on "
 class _HideSimulatedResets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return record.msg != ABANDONED_RESPONSE_LOG
+
+
+class _JsonLines(logging.Formatter):
+    """The simulator's own log lines (one per request, with the caller's request id) as JSON, as the
+    services write theirs."""
+
+    _RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "service": "vllm-sim",
+            "msg": record.getMessage(),
+        }
+        entry.update((k, v) for k, v in vars(record).items() if k not in self._RESERVED and v != "")
+        return json.dumps(entry, default=str)
+
+
+def _log_requests(level: str) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_JsonLines())
+    sim_logger = logging.getLogger("genai_vllmsim")
+    sim_logger.addHandler(handler)
+    sim_logger.propagate = False
+    # At the default level ("warning") requests are not logged; "info" logs each one with its request id.
+    sim_logger.setLevel(logging.DEBUG if level == "trace" else level.upper())
 
 
 def _bind(host: str, port: int, backlog: int) -> socket.socket:
@@ -51,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     )
     logging.getLogger("uvicorn.error").addFilter(_HideSimulatedResets())
+    _log_requests(options.log_level)
     host = f"[{options.host}]" if ":" in options.host else options.host
     # Machine-readable: the launcher reads the port from this line (useful with --port 0).
     print(f"{READY_PREFIX}http://{host}:{port}", flush=True)

@@ -20,6 +20,7 @@ import contextlib
 import hmac
 import itertools
 import json
+import logging
 import os
 import random
 import time
@@ -27,7 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.types import Receive, Scope, Send
 
 from genai_vllmsim import structured, text
@@ -52,6 +54,8 @@ ERROR_MESSAGES = {
     "429": "Simulated overload: too many requests.",
     "500": "Simulated internal server error.",
 }
+logger = logging.getLogger("genai_vllmsim")
+
 # uvicorn logs this when a response is abandoned, which is exactly how a reset is simulated.
 ABANDONED_RESPONSE_LOG = "ASGI callable returned without completing response."
 
@@ -110,6 +114,11 @@ class Job:
     # A structured answer's tokens, sent instead of the words of `indices`.
     tokens: list[str] | None = None
     tool_call: ToolCallPlan | None = None
+    # The caller's X-Request-Id, echoed in the answer's headers as vLLM does.
+    request_id: str = ""
+
+    def headers(self, base: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        return [*base, (b"x-request-id", self.request_id.encode())] if self.request_id else base
 
     @property
     def output_tokens(self) -> int:
@@ -309,6 +318,13 @@ class Simulator:
             self.stats.rejected += 1
             return error_response(exc.status, exc.message, error_format, exc.param)
         self.stats.started += 1
+        job.request_id = request.headers.get("x-request-id", "")
+        self.stats.last_request_ids.append(job.request_id)
+        # vLLM logs each request it takes, under the id the caller sent in X-Request-Id.
+        logger.info(
+            "Received request", extra={"request_id": job.request_id, "prompt_tokens": job.prompt_tokens}
+        )
+        self.stats.prefix_lookup(body.get("messages") if chat else body.get("prompt"), job.prompt_tokens)
         if knobs.fault in ERROR_MESSAGES:
             self.stats.errors += 1
             return error_response(int(knobs.fault), ERROR_MESSAGES[knobs.fault], error_format)
@@ -406,7 +422,9 @@ class Generation(Response):
         try:
             if job.stream:
                 # vLLM answers 200 before scheduling: queueing shows up as time to first token.
-                await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+                await send(
+                    {"type": "http.response.start", "status": 200, "headers": job.headers(SSE_HEADERS)}
+                )
             await sim.slots.acquire()
             acquired = True
             sim.stats.prompt_tokens += job.prompt_tokens
@@ -460,6 +478,7 @@ class Generation(Response):
         first_at = start + knobs.ttft_s
         await _sleep_until(loop, first_at)
         stats.ttft.observe(loop.time() - job.arrival)
+        sent_at = loop.time()
         if job.chat:
             role = head + '"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,'
             role += '"finish_reason":null}]}\n\n'
@@ -480,6 +499,9 @@ class Generation(Response):
                     await asyncio.sleep(0)
             if i == reset_at:
                 break
+            if i:
+                stats.itl.observe(loop.time() - sent_at)
+            sent_at = loop.time()
             if tokens is not None:
                 word = tokens[i]
             else:
@@ -510,6 +532,8 @@ class Generation(Response):
         count = job.output_tokens
         await _sleep_until(loop, start + knobs.ttft_s + max(count - 1, 0) * knobs.itl_s)
         sim.stats.ttft.observe(start + knobs.ttft_s - job.arrival)
+        if count > 1:
+            sim.stats.itl.observe(knobs.itl_s, count - 1)
         if knobs.fault == "reset":
             # Headers, then the connection drops before any body: the client sees a broken response.
             sim.stats.errors += 1
@@ -548,7 +572,9 @@ class Generation(Response):
             "usage": {"prompt_tokens": p, "total_tokens": p + count, "completion_tokens": count},
         }
         payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        headers = job.headers(
+            [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        )
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": payload, "more_body": False})
         sim.stats.generation_tokens += count
@@ -559,6 +585,8 @@ def create_app(config: SimConfig) -> FastAPI:
     sim = Simulator(config)
     app = FastAPI(title="genai vLLM simulator", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.sim = sim
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(sim.stats)
 
     async def chat_completions(request: Request) -> Response:
         return await sim.generate(request, chat=True)
@@ -596,7 +624,7 @@ def create_app(config: SimConfig) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return PlainTextResponse(sim.stats.render_prometheus(), media_type="text/plain; version=0.0.4")
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/sim/stats")
     async def sim_stats() -> Response:

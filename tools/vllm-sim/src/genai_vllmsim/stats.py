@@ -1,21 +1,40 @@
-"""Counters of what reached the simulator, shown as vLLM-named Prometheus metrics and as JSON."""
+"""Counters of what reached the simulator, shown as vLLM-named Prometheus metrics and as JSON.
+
+The metric names, types and labels are vLLM's (v0.11, V1 engine), so that dashboards and alerts built for
+vLLM read the simulator alike: `vllm:num_requests_running`/`waiting`, `vllm:kv_cache_usage_perc`,
+`vllm:prefix_cache_queries_total`/`hits_total`, `vllm:time_to_first_token_seconds`,
+`vllm:inter_token_latency_seconds` (and its older name `vllm:time_per_output_token_seconds`),
+`vllm:e2e_request_latency_seconds`, `vllm:prompt_tokens_total`, `vllm:generation_tokens_total`,
+`vllm:request_success_total`. The simulator's own counts are `genai_sim_*`.
+
+Simulated, not measured: KV-cache usage is the share of the engine's sequences in use, and a prefix-cache
+hit is a prompt seen before in full (all its tokens hit), which is how repeated questions look to vLLM.
+"""
 
 from __future__ import annotations
 
 import bisect
-from collections import deque
+import hashlib
+from collections import OrderedDict, deque
+from collections.abc import Iterator
 from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from genai_vllmsim.slots import Slots
 
-# vLLM's bucket edges for these two histograms.
+# vLLM's bucket edges for these histograms.
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0)
 LAST_REQUESTS = 20
+# Prompts remembered for the simulated prefix cache.
+PREFIX_CACHE_PROMPTS = 4096
 
 
 class Histogram:
-    """A Prometheus histogram without the client library: bucket counts, sum and count."""
+    """Bucket counts, sum and count, kept without locks for the hot path; exported by `Stats.collect`."""
 
     def __init__(self, edges: tuple[float, ...]) -> None:
         self.edges = edges
@@ -23,22 +42,23 @@ class Histogram:
         self.sum = 0.0
         self.count = 0
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.edges, value)] += 1
-        self.sum += value
-        self.count += 1
+    def observe(self, value: float, times: int = 1) -> None:
+        self.counts[bisect.bisect_left(self.edges, value)] += times
+        self.sum += value * times
+        self.count += times
 
-    def render(self, name: str, labels: str, lines: list[str]) -> None:
+    def family(self, name: str, documentation: str, model: str) -> HistogramMetricFamily:
+        buckets: list[tuple[str, float]] = []
         cumulative = 0
         for edge, n in zip((*self.edges, float("inf")), self.counts, strict=True):
             cumulative += n
-            le = "+Inf" if edge == float("inf") else repr(float(edge))
-            lines.append(f'{name}_bucket{{le="{le}",{labels}}} {cumulative}')
-        lines.append(f"{name}_sum{{{labels}}} {self.sum!r}")
-        lines.append(f"{name}_count{{{labels}}} {self.count}")
+            buckets.append(("+Inf" if edge == float("inf") else repr(float(edge)), cumulative))
+        family = HistogramMetricFamily(name, documentation, labels=["model_name"])
+        family.add_metric([model], buckets, self.sum)
+        return family
 
 
-class Stats:
+class Stats(Collector):
     """Everything the simulator counts; `reset()` zeroes it between tests (live gauges excepted).
 
     started: generation requests accepted (valid body, served model), faults included;
@@ -48,9 +68,7 @@ class Stats:
 
     def __init__(self, model: str, slots: Slots) -> None:
         self.slots = slots
-        self._labels = 'model_name="{}"'.format(
-            model.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        )
+        self.model = model
         self.reset()
 
     def reset(self) -> None:
@@ -61,10 +79,28 @@ class Stats:
         self.rejected = 0
         self.prompt_tokens = 0
         self.generation_tokens = 0
+        self.prefix_queries = 0
+        self.prefix_hits = 0
         self.success_by_reason: dict[str, int] = {"stop": 0, "length": 0}
         self.ttft = Histogram(TTFT_BUCKETS)
+        self.itl = Histogram(ITL_BUCKETS)
         self.e2e = Histogram(E2E_BUCKETS)
         self.last_requests: deque[Any] = deque(maxlen=LAST_REQUESTS)
+        # X-Request-Id of the last requests ("" when none came), as last_requests.
+        self.last_request_ids: deque[str] = deque(maxlen=LAST_REQUESTS)
+        self._prompts: OrderedDict[bytes, None] = OrderedDict()
+
+    def prefix_lookup(self, prompt: Any, tokens: int) -> None:
+        """Count a prompt's tokens as prefix-cache queries, and as hits when the same prompt came before."""
+        key = hashlib.blake2b(repr(prompt).encode(), digest_size=16).digest()
+        self.prefix_queries += tokens
+        if key in self._prompts:
+            self.prefix_hits += tokens
+            self._prompts.move_to_end(key)
+            return
+        self._prompts[key] = None
+        if len(self._prompts) > PREFIX_CACHE_PROMPTS:
+            self._prompts.popitem(last=False)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -77,67 +113,74 @@ class Stats:
             "waiting": self.slots.waiting,
             "prompt_tokens": self.prompt_tokens,
             "generation_tokens": self.generation_tokens,
+            "prefix_cache_queries": self.prefix_queries,
+            "prefix_cache_hits": self.prefix_hits,
             "last_requests": list(self.last_requests),
+            "last_request_ids": list(self.last_request_ids),
         }
 
-    def render_prometheus(self) -> str:
-        labels = self._labels
-        lines: list[str] = []
+    def collect(self) -> Iterator[Metric]:
+        model = [self.model]
 
-        def header(name: str, kind: str, help_text: str) -> None:
-            lines.append(f"# HELP {name} {help_text}")
-            lines.append(f"# TYPE {name} {kind}")
+        def gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(name, documentation, labels=["model_name"])
+            family.add_metric(model, value)
+            return family
 
-        simple = (
-            (
-                "vllm:num_requests_running",
-                "gauge",
-                "Requests in model execution batches.",
-                self.slots.running,
-            ),
-            ("vllm:num_requests_waiting", "gauge", "Requests waiting to be processed.", self.slots.waiting),
-            ("vllm:prompt_tokens_total", "counter", "Prefill tokens processed.", self.prompt_tokens),
-            (
-                "vllm:generation_tokens_total",
-                "counter",
-                "Generation tokens processed.",
-                self.generation_tokens,
-            ),
-            ("genai_sim_requests_started_total", "counter", "Generation requests accepted.", self.started),
-            (
-                "genai_sim_requests_finished_total",
-                "counter",
-                "Requests that got their whole output.",
-                self.finished,
-            ),
-            (
-                "genai_sim_requests_cancelled_total",
-                "counter",
-                "Requests whose client left first.",
-                self.cancelled,
-            ),
-            (
-                "genai_sim_requests_errors_total",
-                "counter",
-                "Requests answered with an injected fault.",
-                self.errors,
-            ),
-            (
-                "genai_sim_requests_rejected_total",
-                "counter",
-                "Invalid requests (400, 401, 404).",
-                self.rejected,
-            ),
+        def counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+            family = CounterMetricFamily(name, documentation, labels=["model_name"])
+            family.add_metric(model, value)
+            return family
+
+        yield gauge(
+            "vllm:num_requests_running", "Number of requests in model execution batches.", self.slots.running
         )
-        for name, kind, help_text, value in simple:
-            header(name, kind, help_text)
-            lines.append(f"{name}{{{labels}}} {float(value)!r}")
-        header("vllm:request_success_total", "counter", "Count of successfully processed requests.")
+        yield gauge(
+            "vllm:num_requests_waiting", "Number of requests waiting to be processed.", self.slots.waiting
+        )
+        yield gauge(
+            "vllm:kv_cache_usage_perc",
+            "KV-cache usage. 1 means 100 percent usage (simulated: share of sequences in use).",
+            self.slots.running / self.slots.limit,
+        )
+        yield counter(
+            "vllm:prefix_cache_queries",
+            "Prefix cache queries, in terms of number of queried tokens.",
+            self.prefix_queries,
+        )
+        yield counter(
+            "vllm:prefix_cache_hits",
+            "Prefix cache hits, in terms of number of cached tokens.",
+            self.prefix_hits,
+        )
+        yield counter("vllm:prompt_tokens", "Number of prefill tokens processed.", self.prompt_tokens)
+        yield counter(
+            "vllm:generation_tokens", "Number of generation tokens processed.", self.generation_tokens
+        )
+        success = CounterMetricFamily(
+            "vllm:request_success",
+            "Count of successfully processed requests.",
+            labels=["finished_reason", "model_name"],
+        )
         for reason, n in self.success_by_reason.items():
-            lines.append(f'vllm:request_success_total{{finished_reason="{reason}",{labels}}} {float(n)!r}')
-        header("vllm:time_to_first_token_seconds", "histogram", "Time to first token in seconds.")
-        self.ttft.render("vllm:time_to_first_token_seconds", labels, lines)
-        header("vllm:e2e_request_latency_seconds", "histogram", "End to end request latency in seconds.")
-        self.e2e.render("vllm:e2e_request_latency_seconds", labels, lines)
-        lines.append("")
-        return "\n".join(lines)
+            success.add_metric([reason, self.model], n)
+        yield success
+        yield self.ttft.family(
+            "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", self.model
+        )
+        yield self.itl.family(
+            "vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", self.model
+        )
+        yield self.itl.family(
+            "vllm:time_per_output_token_seconds",
+            "Histogram of time per output token in seconds (older name of the inter-token latency).",
+            self.model,
+        )
+        yield self.e2e.family(
+            "vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", self.model
+        )
+        yield counter("genai_sim_requests_started", "Generation requests accepted.", self.started)
+        yield counter("genai_sim_requests_finished", "Requests that got their whole output.", self.finished)
+        yield counter("genai_sim_requests_cancelled", "Requests whose client left first.", self.cancelled)
+        yield counter("genai_sim_requests_errors", "Requests answered with an injected fault.", self.errors)
+        yield counter("genai_sim_requests_rejected", "Invalid requests (400, 401, 404).", self.rejected)
