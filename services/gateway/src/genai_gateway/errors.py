@@ -21,6 +21,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from genai_common.request_id import current_request_id
+
 logger = logging.getLogger(__name__)
 
 _TYPES = {
@@ -136,7 +138,8 @@ def from_grpc(exc: grpc.aio.AioRpcError, what: str, *, busy_status: int = 429) -
 
 
 def error_body(status: int, message: str, code: str | None = None) -> dict[str, Any]:
-    return {
+    """The one error shape; with the request id, which ops find in every service's logs."""
+    body: dict[str, Any] = {
         "error": {
             "message": message,
             "type": _TYPES.get(status, "error"),
@@ -145,6 +148,10 @@ def error_body(status: int, message: str, code: str | None = None) -> dict[str, 
         },
         "detail": message,
     }
+    rid = current_request_id.get()
+    if rid:
+        body["request_id"] = rid
+    return body
 
 
 def error_response(
