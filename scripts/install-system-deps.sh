@@ -2,8 +2,9 @@
 # Installs the system programs the embedded stack runs, when missing: nginx, redis-server and the
 # PostgreSQL server binaries (used only when no PostgreSQL/Redis answers already), and the DejaVu Sans font
 # that PDF exports embed (it has Cyrillic), and OpenLDAP's slapd and client tools (the directory sign-in
-# tests start a slapd of their own; ldapsearch is how an operator tests a directory bind). Debian/Ubuntu
-# (apt-get) and Red OS/RHEL (dnf). Does nothing when everything is there.
+# tests start a slapd of their own; ldapsearch is how an operator tests a directory bind), and Prometheus
+# with promtool (tests/test_monitoring.py checks deploy/monitoring/ with them and runs a real Prometheus).
+# Debian/Ubuntu (apt-get) and Red OS/RHEL (dnf). Does nothing when everything is there.
 set -euo pipefail
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
@@ -21,6 +22,7 @@ have_pg || missing+=(postgresql)
 have_font || missing+=(font)
 have slapd || missing+=(slapd)
 have ldapsearch || missing+=(ldap-utils)
+have promtool || missing+=(prometheus)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 sudo=""
@@ -40,6 +42,7 @@ if command -v apt-get >/dev/null 2>&1; then
       font) packages+=(fonts-dejavu-core) ;;
       slapd) packages+=(slapd) ;;
       ldap-utils) packages+=(ldap-utils) ;;
+      prometheus) packages+=(prometheus) ;;
     esac
   done
   $sudo apt-get update -qq
@@ -60,6 +63,10 @@ elif command -v dnf >/dev/null 2>&1; then
   # and they skip without it.
   if [[ " ${missing[*]} " == *" slapd "* ]]; then
     $sudo dnf install -y -q openldap-servers || echo "openldap-servers not available: directory tests will skip" >&2
+  fi
+  # Prometheus is packaged by Fedora (and EPEL) only: the monitoring tests skip without it.
+  if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+    $sudo dnf install -y -q golang-github-prometheus || echo "prometheus not available: monitoring tests will skip" >&2
   fi
 else
   echo "missing: ${missing[*]}; no apt-get or dnf here to install them" >&2

@@ -379,8 +379,9 @@ def test_secret_settings_are_required_interpolations(name: str) -> None:
 
 
 # Secrets of a feature that is off by default: empty unless the feature is used, and then refused at start
-# when missing (the directory's service account: AuthSettings requires it with GENAI_AUTH_LDAP_BIND_DN).
-OPTIONAL_FEATURE_SECRETS = {"GENAI_AUTH_LDAP_BIND_PASSWORD"}
+# when missing (the directory's service account: AuthSettings requires it with GENAI_AUTH_LDAP_BIND_DN;
+# Grafana's admin password: the grafana service of the monitoring profile will not start without it).
+OPTIONAL_FEATURE_SECRETS = {"GENAI_AUTH_LDAP_BIND_PASSWORD", "GRAFANA_ADMIN_PASSWORD"}
 
 
 def test_secret_variables_are_required_everywhere_never_defaulted() -> None:
@@ -455,9 +456,12 @@ def test_only_nginx_publishes_ports_443_and_80() -> None:
     published = {
         name for name, spec in svc.items() if spec.get("ports") or spec.get("network_mode") == "host"
     }
-    assert published == {"nginx"}
+    assert published == {"nginx", "grafana"}
     ports = [resolve(port) for port in svc["nginx"]["ports"]]
     assert ports == ["0.0.0.0:443:443", "0.0.0.0:80:80"]
+    # Grafana (monitoring profile) only on the host's loopback unless the operator says otherwise.
+    assert [resolve(port) for port in svc["grafana"]["ports"]] == ["127.0.0.1:3000:3000"]
+    assert svc["grafana"]["profiles"] == ["monitoring"]
 
 
 def test_everything_but_nginx_is_on_the_internal_network_only() -> None:
@@ -467,7 +471,7 @@ def test_everything_but_nginx_is_on_the_internal_network_only() -> None:
     for name, spec in doc["services"].items():
         networks = spec.get("networks")
         names = set(networks if isinstance(networks, list) else (networks or {}))
-        expected = {"public", "internal"} if name == "nginx" else {"internal"}
+        expected = {"public", "internal"} if name in ("nginx", "grafana") else {"internal"}
         assert names == expected, f"{name} is on {sorted(names)}"
 
 
@@ -514,7 +518,8 @@ def test_restart_policies_limits_and_log_rotation() -> None:
 def test_gpu_profile_runs_vllm_and_cpu_profile_runs_llama_cpp() -> None:
     svc = services()
     with_profiles = {name: spec["profiles"] for name, spec in svc.items() if spec.get("profiles")}
-    assert with_profiles == {"vllm": ["gpu"], "llamacpp": ["cpu"]}
+    monitoring = {name: ["monitoring"] for name in ("prometheus", "grafana", "node-exporter")}
+    assert with_profiles == {"vllm": ["gpu"], "llamacpp": ["cpu"], **monitoring}
     active, _ = example_entries()
     assert active.get("COMPOSE_PROFILES") == "gpu", "plain `docker compose up` must mean the GPU"
     for server in ("vllm", "llamacpp"):
@@ -877,6 +882,8 @@ def production_nginx_values(tmp_path: Path, tls_dir: Path) -> dict[str, str]:
     values["GENAI_TLS_CERT"] = str(tls_dir / Path(values["GENAI_TLS_CERT"]).name)
     values["GENAI_TLS_KEY"] = str(tls_dir / Path(values["GENAI_TLS_KEY"]).name)
     values = {key: re.sub(r"^gateway:", "127.0.0.1:", value) for key, value in values.items()}
+    # The image's log file (linked to stdout there) may not exist on this machine.
+    values["GENAI_NGINX_ACCESS_LOG"] = str(tmp_path / "access.log")
     return {**values, "GENAI_NGINX_WORKERS": "auto"}
 
 
