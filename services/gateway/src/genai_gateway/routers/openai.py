@@ -121,7 +121,8 @@ class SamplingFields(BaseModel):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    # A 64-bit integer, as vLLM takes it (and as it travels to the adapter).
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
