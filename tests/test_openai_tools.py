@@ -128,7 +128,7 @@ def test_a_streamed_tool_call_arrives_in_pieces_that_make_a_whole(
         ),
         ({"logit_bias": {"50256": -100}}, "`logit_bias` is not supported"),
         ({"response_format": {"type": "yaml"}}, "response_format"),
-        # Beyond 64 bits: refused here, as vLLM would, instead of failing on the way to the model.
+        # Beyond 53 bits: refused here, instead of failing on the way to the model.
         ({"seed": 2**70}, "seed"),
     ],
 )

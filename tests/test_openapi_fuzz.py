@@ -90,20 +90,10 @@ class Callers:
         self.user: User = stack.new_user()
         self.admin: User = stack.new_user(role="admin")
         self.protected = {self.user.username.lower(), self.admin.username.lower()}
-        with stack.client() as client:
-            login = client.post(
-                "/token", json={"username": self.user.username, "password": self.user.password}
-            )
-        login.raise_for_status()
-        self._refresh_token = str(login.json()["refresh_token"])
 
     def _own_token(self) -> str:
-        """A new access token of the user's, by refresh (logins are rate limited per address at nginx)."""
-        with self.stack.client() as client:
-            pair = client.post("/api/v1/auth/refresh", json={"refresh_token": self._refresh_token})
-        pair.raise_for_status()
-        self._refresh_token = str(pair.json()["refresh_token"])
-        return str(pair.json()["access_token"])
+        """A new session of the user's: a logout case ends the session it names, refresh tokens and all."""
+        return self.stack.login(self.user.username, self.user.password)
 
     def headers(self, operation: Any) -> dict[str, str]:
         if operation.path == LOGOUT:

@@ -43,6 +43,9 @@ from genai_gateway.settings import GatewaySettings
 JSON = "application/json"
 SSE = "text/event-stream"
 REF = "#/components/schemas/{model}"
+# Text with something in it besides whitespace, whitespace being what Python's str.isspace() says (what the
+# services strip), spelt out: regex engines disagree on \s (ECMA's has U+FEFF, Python's has \x1c-\x1f, \x85).
+NONBLANK = "[^\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 
 # --- documentation-only models -----------------------------------------------------------------------
 
@@ -212,10 +215,11 @@ ROUTE_ERRORS: dict[str, Reasons] = {
     "POST /token": {
         **_AUTH_CALL,
         401: "wrong username or password",
-        403: "the account is disabled",
+        403: "the account is disabled, or (directory sign-in) none of the user's directory groups gives access",
         422: "no username and password, as JSON or as an OAuth2 password form",
-        429: "too many failed logins for this account or from this address (Retry-After), or too many "
-        "login requests from this address (nginx)",
+        429: "too many failed logins for this account from this address or from this address (Retry-After), "
+        "or too many login requests from this address (nginx)",
+        503: f"{AUTH_DOWN}, or, for a directory account, the directory (LDAP/AD) does not answer (Retry-After)",
     },
     "POST /ask": _GENERATION,
     "POST /v1/chat/completions": _OPENAI_GENERATION,
@@ -226,10 +230,17 @@ ROUTE_ERRORS: dict[str, Reasons] = {
     },
     "POST /api/v1/auth/refresh": {
         **_AUTH_CALL,
-        401: "the refresh token is invalid, expired, revoked or used",
+        401: "the refresh token is invalid, expired, revoked or used (a reused one ends its whole session)",
+        403: "(directory sign-in) none of the user's directory groups gives access any more",
+        503: f"{AUTH_DOWN}, or, for a directory account, the directory (LDAP/AD) does not answer (Retry-After)",
+    },
+    "POST /api/v1/auth/logout": {
+        **_AUTH_CALL,
+        401: "neither the bearer access token nor the body's refresh token is valid",
     },
     "POST /api/v1/auth/password": {
-        400: "the new password is not acceptable (too short or too long)",
+        400: "the new password is not acceptable (too short or too long), or the account's password is the "
+        "directory's",
         403: "the old password is incorrect",
         429: "too many wrong old passwords (Retry-After)",
     },
@@ -241,8 +252,11 @@ ROUTE_ERRORS: dict[str, Reasons] = {
     "DELETE /api/v1/history/{conversation_id}": _HISTORY_CALL,
     "GET /api/v1/history/{conversation_id}/export": _EXPORT,
     "POST /api/v1/keys": {
-        400: "the owner is disabled, already has the most active keys allowed, or the name is not acceptable",
-        403: "only an admin can create keys for another user",
+        400: "the owner is disabled, already has the most active keys allowed, the name is not acceptable, "
+        "a lifetime and never_expires are both given, or the admin scope is asked for a user's key",
+        403: "only an admin can create keys for another user, or the password is needed (no sign-in in the "
+        "last few minutes) or wrong",
+        429: "too many wrong passwords (Retry-After)",
         404: "no user by the owner's name",
     },
     "GET /api/v1/keys": {
@@ -274,7 +288,7 @@ ROUTE_ERRORS: dict[str, Reasons] = {
 # What the services check of a parameter beyond its declared type, by operation and name.
 _USER_ID = {"anyOf": [{"maxLength": 0}, {"format": "uuid"}], "description": "a user id; empty: every user"}
 PARAMETER_RULES: dict[tuple[str, str], dict[str, Any]] = {
-    ("GET /api/v1/history/search", "q"): {"pattern": r"\S"},
+    ("GET /api/v1/history/search", "q"): {"pattern": NONBLANK},
     ("DELETE /api/v1/keys/{key_id}", "key_id"): {"format": "uuid"},
     ("GET /api/v1/admin/conversations", "owner"): _USER_ID,
     ("GET /api/v1/admin/usage", "owner"): _USER_ID,
@@ -602,7 +616,7 @@ def _success(operation: dict[str, Any], key: str, route: APIRoute) -> None:
 def _apply_limits(schemas: dict[str, Any], settings: GatewaySettings) -> None:
     """The input rules the service checks beyond the models' own, so that a client (and a fuzzer) knows
     what is accepted: some depend on the settings, some are checked in code rather than by the model."""
-    nonblank = {"pattern": r"\S"}
+    nonblank = {"pattern": NONBLANK}
     prompt = {"type": "string", "maxLength": settings.max_prompt_chars, **nonblank}
     max_tokens = {"type": "integer", "minimum": 1, "maximum": settings.max_tokens_limit}
 

@@ -121,8 +121,9 @@ class SamplingFields(BaseModel):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     stop: str | list[str] | None = None
-    # A 64-bit integer, as vLLM takes it (and as it travels to the adapter).
-    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    # Within what vLLM takes (64 bits) and what every JSON parser keeps exact (53 bits): beyond that, clients
+    # that read numbers as doubles cannot tell the bound from the number above it.
+    seed: int | None = Field(None, ge=-(2**53 - 1), le=2**53 - 1)
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
