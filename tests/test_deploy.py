@@ -381,7 +381,20 @@ def test_secret_settings_are_required_interpolations(name: str) -> None:
 # Secrets of a feature that is off by default: empty unless the feature is used, and then refused at start
 # when missing (the directory's service account: AuthSettings requires it with GENAI_AUTH_LDAP_BIND_DN;
 # Grafana's admin password: the grafana service of the monitoring profile will not start without it).
-OPTIONAL_FEATURE_SECRETS = {"GENAI_AUTH_LDAP_BIND_PASSWORD", "GRAFANA_ADMIN_PASSWORD"}
+# And the first admin's password: generated and printed once when empty, not needed after the first start.
+OPTIONAL_FEATURE_SECRETS = {"GENAI_AUTH_LDAP_BIND_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "GENAI_ADMIN_PASSWORD"}
+
+
+def test_the_first_admins_password_is_not_needed_after_the_first_start() -> None:
+    uses = {
+        (operator, argument)
+        for text in strings(compose())
+        for var, operator, argument in interpolations(text)
+        if var == "GENAI_ADMIN_PASSWORD"
+    }
+    assert uses == {(":-", "")}
+    active, _ = example_entries()
+    assert "GENAI_ADMIN_PASSWORD" not in active
 
 
 def test_secret_variables_are_required_everywhere_never_defaulted() -> None:
@@ -391,7 +404,9 @@ def test_secret_variables_are_required_everywhere_never_defaulted() -> None:
             if _SECRET_NAME.search(var):
                 seen.add(var)
                 if var in OPTIONAL_FEATURE_SECRETS:
-                    assert (operator, argument) == (":-", ""), f"{var} must be ${{{var}:-}} (empty unless used)"
+                    assert (operator, argument) == (":-", ""), (
+                        f"{var} must be ${{{var}:-}} (empty unless used)"
+                    )
                     continue
                 assert operator == ":?" and argument.strip(), (
                     f"{var} must be ${{{var}:?message}}, got {text!r}"

@@ -138,7 +138,9 @@ async def test_create_shows_the_secret_once_and_stores_only_its_hash(
     assert uuid.UUID(key.id)
     assert (key.name, key.prefix, key.owner_username) == ("nightly report", match.group(1), user.username)
     assert before <= key.created_at <= int(time.time())
-    assert (key.last_used_at, key.expires_at, key.revoked) == (0, 0, False)
+    # A lifetime by default (90 days), and the user scope.
+    assert (key.last_used_at, key.expires_at - key.created_at, key.revoked) == (0, 90 * 86_400, False)
+    assert key.scope == "user"
 
     row = await pool.fetchrow("SELECT * FROM api_keys WHERE id = $1", uuid.UUID(key.id))
     assert row is not None
@@ -164,7 +166,7 @@ async def test_authenticate_with_a_key(
     stub: Stub, user_and_metadata: tuple[User, Metadata], tokens: Tokens
 ) -> None:
     user, metadata = user_and_metadata
-    forever = await _create(stub, metadata)
+    forever = await _create(stub, metadata, never_expires=True)
     principal = await _principal(stub, forever.secret)
     assert (principal.user_id, principal.username, principal.role) == (str(user.id), user.username, "user")
     assert principal.api_key_id == forever.key.id
@@ -255,13 +257,14 @@ async def test_deleted_owner_takes_keys_along(
     await _refused(stub, created.secret)
 
 
-async def test_key_works_as_a_credential(
-    stub: Stub, user_and_metadata: tuple[User, Metadata], make_user: MakeUser, tokens: Tokens
-) -> None:
-    user, metadata = user_and_metadata
-    created = await _create(stub, metadata)
+async def test_key_works_as_a_credential(stub: Stub, make_user: MakeUser, tokens: Tokens) -> None:
+    user, password = await make_user()
+    created = await _create(stub, _jwt(tokens, user))
     by_key = _bearer(created.secret)
-    second = await _create(stub, by_key, name="made with a key")
+    # A key is no sign-in: minting another with it takes the owner's password.
+    error = await _error(_create(stub, by_key, name="made with a key"))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    second = await _create(stub, by_key, name="made with a key", password=password)
     assert second.key.owner_username == user.username
     assert {k.id for k in await _list(stub, by_key)} == {created.key.id, second.key.id}
     # A key may revoke itself, after which it is worth nothing.
@@ -270,9 +273,9 @@ async def test_key_works_as_a_credential(
     error = await _error(stub.ListUsers(auth_pb2.ListUsersRequest(), metadata=by_key))
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
-    # An admin's key carries the admin role, for the admin RPCs too.
+    # An admin's key asked for with the admin scope carries the admin role, for the admin RPCs too.
     admin, _ = await make_user("admin")
-    admin_key = await _create(stub, _jwt(tokens, admin))
+    admin_key = await _create(stub, _jwt(tokens, admin), scope="admin")
     assert (await _principal(stub, admin_key.secret)).role == "admin"
     await stub.ListUsers(auth_pb2.ListUsersRequest(), metadata=_bearer(admin_key.secret))
     error = await _error(stub.ListUsers(auth_pb2.ListUsersRequest(), metadata=_bearer(second.secret)))
@@ -527,7 +530,12 @@ async def test_cli_api_key_commands(
     await users.create("carol", "carol-password")
     await users.create("dave", "dave-password")
 
-    assert await cli.run(parse(["create-api-key", "Carol", "--name", "ci pipeline"]), settings) == 0
+    assert (
+        await cli.run(
+            parse(["create-api-key", "Carol", "--name", "ci pipeline", "--never-expires"]), settings
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     key_line, id_line = KEY_LINE.search(out), ID_LINE.search(out)
     assert key_line and id_line, out
@@ -621,3 +629,74 @@ async def test_cli_refuses_keys_for_a_disabled_user(
     )
     assert "disabled" in capsys.readouterr().err
     assert await keys.list_page(None, limit=10) == []
+
+
+# --- part of a session's rules: keys expire, carry a scope, and need the password -----------------------
+
+
+async def test_a_stale_token_needs_the_password_to_mint_a_key(
+    stub: Stub, make_user: MakeUser, tokens: Tokens
+) -> None:
+    user, password = await make_user()
+    # Signed in long ago, renewed since: the token alone is not enough for a lasting credential.
+    stale, _ = tokens.issue(
+        user_id=str(user.id),
+        username=user.username,
+        role=user.role,
+        typ=ACCESS,
+        auth_time=int(time.time()) - 3600,
+    )
+    error = await _error(_create(stub, _bearer(stale)))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "needs your password" in (error.details() or "")
+    wrong = await _error(_create(stub, _bearer(stale), password="not-" + password))
+    assert (wrong.code(), wrong.details()) == (grpc.StatusCode.PERMISSION_DENIED, "the password is incorrect")
+    created = await _create(stub, _bearer(stale), password=password)
+    assert created.key.owner_username == user.username
+
+
+async def test_never_expiring_only_when_asked_and_not_with_a_lifetime(
+    stub: Stub, user_and_metadata: tuple[User, Metadata]
+) -> None:
+    _, metadata = user_and_metadata
+    assert (await _create(stub, metadata, never_expires=True)).key.expires_at == 0
+    error = await _error(_create(stub, metadata, never_expires=True, expires_in_s=60))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_an_admins_key_is_user_scoped_unless_asked(
+    stub: Stub, make_user: MakeUser, tokens: Tokens, admin_jwt: Metadata
+) -> None:
+    plain = await _create(stub, admin_jwt)
+    assert plain.key.scope == "user"
+    assert (await _principal(stub, plain.secret)).role == "user"
+    error = await _error(stub.ListUsers(auth_pb2.ListUsersRequest(), metadata=_bearer(plain.secret)))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    # Nor can a user-scoped key mint an admin one.
+    _, admin_password = await make_user("admin")
+    error = await _error(_create(stub, _bearer(plain.secret), scope="admin", password="x" * 12))
+    assert error.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
+    # A user cannot ask for the admin scope.
+    user, _ = await make_user()
+    error = await _error(_create(stub, _jwt(tokens, user), scope="admin"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_cli_keys_expire_by_default_and_are_user_scoped(
+    cli_db: tuple[CliSettings, UserStore, ApiKeyStore], capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings, users, keys = cli_db
+    parse = cli.build_parser().parse_args
+    await users.create("erin", "erin-password", "admin")
+    assert await cli.run(parse(["create-api-key", "erin", "--name", "nightly"]), settings) == 0
+    out = capsys.readouterr().out
+    secret = KEY_LINE.search(out)
+    assert secret and "expires: never" not in out and "scope: user" in out
+    key, owner = await keys.authenticate(secret.group(1))
+    assert key.expires_at is not None and (key.expires_at - key.created_at).days == 90
+    assert owner.role == "user"  # an admin's key acts as a user unless asked
+    assert (
+        await cli.run(parse(["create-api-key", "erin", "--name", "ops", "--scope", "admin"]), settings) == 0
+    )
+    admin_secret = KEY_LINE.search(capsys.readouterr().out)
+    assert admin_secret and (await keys.authenticate(admin_secret.group(1)))[1].role == "admin"

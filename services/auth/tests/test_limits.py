@@ -225,7 +225,7 @@ async def test_set_limits_needs_an_admin(
 async def test_admin_may_use_an_api_key(stub: Stub, make_user: MakeUser, tokens: Tokens) -> None:
     admin, _ = await make_user("admin")
     key = await stub.CreateApiKey(
-        auth_pb2.CreateApiKeyRequest(name="ops"), metadata=_bearer(_jwt(tokens, admin))
+        auth_pb2.CreateApiKeyRequest(name="ops", scope="admin"), metadata=_bearer(_jwt(tokens, admin))
     )
     user, _ = await make_user()
     changed = await _set(stub, _bearer(key.secret), user.username, '{"concurrent_requests": 3}')

@@ -84,16 +84,42 @@ async def test_disabled_account_only_told_after_correct_password(
     assert right.details() == "account disabled"
 
 
-async def test_account_throttled_after_max_failures(make_user: MakeUser, stub: Stub) -> None:
+async def test_account_throttled_after_max_failures_from_that_address(
+    make_user: MakeUser, stub: Stub, address: str
+) -> None:
     user, password = await make_user()
-    for attempt in range(3):  # login_max_failures in the test settings
-        error = await _login_error(stub, user.username, "bad-password", f"addr-{attempt}-{uuid.uuid4().hex}")
+    for _ in range(3):  # login_max_failures in the test settings
+        error = await _login_error(stub, user.username, "bad-password", address)
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED
-    # Throttled per account: from any address, and even with the right password.
-    error = await _login_error(stub, user.username, password, f"elsewhere-{uuid.uuid4().hex}")
-    _assert_throttled(error)
-    error = await _login_error(stub, user.username.upper(), "bad-password", "")
-    _assert_throttled(error)
+    # Throttled from that address, even with the right password, and in any letter case.
+    _assert_throttled(await _login_error(stub, user.username, password, address))
+    _assert_throttled(await _login_error(stub, user.username.upper(), "bad-password", address))
+
+
+async def test_a_guesser_cannot_lock_the_owner_out(make_user: MakeUser, stub: Stub, address: str) -> None:
+    user, password = await make_user()
+    attacker = f"203.0.113.9-{uuid.uuid4().hex[:8]}"
+    for _ in range(3):
+        await _login_error(stub, user.username, "guess", attacker)
+    _assert_throttled(await _login_error(stub, user.username, "guess", attacker))
+    # The owner, from their own address, signs in all the same.
+    pair = await stub.Login(
+        auth_pb2.LoginRequest(username=user.username, password=password, client_address=address)
+    )
+    assert pair.username == user.username
+
+
+async def test_delays_grow_while_the_guessing_goes_on(redis_client: Redis) -> None:
+    username = f"backoff-{uuid.uuid4().hex[:8]}"
+    limiter = LoginLimiter(redis_client, RedisGuard(), max_per_account=2, max_per_address=100, window_s=60)
+    address = f"198.51.100.7-{uuid.uuid4().hex[:8]}"
+    assert [await limiter.begin(username, address) for _ in range(2)] == [Attempt(0), Attempt(0)]
+    assert await limiter.begin(username, address) == Attempt(1)
+    await asyncio.sleep(1.1)
+    assert await limiter.begin(username, address) == Attempt(0)  # one more try, then twice as long
+    assert await limiter.begin(username, address) == Attempt(2)
+    # Another address is a pair of its own.
+    assert await limiter.begin(username, address + "-other") == Attempt(0)
 
 
 async def test_unknown_usernames_throttled_like_real_ones(stub: Stub, address: str) -> None:

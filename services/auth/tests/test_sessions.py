@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -13,6 +14,8 @@ from redis.asyncio import Redis
 
 from genai_auth.revocation import MIRROR_KEY
 from genai_auth.servicer import AuthServicer
+from genai_auth.settings import AuthSettings
+from genai_auth.tokens import Tokens
 from genai_auth.users import User, UserStore
 
 MakeUser = Callable[..., Awaitable[tuple[User, str]]]
@@ -55,8 +58,10 @@ async def test_logout_revokes_access_token(
     # Mirrored in Redis with the token's expiry, after which it is removed.
     expires_at = await redis_client.zscore(MIRROR_KEY, jti)
     assert expires_at == jwt.get_unverified_claims(pair.access_token)["exp"]
-    # The refresh token was not given, so it still works.
-    assert await _refresh_code(stub, pair.refresh_token) == grpc.StatusCode.OK
+    # The session ends as a whole: its refresh token too, though it was not given; another session lives.
+    assert await _refresh_code(stub, pair.refresh_token) == grpc.StatusCode.UNAUTHENTICATED
+    other = await _login(stub, user, password, address)
+    assert await _refresh_code(stub, other.refresh_token) == grpc.StatusCode.OK
 
 
 async def test_logout_revokes_refresh_token_too(make_user: MakeUser, stub: Stub, address: str) -> None:
@@ -91,10 +96,10 @@ async def test_refresh_rotates(make_user: MakeUser, stub: Stub, address: str) ->
     assert (second.username, second.role, second.expires_in) == (user.username, "user", 1800)
     assert {second.access_token, second.refresh_token}.isdisjoint({first.access_token, first.refresh_token})
     assert await _auth_code(stub, second.access_token) == grpc.StatusCode.OK
-    # The old refresh token is spent; the new one works once.
-    assert await _refresh_code(stub, first.refresh_token) == grpc.StatusCode.UNAUTHENTICATED
+    # The new refresh token works once; a spent one is refused (and ends the chain: see below).
     assert await _refresh_code(stub, second.refresh_token) == grpc.StatusCode.OK
     assert await _refresh_code(stub, second.refresh_token) == grpc.StatusCode.UNAUTHENTICATED
+    assert await _refresh_code(stub, first.refresh_token) == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_concurrent_refreshes_only_one_wins(make_user: MakeUser, stub: Stub, address: str) -> None:
@@ -134,3 +139,57 @@ async def test_deleted_user_token_refused(
     pair = await _login(stub, user, password, address)
     await pool.execute("DELETE FROM users WHERE id = $1", user.id)
     assert await _auth_code(stub, pair.access_token) == grpc.StatusCode.UNAUTHENTICATED
+
+
+# --- sessions that end when they should -----------------------------------------------------------------
+
+
+async def test_changing_ones_password_ends_the_other_sessions(
+    make_user: MakeUser, stub: Stub, settings: AuthSettings, address: str
+) -> None:
+    user, password = await make_user()
+    # Another session, begun a few seconds ago (a forgotten browser, or a stolen refresh token).
+    earlier = Tokens.from_settings(settings)
+    earlier._clock = lambda: time.time() - 5  # type: ignore[method-assign]
+    other = earlier.issue_pair(user_id=str(user.id), username=user.username, role=user.role)
+    mine = await _login(stub, user, password, address)
+    changed = await stub.ChangePassword(
+        auth_pb2.ChangePasswordRequest(
+            access_token=mine.access_token, old_password=password, new_password=password + "-new"
+        )
+    )
+    assert await _refresh_code(stub, other.refresh_token) == grpc.StatusCode.UNAUTHENTICATED
+    assert await _auth_code(stub, other.access_token) == grpc.StatusCode.UNAUTHENTICATED
+    # The caller goes on with the session the answer carries.
+    assert await _auth_code(stub, changed.tokens.access_token) == grpc.StatusCode.OK
+    assert await _refresh_code(stub, changed.tokens.refresh_token) == grpc.StatusCode.OK
+
+
+async def test_a_reused_refresh_token_revokes_its_whole_chain(
+    make_user: MakeUser, stub: Stub, address: str
+) -> None:
+    user, password = await make_user()
+    first = await _login(stub, user, password, address)
+    second = await stub.Refresh(auth_pb2.RefreshRequest(refresh_token=first.refresh_token))
+    third = await stub.Refresh(auth_pb2.RefreshRequest(refresh_token=second.refresh_token))
+    # The first refresh token again: a copy is in someone else's hands.
+    assert await _refresh_code(stub, first.refresh_token) == grpc.StatusCode.UNAUTHENTICATED
+    assert await _refresh_code(stub, third.refresh_token) == grpc.StatusCode.UNAUTHENTICATED
+    assert await _auth_code(stub, third.access_token) == grpc.StatusCode.UNAUTHENTICATED
+    # Another login of the same user is another chain.
+    elsewhere = await _login(stub, user, password, address)
+    assert await _refresh_code(stub, elsewhere.refresh_token) == grpc.StatusCode.OK
+
+
+async def test_logout_with_an_expired_access_token_ends_the_session_by_its_refresh_token(
+    make_user: MakeUser, stub: Stub, settings: AuthSettings, address: str
+) -> None:
+    user, password = await make_user()
+    long_ago = Tokens.from_settings(settings)
+    long_ago._clock = lambda: time.time() - settings.access_ttl_s - 60  # type: ignore[method-assign]
+    pair = long_ago.issue_pair(user_id=str(user.id), username=user.username, role=user.role)
+    assert await _auth_code(stub, pair.access_token) == grpc.StatusCode.UNAUTHENTICATED  # expired
+    await stub.Logout(
+        auth_pb2.LogoutRequest(access_token=pair.access_token, refresh_token=pair.refresh_token)
+    )
+    assert await _refresh_code(stub, pair.refresh_token) == grpc.StatusCode.UNAUTHENTICATED

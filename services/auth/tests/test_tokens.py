@@ -71,7 +71,19 @@ def test_issue_and_decode_round_trip(tokens: Tokens) -> None:
     header = jwt.get_unverified_header(pair.access_token)
     assert header["alg"] == "HS256"
     payload = jwt.get_unverified_claims(pair.access_token)
-    assert set(payload) == {"sub", "username", "role", "typ", "jti", "iat", "exp", "iss", "aud"}
+    assert set(payload) == {
+        "sub",
+        "username",
+        "role",
+        "typ",
+        "jti",
+        "iat",
+        "exp",
+        "iss",
+        "aud",
+        "auth_time",
+        "fam",
+    }
     assert (payload["iss"], payload["aud"], payload["typ"]) == ("genai-auth", "genai", "access")
 
 

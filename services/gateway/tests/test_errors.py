@@ -78,3 +78,17 @@ def test_a_busy_model_is_503_with_retry_after() -> None:
     )
     assert (error.status, error.headers["Retry-After"]) == (503, "7")
     assert "busy" in error.message
+
+
+def test_a_service_that_is_up_says_what_it_cannot_reach() -> None:
+    # auth answers UNAVAILABLE when the directory does not: its words are for the caller, with Retry-After.
+    error = from_grpc(
+        _Failure(
+            grpc.StatusCode.UNAVAILABLE,
+            "the directory (LDAP/AD) is not answering",
+            (("retry-after", "30"), ("genai-caller-message", "1")),
+        ),
+        "the authentication service",
+    )
+    assert (error.status, error.message) == (503, "the directory (LDAP/AD) is not answering")
+    assert error.headers["Retry-After"] == "30"

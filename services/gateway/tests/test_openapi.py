@@ -14,7 +14,7 @@ from genai_gateway.openapi import Error
 from genai_gateway.settings import GatewaySettings
 
 ERROR_REF = "#/components/schemas/Error"
-PUBLIC = {"POST /token", "POST /api/v1/auth/refresh", "GET /health"}
+PUBLIC = {"POST /token", "POST /api/v1/auth/refresh", "POST /api/v1/auth/logout", "GET /health"}
 GENERATION = ("POST /ask", "POST /v1/chat/completions", "POST /v1/completions")
 
 

@@ -48,8 +48,9 @@ _PREFIX_ATTEMPTS = 5
 
 _KEY_COLUMNS = (
     "k.id, k.user_id, u.username AS owner_username, k.name, k.prefix, k.created_at, k.last_used_at, "
-    "k.expires_at, k.revoked_at"
+    "k.expires_at, k.revoked_at, k.scope"
 )
+SCOPES = ("user", "admin")
 
 
 class InvalidApiKey(Exception):
@@ -98,6 +99,8 @@ class ApiKey:
     last_used_at: datetime | None
     expires_at: datetime | None
     revoked_at: datetime | None
+    # "user": the key acts with the user role; "admin": with its owner's role.
+    scope: str = "user"
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> ApiKey:
@@ -111,6 +114,7 @@ class ApiKey:
             last_used_at=row["last_used_at"],
             expires_at=row["expires_at"],
             revoked_at=row["revoked_at"],
+            scope=row["scope"],
         )
 
     @property
@@ -175,10 +179,17 @@ class ApiKeyStore:
     def now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
 
-    async def create(self, owner: User, name: str, expires_in_s: int = 0) -> CreatedApiKey:
-        """A new key for `owner`; raises InvalidInput, or TooManyKeys when the owner has the maximum."""
+    async def create(
+        self, owner: User, name: str, expires_in_s: int = 0, scope: str = "user"
+    ) -> CreatedApiKey:
+        """A new key for `owner` (expires_in_s 0: never); raises InvalidInput, or TooManyKeys when the
+        owner has the maximum."""
         name = check_name(name)
         check_expires_in(expires_in_s)
+        if scope not in SCOPES:
+            raise InvalidInput("scope must be 'user' or 'admin'")
+        if scope == "admin" and owner.role != "admin":
+            raise InvalidInput("only an admin's key can have the admin scope")
         now = self.now()
         expires_at = now + timedelta(seconds=expires_in_s) if expires_in_s else None
         async with self._pool.acquire() as conn, conn.transaction():
@@ -204,14 +215,15 @@ class ApiKeyStore:
                     # A savepoint, so that a prefix collision does not abort the whole transaction.
                     async with conn.transaction():
                         row = await conn.fetchrow(
-                            "INSERT INTO api_keys (user_id, name, prefix, key_hash, created_at, expires_at) "
-                            "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                            "INSERT INTO api_keys (user_id, name, prefix, key_hash, created_at, expires_at, "
+                            "scope) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
                             owner.id,
                             name,
                             prefix,
                             hash_key(secret),
                             now,
                             expires_at,
+                            scope,
                         )
                 except asyncpg.UniqueViolationError:
                     logger.warning("api key prefix collision (attempt %s); drawing another", attempt + 1)
@@ -227,6 +239,7 @@ class ApiKeyStore:
                     last_used_at=None,
                     expires_at=expires_at,
                     revoked_at=None,
+                    scope=scope,
                 )
                 return CreatedApiKey(key, secret)
         # 36^8 prefixes: reaching this means the random source is broken, not bad luck.
@@ -240,7 +253,7 @@ class ApiKeyStore:
             raise InvalidApiKey("malformed api key")
         row = await self._pool.fetchrow(
             f"SELECT {_KEY_COLUMNS}, k.key_hash, u.password_hash, u.role, u.disabled, "  # noqa: S608 (constant columns)
-            "u.created_at AS user_created_at, u.limits "
+            "u.created_at AS user_created_at, u.limits, u.source, u.directory_limits "
             "FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.prefix = $1",
             match.group(1),
         )
@@ -259,11 +272,14 @@ class ApiKeyStore:
         owner = User(
             id=key.user_id,
             username=key.owner_username,
-            role=row["role"],
+            # A user-scoped key of an admin acts as a user: a leaked script key is not an admin's power.
+            role=row["role"] if key.scope == "admin" else "user",
             disabled=row["disabled"],
             created_at=row["user_created_at"],
             password_hash=row["password_hash"],
             limits=json.loads(row["limits"]),
+            source=row["source"],
+            directory_limits=json.loads(row["directory_limits"]),
         )
         if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
             # Conditional, so concurrent requests with the same key (on any replica) write it once.

@@ -172,7 +172,15 @@ def _when(moment: datetime | None, never: str) -> str:
 
 
 async def create_api_key(
-    store: UserStore, keys: ApiKeyStore, username: str, name: str, expires_days: int | None
+    store: UserStore,
+    keys: ApiKeyStore,
+    username: str,
+    name: str,
+    expires_days: int | None,
+    *,
+    never_expires: bool = False,
+    scope: str = "user",
+    default_days: int = 90,
 ) -> None:
     owner = await store.get_by_username(username)
     if owner is None:
@@ -180,14 +188,18 @@ async def create_api_key(
     if owner.disabled:
         raise CliError(f"user {owner.username!r} is disabled; enable it first")
     if expires_days is not None and expires_days < 1:
-        raise CliError("--expires-days must be at least 1 (leave it out for a key that never expires)")
+        raise CliError("--expires-days must be at least 1 (--never-expires for a key that never expires)")
+    if never_expires and expires_days is not None:
+        raise CliError("give --expires-days or --never-expires, not both")
+    days = 0 if never_expires else expires_days or default_days
     try:
-        created = await keys.create(owner, name, (expires_days or 0) * 86_400)
+        created = await keys.create(owner, name, days * 86_400, scope)
     except (InvalidInput, TooManyKeys) as exc:
         raise CliError(str(exc)) from None
     key = created.key
     _out(f"created API key {key.name!r} for user {owner.username!r}")
     _out(f"id: {key.id}")
+    _out(f"scope: {key.scope}")
     _out(f"expires: {_when(key.expires_at, 'never')} UTC" if key.expires_at else "expires: never")
     _out(f"key: {created.secret}")
     _out("This key is shown only once and cannot be recovered: store it safely.")
@@ -253,7 +265,16 @@ async def run(args: argparse.Namespace, settings: CliSettings, password: str | N
             elif args.command == "list":
                 await list_users(store)
             elif args.command == "create-api-key":
-                await create_api_key(store, keys, args.username, args.name, args.expires_days)
+                await create_api_key(
+                    store,
+                    keys,
+                    args.username,
+                    args.name,
+                    args.expires_days,
+                    never_expires=args.never_expires,
+                    scope=args.scope,
+                    default_days=settings.keys_default_ttl_days,
+                )
             elif args.command == "list-api-keys":
                 await list_api_keys(store, keys, args.username, args.include_revoked)
             elif args.command == "revoke-api-key":
@@ -327,7 +348,17 @@ def build_parser() -> argparse.ArgumentParser:
     create_key.add_argument("username")
     create_key.add_argument("--name", required=True, help="what the key is for, 1 to 100 characters")
     create_key.add_argument(
-        "--expires-days", type=int, metavar="N", help="valid for N days (default: never expires)"
+        "--expires-days",
+        type=int,
+        metavar="N",
+        help="valid for N days (default: GENAI_AUTH_KEYS_DEFAULT_TTL_DAYS, 90)",
+    )
+    create_key.add_argument("--never-expires", action="store_true", help="a key that never expires")
+    create_key.add_argument(
+        "--scope",
+        choices=("user", "admin"),
+        default="user",
+        help="admin: acts with the admin role (an admin's key only); default user",
     )
     list_keys = commands.add_parser("list-api-keys", help="list API keys, of one user or of everyone")
     list_keys.add_argument("username", nargs="?")

@@ -88,20 +88,23 @@ class RevocationList:
         await self._mirror(jti, expires_at)
         return bool(first)
 
-    async def is_revoked(self, jti: str) -> bool:
+    async def is_revoked(self, *ids: str) -> bool:
+        """Whether any of `ids` is revoked: a token's jti and its chain's id, in one round trip."""
         if self._guard.available:
             try:
-                revoked, complete = await self._redis.zmscore(MIRROR_KEY, [jti, COMPLETE])
+                *revoked, complete = await self._redis.zmscore(MIRROR_KEY, [*ids, COMPLETE])
             except REDIS_ERRORS as exc:
                 self._guard.failed(exc)
             else:
                 self._guard.succeeded()
-                if revoked is not None:
+                if any(score is not None for score in revoked):
                     return True
                 if complete is not None and self._synced_outages == self._guard.outages:
                     return False
         return bool(
-            await self._pool.fetchval("SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = $1)", jti)
+            await self._pool.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = ANY($1::text[]))", list(ids)
+            )
         )
 
     async def _mirror(self, jti: str, expires_at: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -65,6 +66,10 @@ NO_MAPPED_GROUP = (
 DIRECTORY_ACCESS_ENDED = (
     "your directory account or groups no longer give access to this service; sign in again"
 )
+PASSWORD_NEEDED = (
+    'creating an API key needs your password ("password"), or a sign-in with it in the last few minutes'  # noqa: S105
+)
+PASSWORD_WRONG = "the password is incorrect"  # noqa: S105 (a message, not a credential)
 DIRECTORY_MANAGED = "this is a directory account: its password and role are managed in the directory"
 # Trailing metadata that tells the gateway a message is meant for the caller as it is (an UNAVAILABLE's
 # details are otherwise transport noise that the gateway replaces).
@@ -106,6 +111,7 @@ def _api_key_message(key: ApiKey) -> auth_pb2.ApiKey:
         last_used_at=_seconds(key.last_used_at),
         revoked=key.revoked,
         expires_at=_seconds(key.expires_at),
+        scope=key.scope,
     )
 
 
@@ -123,6 +129,8 @@ class Caller:
     # The credential's own id: the access token's jti, or the API key's id.
     token_id: str
     api_key_id: str = ""
+    # For an access token: when its user last gave their password (0: unknown, or an API key).
+    auth_time: int = 0
 
     @property
     def is_admin(self) -> bool:
@@ -161,11 +169,15 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         revocations: RevocationList,
         limiter: LoginLimiter,
         feed: ChangeFeed | None = None,
+        api_key_default_ttl_s: int = 90 * 86_400,
+        api_key_fresh_login_s: int = 300,
         directory: DirectoryClient | None = None,
         group_grants: dict[str, GroupGrant] | None = None,
         unmapped_role: str | None = None,
         directory_session_s: int = 300,
     ) -> None:
+        self._api_key_default_ttl_s = api_key_default_ttl_s
+        self._api_key_fresh_login_s = api_key_fresh_login_s
         self._directory = directory
         self._group_grants = group_grants or {}
         self._unmapped_role = unmapped_role
@@ -195,8 +207,11 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 max_per_account=settings.login_max_failures,
                 max_per_address=settings.login_max_failures_per_address,
                 window_s=settings.login_window_s,
+                backoff_max_s=settings.login_backoff_max_s,
             ),
             feed=feed,
+            api_key_default_ttl_s=settings.keys_default_ttl_days * 86_400,
+            api_key_fresh_login_s=settings.keys_fresh_login_s,
             directory=DirectoryClient(settings.directory_config()) if settings.ldap_url else None,
             group_grants=settings.group_grants(),
             unmapped_role=None if settings.ldap_unmapped == "refuse" else settings.ldap_unmapped,
@@ -225,8 +240,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             claims = self._tokens.decode(token, typ)
         except InvalidToken as exc:
             await self._refuse_token(context, str(exc))
-        if await self._revocations.is_revoked(claims.jti):
-            await self._refuse_token(context, "token revoked")
+        if await self._revocations.is_revoked(claims.jti, claims.family):
+            await self._refuse_token(context, "token or its session chain revoked")
         user = await self._users.get_by_id(claims.user_id)
         if user is None:
             await self._refuse_token(context, "user no longer exists")
@@ -240,7 +255,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         """The caller behind an access token or an API key; aborts UNAUTHENTICATED if neither is valid."""
         if not looks_like_api_key(token):
             user, claims = await self._authenticated(token, context)
-            return Caller(user, claims.expires_at, token_id=claims.jti)
+            return Caller(user, claims.expires_at, token_id=claims.jti, auth_time=claims.auth_time)
         try:
             key, user = await self._api_keys.authenticate(token)
         except InvalidApiKey as exc:
@@ -280,6 +295,30 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         if owner is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no user named {username!r}")
         return owner
+
+    async def _confirm_identity(
+        self, caller: Caller, password: str, context: grpc.aio.ServicerContext
+    ) -> None:
+        """A lasting credential is minted only by someone who just proved to be the user: a sign-in with
+        the password within api_key_fresh_login_s, or the password given now."""
+        fresh = caller.auth_time and time.time() - caller.auth_time <= self._api_key_fresh_login_s
+        if not password:
+            if fresh:
+                return
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, PASSWORD_NEEDED)
+        attempt = await self._throttle(context, caller.user.username, "")
+        if caller.user.from_directory:
+            if self._directory is None:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, PASSWORD_WRONG)
+            try:
+                confirmed = await self._directory.authenticate(caller.user.username, password) is not None
+            except DirectoryUnavailable as exc:
+                await self._directory_down(context, exc)
+        else:
+            confirmed = await self._users.check_password(caller.user, password)
+        if not confirmed:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, PASSWORD_WRONG)
+        await self._limiter.succeeded(caller.user.username, "", attempt)
 
     async def _throttle(self, context: grpc.aio.ServicerContext, username: str, address: str) -> Attempt:
         attempt = await self._limiter.begin(username, address)
@@ -356,15 +395,29 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, DIRECTORY_ACCESS_ENDED)
         return await self._directory_grant(found, context)
 
-    def _issue(self, user: User) -> auth_pb2.TokenPair:
+    def _issue(self, user: User, renewing: Claims | None = None) -> auth_pb2.TokenPair:
+        """A token pair of a new session chain, or of the chain of the refresh token `renewing`."""
         # A directory user's access token lives only until the directory must be asked again.
         ttl = self._tokens.access_ttl_s
         if user.from_directory:
             ttl = min(ttl, self._directory_session_s)
         pair = self._tokens.issue_pair(
-            user_id=str(user.id), username=user.username, role=user.role, access_ttl_s=ttl
+            user_id=str(user.id), username=user.username, role=user.role, access_ttl_s=ttl, renewing=renewing
         )
         return _token_pair(pair, ttl)
+
+    async def _end_chain(self, claims: Claims) -> None:
+        """A refresh token was used twice: end its chain, and have gateways forget its cached tokens."""
+        await self._revoke_chain(claims)
+        user = await self._users.get_by_id(claims.user_id)
+        if user is not None:
+            await self._users.touch(user.id)
+        logger.warning("a refresh token of user %s was reused: its session chain is revoked", claims.user_id)
+
+    async def _revoke_chain(self, claims: Claims) -> None:
+        """End a whole session chain: every token of that login and its refreshes. Kept until the last
+        token that the chain can have issued has expired."""
+        await self._revocations.revoke(claims.family, int(time.time()) + self._tokens.refresh_ttl_s)
 
     # --- RPCs -----------------------------------------------------------------------------------
 
@@ -393,15 +446,24 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def Refresh(
         self, request: auth_pb2.RefreshRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.TokenPair:
+        try:
+            spent = self._tokens.decode(request.refresh_token, REFRESH)
+        except InvalidToken as exc:
+            await self._refuse_token(context, str(exc))
+        if await self._revocations.is_revoked(spent.jti):
+            # Used before: a thief or the owner holds a copy, and which one cannot be told, so the chain
+            # ends for both (RFC 9700, 4.14.2). Harmless after a logout, which ended it already.
+            await self._end_chain(spent)
+            await self._refuse_token(context, "refresh token already used")
         user, claims = await self._authenticated(request.refresh_token, context, typ=REFRESH)
         if user.from_directory:
             # Before the token is spent: a directory that is down for a moment costs no session.
             user = await self._recheck_directory(user, context)
         if not await self._revocations.revoke_once(claims.jti, claims.expires_at):
-            # Lost a race with a concurrent refresh or logout of the same token, or used before while
-            # Redis missed it: PostgreSQL decides.
+            # Used by a concurrent refresh (PostgreSQL decides): the same reuse as above.
+            await self._end_chain(claims)
             await self._refuse_token(context, "refresh token already used")
-        return self._issue(user)
+        return self._issue(user, renewing=claims)
 
     async def Logout(
         self, request: auth_pb2.LogoutRequest, context: grpc.aio.ServicerContext
@@ -420,6 +482,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             await self._refuse_token(context, "logout without a valid token")
         for claims in to_revoke:
             await self._revocations.revoke(claims.jti, claims.expires_at)
+        # The whole session: the chain's other tokens too (an access token renewed in another request).
+        for family in {claims.family: claims for claims in to_revoke}.values():
+            await self._revoke_chain(family)
         return auth_pb2.LogoutResponse()
 
     async def Authenticate(
@@ -511,9 +576,11 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         if not await self._users.check_password(user, request.old_password):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "old password is incorrect")
         await self._limiter.succeeded(user.username, "", attempt)
-        await self._users.set_password(user.id, request.new_password)
-        logger.info("user %s changed their password", user.id)
-        return auth_pb2.ChangePasswordResponse()
+        # Whoever else holds a session (a stolen refresh token, a forgotten browser) loses it, as after an
+        # admin's reset; the caller goes on with the new session returned here.
+        await self._users.set_password(user.id, request.new_password, end_sessions=True)
+        logger.info("user %s changed their password; their other sessions end", user.id)
+        return auth_pb2.ChangePasswordResponse(tokens=self._issue(user))
 
     async def CreateApiKey(
         self, request: auth_pb2.CreateApiKeyRequest, context: grpc.aio.ServicerContext
@@ -524,8 +591,16 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION, f"user {owner.username!r} is disabled; enable it first"
             )
+        if request.never_expires and request.expires_in_s:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "give expires_in_s or never_expires, not both"
+            )
+        if request.scope not in ("", "user", "admin"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "scope must be 'user' or 'admin'")
+        await self._confirm_identity(caller, request.password, context)
+        expires_in_s = 0 if request.never_expires else request.expires_in_s or self._api_key_default_ttl_s
         try:
-            created = await self._api_keys.create(owner, request.name, request.expires_in_s)
+            created = await self._api_keys.create(owner, request.name, expires_in_s, request.scope or "user")
         except InvalidInput as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except TooManyKeys as exc:

@@ -28,6 +28,8 @@ class UserStoreSettings(CommonSettings):
     argon2_time_cost: int = Field(argon2.DEFAULT_TIME_COST, ge=1)
     argon2_memory_cost: int = Field(argon2.DEFAULT_MEMORY_COST, ge=8, description="KiB")
     argon2_parallelism: int = Field(argon2.DEFAULT_PARALLELISM, ge=1)
+    # API keys expire after this unless their creator asks for another lifetime or, explicitly, never.
+    keys_default_ttl_days: int = Field(90, ge=1, le=3660)
 
     @field_validator("database_url")
     @classmethod
@@ -66,6 +68,8 @@ class AuthSettings(UserStoreSettings):
     login_max_failures: int = Field(5, ge=1)
     login_max_failures_per_address: int = Field(50, ge=1)
     login_window_s: int = Field(300, ge=1)
+    # The longest delay between failed logins of one account from one address (the delay doubles from 1 s).
+    login_backoff_max_s: int = Field(900, ge=1)
     # After a Redis failure, Redis is left alone this long before one request tries it again.
     redis_cooldown_s: float = Field(2.0, gt=0)
     # How often revocations of expired tokens are deleted (PostgreSQL and Redis); they are refused anyway.
@@ -74,6 +78,9 @@ class AuthSettings(UserStoreSettings):
     # gateways stop trusting their caches after three unheard.
     credential_feed_heartbeat_s: float = Field(1.0, gt=0, le=5)
     migrate_on_start: bool = True
+    # Creating an API key asks for the password again unless the caller signed in with it this recently
+    # (0: always ask).
+    keys_fresh_login_s: int = Field(300, ge=0)
 
     # --- LDAP / Active Directory sign-in (off while ldap_url is empty); see docs/operations.md ---------
     # ldaps://host[:port], or ldap://host[:port] with ldap_start_tls (plain only with ldap_allow_plain).

@@ -46,6 +46,12 @@ class Claims:
     jti: str
     issued_at: int
     expires_at: int
+    # When the user last gave their password (OIDC's auth_time): kept across refreshes, so that "signed in
+    # a moment ago" means a password, not a renewal. 0 for tokens issued before it was recorded.
+    auth_time: int = 0
+    # The session's chain: every token of one login and its refreshes shares it, so that a reused refresh
+    # token or a logout revokes the chain as a whole. The jti for tokens issued before chains existed.
+    family: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,18 +97,33 @@ class Tokens:
     def access_ttl_s(self) -> int:
         return self._ttl[ACCESS]
 
+    @property
+    def refresh_ttl_s(self) -> int:
+        return self._ttl[REFRESH]
+
     def issue(
-        self, *, user_id: str, username: str, role: str, typ: str, ttl_s: int | None = None
+        self,
+        *,
+        user_id: str,
+        username: str,
+        role: str,
+        typ: str,
+        ttl_s: int | None = None,
+        auth_time: int | None = None,
+        family: str | None = None,
     ) -> tuple[str, Claims]:
         now = int(self._clock())
+        jti = uuid.uuid4().hex
         claims = Claims(
             user_id=user_id,
             username=username,
             role=role,
             typ=typ,
-            jti=uuid.uuid4().hex,
+            jti=jti,
             issued_at=now,
             expires_at=now + (ttl_s or self._ttl[typ]),
+            auth_time=now if auth_time is None else auth_time,
+            family=family or jti,
         )
         payload = {
             "sub": claims.user_id,
@@ -114,18 +135,38 @@ class Tokens:
             "exp": claims.expires_at,
             "iss": self._issuer,
             "aud": self._audience,
+            "auth_time": claims.auth_time,
+            "fam": claims.family,
         }
         token = jwt.encode(payload, self._secret.get_secret_value(), algorithm=ALGORITHM)
         return token, claims
 
     def issue_pair(
-        self, *, user_id: str, username: str, role: str, access_ttl_s: int | None = None
+        self,
+        *,
+        user_id: str,
+        username: str,
+        role: str,
+        access_ttl_s: int | None = None,
+        renewing: Claims | None = None,
     ) -> IssuedPair:
-        """An access token (living `access_ttl_s`, or the configured lifetime) and its refresh token."""
+        """An access token (living `access_ttl_s`, or the configured lifetime) and its refresh token: of a
+        new chain after a sign-in, or of the chain of the refresh token being renewed."""
+        now = int(self._clock())
+        family = renewing.family if renewing else uuid.uuid4().hex
+        auth_time = renewing.auth_time if renewing else now
         access_token, access = self.issue(
-            user_id=user_id, username=username, role=role, typ=ACCESS, ttl_s=access_ttl_s
+            user_id=user_id,
+            username=username,
+            role=role,
+            typ=ACCESS,
+            ttl_s=access_ttl_s,
+            auth_time=auth_time,
+            family=family,
         )
-        refresh_token, refresh = self.issue(user_id=user_id, username=username, role=role, typ=REFRESH)
+        refresh_token, refresh = self.issue(
+            user_id=user_id, username=username, role=role, typ=REFRESH, auth_time=auth_time, family=family
+        )
         return IssuedPair(access_token, refresh_token, access, refresh)
 
     def decode(self, token: str, typ: str) -> Claims:
@@ -167,4 +208,12 @@ class Tokens:
             jti=payload["jti"],
             issued_at=int(payload["iat"]),
             expires_at=int(payload["exp"]),
+            auth_time=_int_claim(payload.get("auth_time")),
+            family=payload["fam"]
+            if isinstance(payload.get("fam"), str) and payload["fam"]
+            else payload["jti"],
         )
+
+
+def _int_claim(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

@@ -377,3 +377,8 @@ class UserStore:
         await self._pool.execute(
             "UPDATE users SET sessions_valid_after = now(), updated_at = now() WHERE id = $1", user_id
         )
+
+    async def touch(self, user_id: uuid.UUID) -> None:
+        """Announce a change of the user's credentials (the change feed tells gateways to forget what
+        they cached for them) without changing anything else."""
+        await self._pool.execute("UPDATE users SET updated_at = now() WHERE id = $1", user_id)

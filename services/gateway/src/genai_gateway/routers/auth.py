@@ -73,19 +73,32 @@ async def refresh(body: RefreshRequest, auth: Auth) -> TokenResponse:
 
 
 @router.post("/api/v1/auth/logout", status_code=204)
-async def logout(_: CurrentUser, token: Token, auth: Auth, body: LogoutRequest | None = None) -> None:
-    await auth.logout(
-        auth_pb2.LogoutRequest(access_token=token, refresh_token=body.refresh_token if body else "")
-    )
+async def logout(request: Request, auth: Auth, body: LogoutRequest | None = None) -> None:
+    """Ends the session: the bearer access token, the body's refresh token, or both. Either valid one is
+    enough, so a client whose access token has expired ends its session with the refresh token."""
+    refresh_token = body.refresh_token if body else ""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    access_token = token.strip() if scheme.lower() == "bearer" else ""
+    if not access_token and not refresh_token:
+        raise ApiError(
+            401,
+            "send the access token (Authorization: Bearer) or the refresh token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    await auth.logout(auth_pb2.LogoutRequest(access_token=access_token, refresh_token=refresh_token))
 
 
-@router.post("/api/v1/auth/password", status_code=204)
-async def change_password(_: CurrentUser, token: Token, body: PasswordChange, auth: Auth) -> None:
-    await auth.change_password(
+@router.post("/api/v1/auth/password", response_model=TokenResponse)
+async def change_password(_: CurrentUser, token: Token, body: PasswordChange, auth: Auth) -> TokenResponse:
+    """Changes the caller's password and ends their other sessions (every token issued before); the answer
+    is a new session for the caller."""
+    changed = await auth.change_password(
         auth_pb2.ChangePasswordRequest(
             access_token=token, old_password=body.old_password, new_password=body.new_password
         )
     )
+    return _token_response(changed.tokens)
 
 
 @router.get("/api/v1/me", response_model=Me)

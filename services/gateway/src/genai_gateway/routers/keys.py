@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from genai.auth.v1 import auth_pb2
@@ -18,7 +18,18 @@ class KeyCreate(BaseModel):
     name: str = Field(min_length=1, max_length=100)
     # Empty: the caller. Another user: admins only.
     owner: str = Field("", max_length=64)
-    expires_in_days: int = Field(0, ge=0, le=3650, description="0: never")
+    expires_in_days: int | None = Field(
+        None, ge=1, le=3650, description="lifetime in days; left out: the server's default (90 days)"
+    )
+    never_expires: bool = Field(False, description="a key that never expires, only when asked for explicitly")
+    scope: Literal["user", "admin"] = Field(
+        "user", description='"admin" (an admin\'s own key only) acts with the admin role; "user" never does'
+    )
+    password: str = Field(
+        "",
+        max_length=1024,
+        description="your password; needed unless you signed in with it in the last few minutes",
+    )
 
 
 class KeyOut(BaseModel):
@@ -30,6 +41,7 @@ class KeyOut(BaseModel):
     last_used_at: int
     expires_at: int
     revoked: bool
+    scope: str
 
 
 class KeyCreated(KeyOut):
@@ -52,6 +64,7 @@ def key_out(key: auth_pb2.ApiKey) -> KeyOut:
         last_used_at=key.last_used_at,
         expires_at=key.expires_at,
         revoked=key.revoked,
+        scope=key.scope or "user",
     )
 
 
@@ -59,7 +72,12 @@ def key_out(key: auth_pb2.ApiKey) -> KeyOut:
 async def create_key(body: KeyCreate, _: CurrentUser, token: Token, auth: Auth) -> KeyCreated:
     created = await auth.create_api_key(
         auth_pb2.CreateApiKeyRequest(
-            name=body.name, owner_username=body.owner, expires_in_s=body.expires_in_days * 86400
+            name=body.name,
+            owner_username=body.owner,
+            expires_in_s=(body.expires_in_days or 0) * 86400,
+            never_expires=body.never_expires,
+            scope=body.scope,
+            password=body.password,
         ),
         token,
     )
