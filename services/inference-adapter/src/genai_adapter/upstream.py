@@ -108,7 +108,7 @@ def _error_kind(exc: Exception) -> str:
 
 UPSTREAM_UP = Gauge(
     "genai_adapter_upstream_up",
-    "1 while the model server answered the adapter's last look (GET /v1/models), else 0",
+    "1 while the model server answered the adapter's last probe (GET /health), else 0",
 )
 # How often `watch` looks at the model server, and how long a look may take.
 PROBE_INTERVAL_S = 10.0
@@ -395,16 +395,24 @@ class Upstream:
             return self._total_s
         return max(0.0, min(self._total_s, time_remaining))
 
+    async def probe(self) -> bool:
+        """Whether the model server answers at all: GET /health at its root (vLLM: 200 while its engine
+        runs, 5xx when it has failed). llama-cpp-python's server has no /health and answers 404, which is
+        an answer. Not /v1/models: llama-cpp-python takes the model's lock for it, and a request waiting
+        for that lock makes its server end the stream in progress early."""
+        try:
+            with self._client() as client:
+                response = await client.get(self._root + "health", timeout=PROBE_TIMEOUT_S)
+        except (httpx.HTTPError, OSError):
+            return False
+        return response.status_code < 500
+
     async def watch(self, interval_s: float = PROBE_INTERVAL_S) -> None:
-        """Look at the model server every `interval_s` until cancelled (`genai_adapter_upstream_up`):
-        a model server that is down shows even while nobody asks for text."""
+        """Probe the model server every `interval_s` until cancelled (`genai_adapter_upstream_up`): a model
+        server that is down shows even while nobody asks for text."""
         up = True
         while True:
-            try:
-                await self.list_models(PROBE_TIMEOUT_S)
-                now_up = True
-            except UpstreamError:
-                now_up = False
+            now_up = await self.probe()
             UPSTREAM_UP.set(1 if now_up else 0)
             if now_up != up:
                 logger.warning("model server %s", "answers again" if now_up else "does not answer")
