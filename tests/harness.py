@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import signal
 import ssl
@@ -157,9 +156,11 @@ class RunningStack:
 
     def auth_cache_lookups(self, name: str = "gateway") -> dict[str, float]:
         """A gateway's credential checks so far, from its /metrics: "hit" (its cache), "miss" (asked auth)."""
-        text = httpx.get(f"http://127.0.0.1:{self._port(name)}/metrics", timeout=10).text
-        found = re.findall(r'^genai_gateway_auth_cache_lookups_total\{result="(\w+)"\} (\S+)$', text, re.M)
-        return {result: float(value) for result, value in found}
+        return {
+            dict(labels)["result"]: value
+            for (sample, labels), value in self.metrics(name).items()
+            if sample == "genai_gateway_auth_cache_lookups_total"
+        }
 
     # --- the simulator's own view (sim stacks only) ---------------------------------------------------
 

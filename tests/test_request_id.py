@@ -8,6 +8,10 @@ import time
 import uuid
 from pathlib import Path
 
+import grpc
+import pytest
+from genai.assistant.v1 import assistant_pb2, assistant_pb2_grpc
+
 from tests.harness import RunningStack
 
 # Every process that handles an /ask, and where its JSON log lines are.
@@ -90,3 +94,17 @@ def test_error_answers_name_the_request_id(sim_stack: RunningStack) -> None:
         assert response.status_code >= 400
         assert response.headers["x-request-id"] == rid, response.status_code
         assert response.json()["request_id"] == rid, response.status_code
+
+
+def test_grpc_failures_name_the_request_id(sim_stack: RunningStack) -> None:
+    with open(sim_stack.ca, "rb") as ca:
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca.read())
+    with grpc.secure_channel(f"localhost:{sim_stack.cfg.ports.https}", credentials) as channel:
+        stub = assistant_pb2_grpc.AssistantStub(channel)
+        with pytest.raises(grpc.RpcError) as failure:
+            stub.Ask(
+                assistant_pb2.AskRequest(prompt="hi"), metadata=(("x-request-id", "grpc-err-1"),), timeout=10
+            )
+    assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # In the failure's trailers (a failure before any answer is all trailers: nginx's header lands there too).
+    assert ("x-request-id", "grpc-err-1") in tuple(failure.value.trailing_metadata())

@@ -25,9 +25,12 @@ SERVICE_NAME = assistant_pb2.DESCRIPTOR.services_by_name["Assistant"].full_name
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: ApiError) -> NoReturn:
+    # The request id, as HTTP error bodies carry it: what to look up in the logs of every hop.
+    trailing = [("x-request-id", current_request_id.get())]
     retry_after = error.headers.get("Retry-After")
     if retry_after:
-        context.set_trailing_metadata((("retry-after", retry_after),))
+        trailing.append(("retry-after", retry_after))
+    context.set_trailing_metadata(tuple(trailing))
     await context.abort(error.grpc_code, error.message)
     raise AssertionError("unreachable: abort raises")
 
