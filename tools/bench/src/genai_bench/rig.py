@@ -29,7 +29,12 @@ from genai_bench import litellm
 from genai_bench.load import MODEL, Target
 from genai_devstack import databases, infra, stack
 
-SIM_BASE_FLAGS = ["--ttft-ms", "0", "--itl-ms", "0", "--output-tokens", "16", "--max-num-seqs", "256"]
+# The simulator logs no line per request here (the stack's default is one, with its request id): the
+# figures are the path's, not the simulator's logging.
+SIM_BASE_FLAGS = [
+    *("--ttft-ms", "0", "--itl-ms", "0", "--output-tokens", "16", "--max-num-seqs", "256"),
+    *("--log-level", "warning"),
+]
 
 # Settings of the stack under test: no per-user limit may throttle the load, and the adapter's fair
 # queue lets as many generations through as the simulator runs at once.
