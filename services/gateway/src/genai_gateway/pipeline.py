@@ -651,10 +651,12 @@ class Ticket:
         """
         answer: Answer | None = None
         try:
-            async for item in self._events(streaming):
-                if isinstance(item, Answer):
-                    answer = item
-                yield item
+            # aclosing: a consumer that leaves closes the inner steps now, not whenever they are collected.
+            async with contextlib.aclosing(self._events(streaming)) as events:
+                async for item in events:
+                    if isinstance(item, Answer):
+                        answer = item
+                    yield item
         finally:
             # Shielded: a client that leaves while this runs must not keep its slot.
             tokens = answer.charged_tokens if answer is not None else 0
@@ -685,16 +687,17 @@ class Ticket:
         pieces: list[Delta] = []
         finished: Answer | None = None
         try:
-            async for item in flight.follow():
-                if isinstance(item, Delta):
-                    pieces.append(item)
-                    if streaming:
-                        yield item
-                elif isinstance(item, Queued):
-                    if streaming:
-                        yield item
-                else:
-                    finished = item
+            async with contextlib.aclosing(flight.follow()) as following:
+                async for item in following:
+                    if isinstance(item, Delta):
+                        pieces.append(item)
+                        if streaming:
+                            yield item
+                    elif isinstance(item, Queued):
+                        if streaming:
+                            yield item
+                    else:
+                        finished = item
         finally:
             if finished is None and pieces:
                 # The client left mid-answer: keep what the user wrote and what they were shown.
