@@ -165,11 +165,15 @@ access to * by dn.exact="{SERVICE_DN}" read by self read by * none
         for cn, members in groups.items():
             # groupOfNames needs a member: the service account keeps a group valid when people leave it.
             lines = "\n".join([f"member: {SERVICE_DN}", *(f"member: uid={uid},{PEOPLE}" for uid in members)])
-            entries.append(f"dn: cn={cn},{GROUPS}\nchangetype: add\nobjectClass: groupOfNames\ncn: {cn}\n{lines}")
+            entries.append(
+                f"dn: cn={cn},{GROUPS}\nchangetype: add\nobjectClass: groupOfNames\ncn: {cn}\n{lines}"
+            )
         self.modify("\n\n".join(entries) + "\n")
 
     def remove_member(self, group: str, uid: str) -> None:
-        self.modify(f"dn: cn={group},{GROUPS}\nchangetype: modify\ndelete: member\nmember: uid={uid},{PEOPLE}\n")
+        self.modify(
+            f"dn: cn={group},{GROUPS}\nchangetype: modify\ndelete: member\nmember: uid={uid},{PEOPLE}\n"
+        )
 
     def wait_stopped(self, timeout_s: float = 10) -> None:
         deadline = time.monotonic() + timeout_s
