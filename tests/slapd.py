@@ -44,6 +44,8 @@ class Slapd:
 
     work_dir: Path
     port: int = field(default_factory=infra.free_port)
+    # Plain LDAP, for StartTLS.
+    start_tls_port: int = field(default_factory=infra.free_port)
     root_password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     service_password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     process: subprocess.Popen[bytes] | None = None
@@ -107,7 +109,15 @@ access to * by dn.exact="{SERVICE_DN}" read by self read by * none
         log = open(self.work_dir / "slapd.log", "ab")  # noqa: SIM115 (kept open for the process's life)
         # -d keeps it in the foreground (the test owns the process); "stats" logs each operation.
         self.process = subprocess.Popen(
-            [binary, "-f", str(conf), "-h", f"ldaps://127.0.0.1:{self.port}/", "-d", "stats"],
+            [
+                binary,
+                "-f",
+                str(conf),
+                "-h",
+                f"ldaps://127.0.0.1:{self.port}/ ldap://127.0.0.1:{self.start_tls_port}/",
+                "-d",
+                "stats",
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -6,6 +6,7 @@ the model, and they stop the directory.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import statistics
@@ -17,7 +18,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 
+from genai_auth.directory import DirectoryClient, DirectoryConfig, DirectoryUnavailable
 from genai_devstack import infra
 from tests.conftest import _own_database
 from tests.harness import RunningStack, launch
@@ -212,6 +215,34 @@ def test_directory_down_is_a_quick_503_while_the_local_admin_signs_in(directory:
     finally:
         directory.slapd.start()
     assert directory.token("alice").status_code == 200
+
+
+def test_start_tls_with_the_ca_checked(directory: Directory) -> None:
+    slapd = directory.slapd
+    config = DirectoryConfig(
+        url=f"ldap://127.0.0.1:{slapd.start_tls_port}",
+        start_tls=True,
+        ca_file=str(slapd.ca_file),
+        bind_dn=SERVICE_DN,
+        bind_password=slapd.service_password,
+        user_base_dn=PEOPLE,
+        timeout_s=TIMEOUT_S,
+    )
+
+    async def sign_in(config: DirectoryConfig) -> object:
+        client = DirectoryClient(config)
+        try:
+            return await client.authenticate("erin", directory.passwords["erin"])
+        finally:
+            client.close()
+
+    found = asyncio.run(sign_in(config))
+    assert found is not None and getattr(found, "login", None) == "erin"
+    # Another CA: the certificate is refused, and that is an outage, not a wrong password.
+    other_ca = slapd.work_dir / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+    with pytest.raises(DirectoryUnavailable):
+        asyncio.run(sign_in(DirectoryConfig(**{**config.__dict__, "ca_file": str(other_ca)})))
 
 
 def test_login_latency_against_slapd(directory: Directory) -> None:
