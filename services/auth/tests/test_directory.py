@@ -5,22 +5,31 @@ group -> role and limits rule. tests/test_directory.py signs in against a real s
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 import pytest
+from genai.auth.v1 import auth_pb2
 from pydantic import SecretStr, ValidationError
 
+from genai_auth.api_keys import ApiKeyStore
 from genai_auth.directory import (
     IN_CHAIN,
     DirectoryClient,
     DirectoryConfig,
     DirectoryUnavailable,
+    DirectoryUser,
     GroupGrant,
     combine,
     normalize_dn,
 )
+from genai_auth.limiter import LoginLimiter
+from genai_auth.revocation import RevocationList
+from genai_auth.servicer import AuthServicer
 from genai_auth.settings import AuthSettings
+from genai_common.redis_guard import RedisGuard
 
 BASE = "DC=corp,DC=example"
 ALICE_DN = f"CN=Alice Smith (Sales),OU=Staff,{BASE}"
@@ -264,3 +273,76 @@ def test_settings_refuse_an_unsafe_or_incomplete_directory(values: dict[str, Any
 def test_plain_ldap_only_when_allowed_and_start_tls_is_secure() -> None:
     assert _settings(ldap_url="ldap://dc1", ldap_allow_plain=True).ldap_url
     assert _settings(ldap_url="ldap://dc1", ldap_start_tls=True).directory_config().secure
+
+
+# --- the servicer's directory path, with a directory that answers as the test says -------------------
+
+
+@dataclass
+class ScriptedDirectory:
+    """Stands in for DirectoryClient in the servicer: who exists, with which password and groups, and
+    whether the directory answers at all."""
+
+    people: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    down: bool = False
+
+    def _found(self, username: str) -> DirectoryUser | None:
+        if self.down:
+            raise DirectoryUnavailable("scripted outage")
+        if username not in self.people:
+            return None
+        return DirectoryUser(f"uid={username},ou=people,{BASE}", username, self.people[username][1])
+
+    async def authenticate(self, username: str, password: str) -> DirectoryUser | None:
+        found = self._found(username)
+        return found if found and self.people[username][0] == password else None
+
+    async def lookup(self, username: str) -> DirectoryUser | None:
+        return self._found(username)
+
+    def close(self) -> None:
+        pass
+
+
+async def test_servicer_provisions_maps_and_rechecks(
+    serve: Any, store: Any, pool: Any, tokens: Any, redis_client: Any
+) -> None:
+    name = f"dir{uuid.uuid4().hex[:8]}"
+    directory = ScriptedDirectory({name: ("directory-password", (HEAVY,))})
+    guard = RedisGuard()
+    servicer = AuthServicer(
+        users=store,
+        api_keys=ApiKeyStore(pool),
+        tokens=tokens,
+        revocations=RevocationList(pool, redis_client, guard),
+        limiter=LoginLimiter(redis_client, guard, max_per_account=3, max_per_address=6, window_s=60),
+        directory=directory,  # type: ignore[arg-type]
+        group_grants={HEAVY: GroupGrant(limits={"requests_per_minute": 300})},
+        unmapped_role="user",
+        directory_session_s=120,
+    )
+    async with serve(servicer) as stub:
+        pair = await stub.Login(auth_pb2.LoginRequest(username=name, password="directory-password"))
+        assert (pair.role, pair.expires_in) == ("user", 120)
+        principal = await stub.Authenticate(auth_pb2.AuthenticateRequest(token=pair.access_token))
+        assert principal.limits_json == '{"requests_per_minute":300}'
+        user = await store.get_by_username(name)
+        assert user is not None and user.from_directory and user.password_hash is None
+
+        # The directory away: a renewal is a 503 that spends nothing; the same refresh token works after.
+        directory.down = True
+        with pytest.raises(grpc.aio.AioRpcError) as down:
+            await stub.Refresh(auth_pb2.RefreshRequest(refresh_token=pair.refresh_token))
+        assert down.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert ("genai-caller-message", "1") in tuple(down.value.trailing_metadata() or ())
+        directory.down = False
+        # Out of the heavy group, into none: with unmapped users let in, a plain user with no group limits.
+        directory.people[name] = ("directory-password", ())
+        renewed = await stub.Refresh(auth_pb2.RefreshRequest(refresh_token=pair.refresh_token))
+        principal = await stub.Authenticate(auth_pb2.AuthenticateRequest(token=renewed.access_token))
+        assert principal.limits_json == "{}"
+        # Gone from the directory: the renewal is refused.
+        del directory.people[name]
+        with pytest.raises(grpc.aio.AioRpcError) as gone:
+            await stub.Refresh(auth_pb2.RefreshRequest(refresh_token=renewed.refresh_token))
+        assert gone.value.code() == grpc.StatusCode.UNAUTHENTICATED
