@@ -127,9 +127,9 @@ async def test_concurrent_streams_spread_over_the_pools_within_the_connection_ca
 ) -> None:
     # Pools of 14, 13 and 13 (or 10 and 10, or 9 and 8): 40 streams at once use as many connections as
     # the cap allows, none waits while another pool has room, and the cap holds across pools.
-    # Each stream lasts a second, so all 40 are open at once even on a loaded machine (a stream that ended
-    # before the last one started would hand its connection on, and fewer would be opened).
-    sim = simulators("--itl-ms", "20", "--output-tokens", "50", "--max-num-seqs", "100")
+    # Each stream lasts two seconds, so all 40 are open at once even on a loaded machine (a stream that
+    # ended before the last one started would hand its connection on, and fewer would be opened).
+    sim = simulators("--itl-ms", "20", "--output-tokens", "100", "--max-num-seqs", "100")
     stub = await adapter(sim.url, model="sim-model", max_connections=max_connections, max_concurrent=100)
     request = inference_pb2.GenerateRequest(messages=[inference_pb2.ChatMessage(role="user", content="hi")])
 

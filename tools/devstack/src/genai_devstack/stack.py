@@ -143,6 +143,9 @@ def upstream_command(cfg: StackConfig) -> list[str]:
         "--host", "127.0.0.1",
         "--port", port,
         "--n_ctx", str(LLAMA_CONTEXT_TOKENS),
+        # By default a request that waits for the model (a model list, a token count) cuts the answer being
+        # streamed short; each answer must be whole, the others queue (as in the deploy image).
+        "--interrupt_requests", "false",
         "--n_threads", str(max(1, min(4, os.cpu_count() or 1))),
         "--verbose", "false",
         *cfg.upstream_args,
