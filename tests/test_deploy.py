@@ -49,17 +49,19 @@ SERVICE_SETTINGS: dict[str, type[CommonSettings]] = {
 }
 JOB_SETTINGS: dict[str, type[CommonSettings]] = {"migrate-auth": CliSettings}
 JOBS = {"migrate-auth", "migrate-history"}
+# Every Python service of services/ is built from one Dockerfile; a build argument picks the service.
+PYTHON_DOCKERFILE = "services/Dockerfile"
 # Built from this repository: compose service -> Dockerfile.
 BUILT = {
-    "auth": "services/auth/Dockerfile",
-    "history": "services/history/Dockerfile",
-    "inference-adapter": "services/inference-adapter/Dockerfile",
-    "gateway": "services/gateway/Dockerfile",
+    "auth": PYTHON_DOCKERFILE,
+    "history": PYTHON_DOCKERFILE,
+    "inference-adapter": PYTHON_DOCKERFILE,
+    "gateway": PYTHON_DOCKERFILE,
     "nginx": "deploy/nginx/Dockerfile",
     "llamacpp": "deploy/llamacpp/Dockerfile",
 }
 PYTHON_SERVICE_DIRS = sorted(p.parent.name for p in (ROOT / "services").glob("*/pyproject.toml"))
-DOCKERFILES = sorted({*BUILT.values(), *(f"services/{name}/Dockerfile" for name in PYTHON_SERVICE_DIRS)})
+DOCKERFILES = sorted(set(BUILT.values()))
 
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?message}, ${NAME?message}; `$$` is a literal `$`.
 _INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
@@ -192,6 +194,8 @@ def stages(path: Path) -> list[list[tuple[str, str]]]:
     for keyword, args in dockerfile_instructions(path):
         if keyword == "FROM":
             result.append([])
+        if not result:
+            continue  # an ARG before the first FROM (a global build argument)
         result[-1].append((keyword, args))
     return result
 
@@ -527,7 +531,10 @@ def test_restart_policies_limits_and_log_rotation() -> None:
         assert resolve(logging["options"]["max-size"]) and int(resolve(logging["options"]["max-file"])) >= 1
         limits = spec["deploy"]["resources"]["limits"]
         assert re.fullmatch(r"\d+[kmg]", resolve(str(limits["memory"]))), f"{name}: memory limit"
-        assert float(resolve(str(limits["cpus"]))) > 0, f"{name}: cpu limit"
+        # 0 is no limit. Docker refuses a CPU limit above the host's CPU count: no default may need
+        # more than one CPU, so that `up` works on a small VM as it is (an operator raises them in .env).
+        cpus = float(resolve(str(limits["cpus"])))
+        assert 0 <= cpus <= 1, f"{name}: cpu limit {cpus} would fail on a 1-CPU host"
 
 
 def test_gpu_profile_runs_vllm_and_cpu_profile_runs_llama_cpp() -> None:
@@ -536,7 +543,9 @@ def test_gpu_profile_runs_vllm_and_cpu_profile_runs_llama_cpp() -> None:
     monitoring = {name: ["monitoring"] for name in ("prometheus", "grafana", "node-exporter")}
     assert with_profiles == {"vllm": ["gpu"], "llamacpp": ["cpu"], **monitoring}
     active, _ = example_entries()
-    assert active.get("COMPOSE_PROFILES") == "gpu", "plain `docker compose up` must mean the GPU"
+    # A plain `docker compose up -d` with the example's .env runs on any host (llama.cpp); a GPU host
+    # sets gpu. The GPU profile differs from the CPU one by its model server alone (checked above).
+    assert active.get("COMPOSE_PROFILES") == "cpu", "the example's .env must start on a host without a GPU"
     for server in ("vllm", "llamacpp"):
         assert svc[server]["networks"]["internal"]["aliases"] == ["llm"]
         assert svc["inference-adapter"]["depends_on"][server] == {
@@ -603,6 +612,8 @@ def test_backup_service_runs_the_tested_script() -> None:
     assert backup["image"] == services()["postgres"]["image"], "pg_dump must match the server's version"
     assert any(volume.startswith("./backup:/opt/genai/backup:ro") for volume in backup["volumes"])
     assert (DEPLOY / "backup" / "backup.sh").stat().st_mode & 0o111
+    # Its dump at start comes after the migrations (otherwise the first dump holds no table).
+    assert {"migrate-auth", "migrate-history", "postgres"} <= set(backup["depends_on"])
 
 
 # --- .env.example -----------------------------------------------------------------------------------------
@@ -641,10 +652,29 @@ def test_env_example_commits_no_secret() -> None:
 # --- Dockerfiles ------------------------------------------------------------------------------------------
 
 
-def test_every_python_service_has_a_dockerfile() -> None:
-    assert PYTHON_SERVICE_DIRS == ["auth", "gateway", "history", "inference-adapter"]
-    for name in PYTHON_SERVICE_DIRS:
-        assert (ROOT / "services" / name / "Dockerfile").is_file(), name
+def python_builds() -> dict[str, dict[str, str]]:
+    """Compose service -> the build arguments it gives services/Dockerfile."""
+    return {
+        name: {key: str(value) for key, value in (spec["build"].get("args") or {}).items()}
+        for name, spec in services().items()
+        if (spec.get("build") or {}).get("dockerfile") == PYTHON_DOCKERFILE
+    }
+
+
+def test_every_python_service_is_built_from_the_shared_dockerfile() -> None:
+    # One Dockerfile, no copies per service that differ only in a name.
+    assert {"auth", "gateway", "history", "inference-adapter"} <= set(PYTHON_SERVICE_DIRS)
+    assert not list((ROOT / "services").glob("*/Dockerfile")), "services/Dockerfile serves every service"
+    built = {args["SERVICE"] for args in python_builds().values()}
+    assert set(PYTHON_SERVICE_DIRS) <= built, "a service of services/ that compose does not build"
+    assert built <= set(PYTHON_SERVICE_DIRS)
+
+
+def test_migration_jobs_reuse_the_service_images_without_building_them_again() -> None:
+    svc = services()
+    for job, service in (("migrate-auth", "auth"), ("migrate-history", "history")):
+        assert "build" not in svc[job], f"{job} would build {service}'s image a second time"
+        assert svc[job]["image"] == svc[service]["image"]
 
 
 def test_dockerfiles_pass_hadolint() -> None:
@@ -708,8 +738,12 @@ def test_dockerfile_runtime_shape(dockerfile: str) -> None:
         assert users and users[-1].split(":")[0] not in ("root", "0"), "runs as an unprivileged user"
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES)
-def test_copy_sources_exist_and_are_in_the_build_context(dockerfile: str) -> None:
+@pytest.mark.parametrize(
+    ("dockerfile", "service"),
+    [(path, None) for path in DOCKERFILES if path != PYTHON_DOCKERFILE]
+    + [(PYTHON_DOCKERFILE, name) for name in PYTHON_SERVICE_DIRS],
+)
+def test_copy_sources_exist_and_are_in_the_build_context(dockerfile: str, service: str | None) -> None:
     ignored = [
         line.strip().rstrip("/")
         for line in (ROOT / ".dockerignore").read_text().splitlines()
@@ -721,7 +755,7 @@ def test_copy_sources_exist_and_are_in_the_build_context(dockerfile: str) -> Non
             continue
         assert keyword == "COPY", f"{dockerfile}: ADD can fetch URLs; use COPY"
         *sources, _dest = [part for part in args.split() if not part.startswith("--")]
-        for source in sources:
+        for source in (s.replace("${SERVICE}", service or "") for s in sources):
             copies += 1
             assert list(ROOT.glob(source.rstrip("/"))), f"{dockerfile}: COPY {source} matches nothing"
             for pattern in ignored:
@@ -731,9 +765,8 @@ def test_copy_sources_exist_and_are_in_the_build_context(dockerfile: str) -> Non
     assert copies
 
 
-@pytest.mark.parametrize("name", ["auth", "gateway", "history", "inference-adapter"])
-def test_service_dockerfile_builds_only_its_own_package(name: str) -> None:
-    path = ROOT / "services" / name / "Dockerfile"
+def test_python_dockerfile_builds_only_the_chosen_package() -> None:
+    path = ROOT / PYTHON_DOCKERFILE
     text = path.read_text()
     instructions = dockerfile_instructions(path)
     all_stages = stages(path)
@@ -744,7 +777,7 @@ def test_service_dockerfile_builds_only_its_own_package(name: str) -> None:
         i for i, (k, a) in enumerate(instructions) if k == "RUN" and "-r requirements.txt" in a
     )
     copy_source = next(
-        i for i, (k, a) in enumerate(instructions) if k == "COPY" and a.startswith(f"services/{name}/ ")
+        i for i, (k, a) in enumerate(instructions) if k == "COPY" and a.startswith("services/${SERVICE}/ ")
     )
     assert install_deps < copy_source
     # Protos are generated in the build.
@@ -754,19 +787,45 @@ def test_service_dockerfile_builds_only_its_own_package(name: str) -> None:
         for command in args.split("&&"):
             if "pip install" in command:
                 assert "-c constraints.txt" in command, command
-    # Nothing of the other services, nor the CPU model server's heavy packages.
-    others = [other for other in PYTHON_SERVICE_DIRS if other != name]
+    # Only the chosen service's folder, never another's, nor the CPU model server's heavy packages.
     code = " ".join(f"{k} {a}" for k, a in instructions)
-    assert not any(f"services/{other}/" in code for other in others)
+    assert not any(f"services/{name}/" in code for name in PYTHON_SERVICE_DIRS)
     assert "llama" not in code and "smollm2" not in code
-    # The command is this package's own console script, and the probe matches the port it listens on.
-    scripts = tomllib.loads((ROOT / "services" / name / "pyproject.toml").read_text())["project"]["scripts"]
-    cmd = exec_form(next(a for k, a in all_stages[-1] if k == "CMD"))
-    assert cmd and cmd[0] in scripts
-    exposed = next(a for k, a in all_stages[-1] if k == "EXPOSE").split()[0]
-    probe = exec_form(healthcheck_command(next(a for k, a in all_stages[-1] if k == "HEALTHCHECK")))
-    assert probe and probe[:3] == ["python", "-m", "genai_common.healthcheck"]
-    assert f"127.0.0.1:{exposed}" in probe[4]
+    # CMD and HEALTHCHECK run fixed paths that the build points at the service's script and probe.
+    final = all_stages[-1]
+    assert exec_form(next(a for k, a in final if k == "CMD")) == ["/opt/genai/service"]
+    assert exec_form(healthcheck_command(next(a for k, a in final if k == "HEALTHCHECK"))) == [
+        "/opt/genai/healthcheck"
+    ]
+    assert ("EXPOSE", "${PORT}") in final
+    args = {
+        a.split("=", 1)[0]: a.split("=", 1)[1].strip('"') if "=" in a else None
+        for k, a in final
+        if k == "ARG"
+    }
+    assert args["COMMAND"] == "genai-${SERVICE}"
+    assert args["PROBE"] == "grpc 127.0.0.1:${PORT}"
+
+
+@pytest.mark.parametrize("name", sorted(python_builds()))
+def test_each_python_service_build_names_its_script_port_and_probe(name: str) -> None:
+    args = python_builds()[name]
+    folder = args["SERVICE"]
+    scripts = tomllib.loads((ROOT / "services" / folder / "pyproject.toml").read_text())["project"]["scripts"]
+    assert args.get("COMMAND", f"genai-{folder}") in scripts, f"{name}: no such console script"
+    port = args["PORT"]
+    env = environment(services()[name])
+    listens = [
+        value for key, value in env.items() if key.endswith(("_LISTEN", "_PORT")) and "METRICS" not in key
+    ]
+    assert any(value.rsplit(":", 1)[-1] == port for value in listens), (
+        f"{name}: listens on {listens}, not {port}"
+    )
+    probe = args.get("PROBE", f"grpc 127.0.0.1:{port}").split()
+    assert probe[0] in ("grpc", "http")
+    assert f"127.0.0.1:{port}" in probe[1], "the probe asks the port the service listens on, locally"
+    for url in re.findall(r"https?://([^/:\s]+)", " ".join(probe)):
+        assert url in ("127.0.0.1", "localhost"), f"{name}: the probe reaches {url}"
 
 
 @pytest.mark.parametrize("name", ["auth", "gateway", "history", "inference-adapter"])
@@ -806,8 +865,9 @@ def test_dependency_list_of_the_docker_build_is_pinned(name: str) -> None:
 def test_gateway_image_has_the_pdf_font_it_defaults_to() -> None:
     default = GatewaySettings.model_fields["pdf_font"].default
     assert default.startswith("/usr/share/fonts/truetype/dejavu/"), "Debian's fonts-dejavu-core path"
-    runs = [a for k, a in stages(ROOT / "services" / "gateway" / "Dockerfile")[-1] if k == "RUN"]
-    assert any("fonts-dejavu-core" in run for run in runs)
+    assert "fonts-dejavu-core" in python_builds()["gateway"]["APT_PACKAGES"].split()
+    runs = [a for k, a in stages(ROOT / PYTHON_DOCKERFILE)[-1] if k == "RUN"]
+    assert any("apt-get install" in run and "${APT_PACKAGES}" in run for run in runs)
 
 
 def test_llama_cpp_image_serves_smollm2_like_the_embedded_default() -> None:
