@@ -5,7 +5,13 @@ import asyncpg
 from genai_common.db import migrate
 from genai_history.store import COMPONENT, MIGRATIONS_DIR
 
-ALL = ["0001_conversations.sql", "0002_search.sql", "0003_audit.sql", "0004_origin.sql"]
+ALL = [
+    "0001_conversations.sql",
+    "0002_search.sql",
+    "0003_audit.sql",
+    "0004_origin.sql",
+    "0005_search_stemming.sql",
+]
 
 
 async def test_concurrent_migrations_apply_once(new_database_dsn: str) -> None:
@@ -31,3 +37,31 @@ async def test_concurrent_migrations_apply_once(new_database_dsn: str) -> None:
         "messages",
         "schema_migrations",
     ]
+
+
+async def test_search_stemming_reindexes_existing_messages(new_database_dsn: str, tmp_path) -> None:
+    # A database at 0004 with a message in it, then upgraded: the stored message is found in word forms.
+    before = tmp_path / "migrations"
+    before.mkdir()
+    for name in ALL[:4]:
+        (before / name).write_text((MIGRATIONS_DIR / name).read_text())
+    assert await migrate(new_database_dsn, COMPONENT, before) == ALL[:4]
+    conn = await asyncpg.connect(new_database_dsn)
+    try:
+        owner = "00000000-0000-0000-0000-000000000001"
+        conversation = await conn.fetchval(
+            "INSERT INTO conversations (owner_id, origin) VALUES ($1, 'chat') RETURNING id", owner
+        )
+        await conn.execute(
+            "INSERT INTO messages (conversation_id, owner_id, prompt, response, source) "
+            "VALUES ($1, $2, 'Какая зима? Где ёжик?', 'Running tests', 'model')",
+            conversation,
+            owner,
+        )
+        found = "SELECT count(*) FROM messages WHERE search_vector @@ websearch_to_tsquery('russian', $1)"
+        assert await conn.fetchval(found, "зиму") == 0
+        assert await migrate(new_database_dsn, COMPONENT, MIGRATIONS_DIR) == ALL[4:]
+        for query in ("зиму", "ежик", "run test"):
+            assert await conn.fetchval(found, query) == 1, query
+    finally:
+        await conn.close()

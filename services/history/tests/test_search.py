@@ -33,7 +33,7 @@ async def test_finds_prompts_and_responses_in_russian_and_english(stub: Stub) ->
     reply = await search(stub, owner, tag)
     assert {h.message_id for h in reply.hits} == {in_prompt.message_id, in_response.message_id}
 
-    # 'simple' lowercases without stemming: case differs, the word must match whole.
+    # Case differs: still found.
     [hit] = (await search(stub, owner, "КОШЕК")).hits
     assert hit.message_id == in_prompt.message_id
     assert hit.conversation_id == in_prompt.conversation_id
@@ -143,3 +143,59 @@ async def test_huge_texts_are_stored_and_their_beginning_is_searchable(
     assert stored > 390_000
     [hit] = (await search(stub, owner, tag)).hits
     assert hit.message_id == reply.message_id
+
+
+async def test_word_forms_in_russian_and_english(stub: Stub) -> None:
+    owner = new_owner()
+    tag = word()
+    winter = await append(stub, owner, prompt=f"{tag} Какая зима будет в этом году?", response="Холодная.")
+    hedgehog = await append(stub, owner, prompt=f"{tag} Нарисуй ёжика", response="Вот ёжик в тумане.")
+    running = await append(
+        stub, owner, prompt=f"{tag} Why are my tests failing?", response="The runner crashed."
+    )
+
+    assert [h.message_id for h in (await search(stub, owner, "зиму")).hits] == [winter.message_id]
+    assert [h.message_id for h in (await search(stub, owner, "зимой")).hits] == [winter.message_id]
+    # ё and е alike, both ways, and the original word highlighted as written.
+    [hit] = (await search(stub, owner, "ежик")).hits
+    assert hit.message_id == hedgehog.message_id
+    assert "«ёжик»" in hit.snippet
+    assert [h.message_id for h in (await search(stub, owner, "ёжика")).hits] == [hedgehog.message_id]
+    # English stemming: "test" finds "tests", "failed" finds "failing".
+    assert [h.message_id for h in (await search(stub, owner, "test failed")).hits] == [running.message_id]
+    # A word the stemmers do not relate is not found.
+    assert list((await search(stub, owner, "лето")).hits) == []
+
+
+async def test_more_relevant_first_then_newest(stub: Stub) -> None:
+    owner = new_owner()
+    tag = word()
+    once_old = await append(stub, owner, prompt=f"{tag} printer", created_at_ms=BASE_MS)
+    often = await append(
+        stub, owner, prompt=f"{tag} printer jams, the printer driver, printers", created_at_ms=BASE_MS + 1000
+    )
+    once_new = await append(stub, owner, prompt=f"{tag} printer", created_at_ms=BASE_MS + 2000)
+    expected = [often.message_id, once_new.message_id, once_old.message_id]
+    assert [h.message_id for h in (await search(stub, owner, f"{tag} printer")).hits] == expected
+
+    walked, token = [], ""
+    while True:
+        reply = await search(stub, owner, f"{tag} printer", page_size=1, page_token=token)
+        walked += [h.message_id for h in reply.hits]
+        token = reply.next_page_token
+        if not token:
+            break
+    assert walked == expected
+
+
+async def test_page_tokens_of_other_lists_are_refused(stub: Stub) -> None:
+    owner = new_owner()
+    tag = word()
+    for i in range(3):
+        await append(stub, owner, prompt=f"{tag} {i}")
+    listing = await stub.ListConversations(history_pb2.ListConversationsRequest(owner_id=owner, page_size=1))
+    assert listing.next_page_token
+    details = await fails_with(
+        grpc.StatusCode.INVALID_ARGUMENT, search(stub, owner, tag, page_token=listing.next_page_token)
+    )
+    assert "page_token" in details

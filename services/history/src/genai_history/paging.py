@@ -28,6 +28,19 @@ class Cursor:
 
 
 @dataclass(frozen=True)
+class SearchCursor:
+    """Position after the last hit of a search page, ordered by relevance, then newest first.
+
+    `rank` is PostgreSQL's `real` (float4) as read back: a Python float holds it exactly, so the next page's
+    comparison with `$n::real` is exact.
+    """
+
+    rank: float
+    at: datetime
+    id: uuid.UUID
+
+
+@dataclass(frozen=True)
 class UsageCursor:
     """Position after the last row of a usage page, ordered by day then owner."""
 
@@ -63,6 +76,24 @@ def decode_page_token(token: str) -> Cursor:
         if not micros_text.lstrip("-").isdigit():
             raise ValueError("not a number")
         return Cursor(at=from_micros(int(micros_text)), id=uuid.UUID(id_text))
+    except (ValueError, binascii.Error, OverflowError) as exc:
+        raise InvalidPageToken("invalid page token") from exc
+
+
+def encode_search_token(cursor: SearchCursor) -> str:
+    # repr: the shortest text that reads back as the same float.
+    return _encode(f"search:{cursor.rank!r}:{to_micros(cursor.at)}:{cursor.id}")
+
+
+def decode_search_token(token: str) -> SearchCursor:
+    try:
+        kind, rank_text, micros_text, id_text = _decode(token).split(":")
+        if kind != "search" or not micros_text.lstrip("-").isdigit():
+            raise ValueError("not a search token")
+        rank = float(rank_text)
+        if rank != rank or rank in (float("inf"), float("-inf")):
+            raise ValueError("not a rank")
+        return SearchCursor(rank=rank, at=from_micros(int(micros_text)), id=uuid.UUID(id_text))
     except (ValueError, binascii.Error, OverflowError) as exc:
         raise InvalidPageToken("invalid page token") from exc
 

@@ -21,12 +21,15 @@ from genai_history.paging import (
     EPOCH,
     Cursor,
     InvalidPageToken,
+    SearchCursor,
     UsageCursor,
     decode_audit_token,
     decode_page_token,
+    decode_search_token,
     decode_usage_token,
     encode_audit_token,
     encode_page_token,
+    encode_search_token,
     encode_usage_token,
     to_micros,
 )
@@ -161,7 +164,7 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
         if len(query) > MAX_QUERY_CHARS:
             await _invalid(context, f"query is longer than {MAX_QUERY_CHARS} characters")
         page_size = await self._page_size(request.page_size, context)
-        after = await _cursor(request.page_token, context)
+        after = await _search_cursor(request.page_token, context)
         async with _database(context):
             hits, next_cursor = await self._store.search_messages(owner_id, query, page_size, after)
         return history_pb2.SearchMessagesResponse(
@@ -175,7 +178,7 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
                 )
                 for hit in hits
             ],
-            next_page_token=encode_page_token(next_cursor) if next_cursor else "",
+            next_page_token=encode_search_token(next_cursor) if next_cursor else "",
         )
 
     async def ExportConversations(
@@ -424,6 +427,15 @@ async def _cursor(token: str, context: grpc.aio.ServicerContext) -> Cursor | Non
         return None
     try:
         return decode_page_token(token)
+    except InvalidPageToken:
+        await _invalid_token(context)
+
+
+async def _search_cursor(token: str, context: grpc.aio.ServicerContext) -> SearchCursor | None:
+    if not token:
+        return None
+    try:
+        return decode_search_token(token)
     except InvalidPageToken:
         await _invalid_token(context)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 
 from genai_history.audit import AuditEntry, insert_event
-from genai_history.paging import Cursor
+from genai_history.paging import Cursor, SearchCursor
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 COMPONENT = "history"
@@ -207,26 +207,34 @@ _RENAME_CONVERSATION = f"""
     RETURNING {_SUMMARY_COLUMNS}
 """  # noqa: S608 (fixed text)
 
-# The page is chosen first and only its rows get a headline, which reads the whole text. The headline runs
-# over the same text as the generated search_vector column (migration 0002) and marks matches with
-# guillemets: plain text, never markup.
+# Ranked by relevance (ts_rank over the generated search_vector column, migrations 0002 and 0005), then
+# newest first; pages continue after the last hit's (rank, created_at, id). The rank is computed for every
+# match of the owner, which the GIN index finds; only the page's rows get a headline, which reads the whole
+# text. The query goes through the same configuration and `ё` -> `е` as the column. The headline marks
+# matches with guillemets in the original text (the parser maps its words to the same lexemes): plain
+# text, never markup.
 _SEARCH = """
-    WITH query AS (SELECT websearch_to_tsquery('simple', $2) AS q),
-    page AS (
-        SELECT m.id, m.conversation_id, m.created_at,
-               left(m.prompt, 50000) || ' ' || left(m.response, 100000) AS text
+    WITH query AS (SELECT websearch_to_tsquery('russian', translate($2, 'ёЁ', 'еЕ')) AS q),
+    ranked AS (
+        SELECT m.id, m.conversation_id, m.created_at, ts_rank(m.search_vector, query.q) AS rank,
+               m.prompt, m.response
         FROM messages m, query
         WHERE m.owner_id = $1 AND m.search_vector @@ query.q
-          AND ($4::timestamptz IS NULL OR (m.created_at, m.id) < ($4::timestamptz, $5::uuid))
-        ORDER BY m.created_at DESC, m.id DESC
+    ),
+    page AS (
+        SELECT id, conversation_id, created_at, rank,
+               left(prompt, 50000) || ' ' || left(response, 100000) AS text
+        FROM ranked
+        WHERE $4::real IS NULL OR (rank, created_at, id) < ($4::real, $5::timestamptz, $6::uuid)
+        ORDER BY rank DESC, created_at DESC, id DESC
         LIMIT $3
     )
-    SELECT page.id, page.conversation_id, c.title, page.created_at,
-           ts_headline('simple', page.text, query.q,
+    SELECT page.id, page.conversation_id, c.title, page.created_at, page.rank,
+           ts_headline('russian', page.text, query.q,
                        'StartSel=«, StopSel=», MaxWords=30, MinWords=10, MaxFragments=2, '
                        'FragmentDelimiter=" … "') AS snippet
     FROM page JOIN conversations c ON c.id = page.conversation_id, query
-    ORDER BY page.created_at DESC, page.id DESC
+    ORDER BY page.rank DESC, page.created_at DESC, page.id DESC
 """
 
 _CONVERSATION_OWNER = "SELECT owner_id FROM conversations WHERE id = $1"
@@ -378,15 +386,17 @@ class HistoryStore:
         return _conversation(row)
 
     async def search_messages(
-        self, owner_id: uuid.UUID, query: str, limit: int, after: Cursor | None
-    ) -> tuple[list[SearchHitRow], Cursor | None]:
-        """The owner's messages matching a websearch-style query, newest first, and the next page's cursor."""
+        self, owner_id: uuid.UUID, query: str, limit: int, after: SearchCursor | None
+    ) -> tuple[list[SearchHitRow], SearchCursor | None]:
+        """The owner's messages matching a websearch-style query, most relevant then newest first, and the
+        next page's cursor."""
         async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             rows = await conn.fetch(
                 _SEARCH,
                 owner_id,
                 query,
                 limit + 1,
+                after.rank if after else None,
                 after.at if after else None,
                 after.id if after else None,
             )
@@ -402,7 +412,8 @@ class HistoryStore:
         ]
         if len(rows) <= limit:
             return hits, None
-        return hits, Cursor(at=hits[-1].created_at, id=hits[-1].message_id)
+        last = rows[limit - 1]
+        return hits, SearchCursor(rank=last["rank"], at=last["created_at"], id=last["id"])
 
     async def export_messages(
         self, scope: ExportScope, caps: ExportCaps, audit: AuditEntry | None = None
