@@ -237,122 +237,99 @@ def _chat_messages(body: ChatCompletionRequest) -> list[Message]:
     return messages
 
 
+class OpenAIEncoder(Encoder):
+    """Streamed chunks of either OpenAI shape: `chat.completion.chunk` (deltas) or `text_completion`."""
+
+    def __init__(self, chat: bool, model: str, include_usage: bool) -> None:
+        self.chat = chat
+        self.model = model
+        self.include_usage = include_usage
+        self.created = int(time.time())
+        self.request_id = current_request_id.get()
+
+    def _chunk(self, choice: dict[str, Any] | None, **more: Any) -> bytes:
+        return sse(
+            _envelope(
+                self.chat,
+                self.model,
+                [{"index": 0, **choice, "logprobs": None}] if choice else [],
+                created=self.created,
+                request_id=self.request_id,
+                streamed=True,
+                **more,
+            )
+        )
+
+    def start(self) -> list[bytes]:
+        if not self.chat:
+            return []
+        return [self._chunk({"delta": {"role": "assistant", "content": ""}, "finish_reason": None})]
+
+    def delta(self, delta: Delta) -> bytes:
+        if not self.chat:
+            return self._chunk({"text": delta.text, "finish_reason": None})
+        piece: dict[str, Any] = {"content": delta.text} if delta.text or not delta.tool_calls else {}
+        if delta.tool_calls:
+            piece["tool_calls"] = delta.tool_calls
+        return self._chunk({"delta": piece, "finish_reason": None})
+
+    def final(self, answer: Answer) -> list[bytes]:
+        end = {"delta": {}} if self.chat else {"text": ""}
+        out = [self._chunk({**end, "finish_reason": answer.finish_reason or "stop"}, **_extras(answer))]
+        if self.include_usage:
+            out.append(self._chunk(None, usage=usage_dict(answer)))
+        return out
+
+
 def _extras(answer: Answer) -> dict[str, Any]:
     return {"source": answer.source, "conversation_id": answer.conversation_id or None}
 
 
-class ChatEncoder(Encoder):
-    def __init__(self, model: str, include_usage: bool) -> None:
-        self.id = f"chatcmpl-{current_request_id.get()}"
-        self.created = int(time.time())
-        self.model = model
-        self.include_usage = include_usage
-
-    def _chunk(self, choices: list[dict[str, Any]], **more: Any) -> bytes:
-        return sse(
-            {
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": choices,
-                **more,
-            }
-        )
-
-    def start(self) -> list[bytes]:
-        delta = {"role": "assistant", "content": ""}
-        return [self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])]
-
-    def delta(self, delta: Delta) -> bytes:
-        piece: dict[str, Any] = {"content": delta.text} if delta.text or not delta.tool_calls else {}
-        if delta.tool_calls:
-            piece["tool_calls"] = delta.tool_calls
-        return self._chunk([{"index": 0, "delta": piece, "logprobs": None, "finish_reason": None}])
-
-    def final(self, answer: Answer) -> list[bytes]:
-        finish = answer.finish_reason or "stop"
-        out = [
-            self._chunk(
-                [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}], **_extras(answer)
-            )
-        ]
-        if self.include_usage:
-            out.append(self._chunk([], usage=usage_dict(answer)))
-        return out
-
-
-class CompletionEncoder(ChatEncoder):
-    def _chunk(self, choices: list[dict[str, Any]], **more: Any) -> bytes:
-        return sse(
-            {
-                "id": self.id.replace("chatcmpl-", "cmpl-"),
-                "object": "text_completion",
-                "created": self.created,
-                "model": self.model,
-                "choices": choices,
-                **more,
-            }
-        )
-
-    def start(self) -> list[bytes]:
-        return []
-
-    def delta(self, delta: Delta) -> bytes:
-        return self._chunk([{"index": 0, "text": delta.text, "logprobs": None, "finish_reason": None}])
-
-    def final(self, answer: Answer) -> list[bytes]:
-        finish = answer.finish_reason or "stop"
-        out = [
-            self._chunk(
-                [{"index": 0, "text": "", "logprobs": None, "finish_reason": finish}], **_extras(answer)
-            )
-        ]
-        if self.include_usage:
-            out.append(self._chunk([], usage=usage_dict(answer)))
-        return out
-
-
-def _whole_chat(answer: Answer) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": answer.text}
-    if answer.tool_calls:
-        message["tool_calls"] = answer.tool_calls
-        message["content"] = answer.text or None
+def _envelope(
+    chat: bool,
+    model: str,
+    choices: list[Any],
+    *,
+    created: int,
+    request_id: str,
+    streamed: bool,
+    **more: Any,
+) -> dict[str, Any]:
+    if chat:
+        kind = "chat.completion.chunk" if streamed else "chat.completion"
+    else:
+        kind = "text_completion"
+    prefix = "chatcmpl" if chat else "cmpl"
     return {
-        "id": f"chatcmpl-{current_request_id.get()}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": answer.model,
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "logprobs": None,
-                "finish_reason": answer.finish_reason or "stop",
-            }
-        ],
-        "usage": usage_dict(answer),
-        **_extras(answer),
+        "id": f"{prefix}-{request_id}",
+        "object": kind,
+        "created": created,
+        "model": model,
+        "choices": choices,
+        **more,
     }
 
 
-def _whole_completion(answer: Answer) -> dict[str, Any]:
-    return {
-        "id": f"cmpl-{current_request_id.get()}",
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": answer.model,
-        "choices": [
-            {
-                "index": 0,
-                "text": answer.text,
-                "logprobs": None,
-                "finish_reason": answer.finish_reason or "stop",
-            }
-        ],
-        "usage": usage_dict(answer),
+def _whole(chat: bool, answer: Answer) -> dict[str, Any]:
+    if chat:
+        message: dict[str, Any] = {"role": "assistant", "content": answer.text}
+        if answer.tool_calls:
+            message["tool_calls"] = answer.tool_calls
+            message["content"] = answer.text or None
+        choice: dict[str, Any] = {"message": message}
+    else:
+        choice = {"text": answer.text}
+    choice = {"index": 0, **choice, "logprobs": None, "finish_reason": answer.finish_reason or "stop"}
+    return _envelope(
+        chat,
+        answer.model,
+        [choice],
+        created=int(time.time()),
+        request_id=current_request_id.get(),
+        streamed=False,
+        usage=usage_dict(answer),
         **_extras(answer),
-    }
+    )
 
 
 @router.post("/chat/completions")
@@ -365,8 +342,8 @@ async def chat_completions(
     return await serve(
         generation,
         stream=body.stream,
-        encoder=lambda model: ChatEncoder(model, body.include_usage),
-        whole=_whole_chat,
+        encoder=lambda model: OpenAIEncoder(True, model, body.include_usage),
+        whole=lambda answer: _whole(True, answer),
         request=request,
         response=response,
         principal=principal,
@@ -387,8 +364,8 @@ async def completions(
     return await serve(
         generation,
         stream=body.stream,
-        encoder=lambda model: CompletionEncoder(model, body.include_usage),
-        whole=_whole_completion,
+        encoder=lambda model: OpenAIEncoder(False, model, body.include_usage),
+        whole=lambda answer: _whole(False, answer),
         request=request,
         response=response,
         principal=principal,
