@@ -50,7 +50,8 @@ _KEY_COLUMNS = (
     "k.id, k.user_id, u.username AS owner_username, k.name, k.prefix, k.created_at, k.last_used_at, "
     "k.expires_at, k.revoked_at, k.scope"
 )
-SCOPES = ("user", "admin")
+# "chat": a Telegram link's key (genai_auth.telegram), made only by redeeming a link code.
+SCOPES = ("user", "admin", "chat")
 
 
 class InvalidApiKey(Exception):
@@ -99,7 +100,8 @@ class ApiKey:
     last_used_at: datetime | None
     expires_at: datetime | None
     revoked_at: datetime | None
-    # "user": the key acts with the user role; "admin": with its owner's role.
+    # "user": the key acts with the user role; "admin": with its owner's role; "chat": as "user", and only
+    # chats and reads history (the gateway and this service refuse it anything else).
     scope: str = "user"
 
     @classmethod
@@ -175,6 +177,10 @@ class ApiKeyStore:
     def __init__(self, pool: asyncpg.Pool, clock: Callable[[], float] = time.time) -> None:
         self._pool = pool
         self._clock = clock
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self._pool
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)

@@ -33,6 +33,7 @@ from genai_auth.limits import InvalidLimits, dump_limits, parse_limits
 from genai_auth.passwords import Passwords
 from genai_auth.revocation import RevocationList
 from genai_auth.settings import AuthSettings
+from genai_auth.telegram import CHAT_SCOPE, InvalidCode, TelegramLink, TelegramLinks
 from genai_auth.tokens import ACCESS, REFRESH, Claims, InvalidToken, IssuedPair, Tokens
 from genai_auth.users import (
     DirectoryManaged,
@@ -75,6 +76,7 @@ DIRECTORY_MANAGED = "this is a directory account: its password and role are mana
 # details are otherwise transport noise that the gateway replaces).
 CALLER_MESSAGE = ("genai-caller-message", "1")
 DIRECTORY_RETRY_AFTER_S = 30
+CHAT_ONLY = "this API key may only chat and read its user's history"
 # ListApiKeysRequest.owner_username that means every user's keys.
 ALL_OWNERS = "*"
 
@@ -131,10 +133,24 @@ class Caller:
     api_key_id: str = ""
     # For an access token: when its user last gave their password (0: unknown, or an API key).
     auth_time: int = 0
+    # An API key's scope; empty for an access token.
+    scope: str = ""
 
     @property
     def is_admin(self) -> bool:
         return self.user.role == "admin"
+
+
+def _telegram_link_message(link: TelegramLink) -> auth_pb2.TelegramLink:
+    return auth_pb2.TelegramLink(
+        id=str(link.id),
+        owner_username=link.owner_username,
+        telegram_user_id=link.telegram_user_id,
+        telegram_username=link.telegram_username,
+        created_at=_seconds(link.created_at),
+        revoked=link.revoked,
+        api_key_id=str(link.api_key_id),
+    )
 
 
 def _token_pair(pair: IssuedPair, expires_in: int) -> auth_pb2.TokenPair:
@@ -175,7 +191,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         group_grants: dict[str, GroupGrant] | None = None,
         unmapped_role: str | None = None,
         directory_session_s: int = 300,
+        telegram_code_ttl_s: int = 600,
     ) -> None:
+        self._telegram = TelegramLinks(api_keys)
+        self._telegram_code_ttl_s = telegram_code_ttl_s
         self._api_key_default_ttl_s = api_key_default_ttl_s
         self._api_key_fresh_login_s = api_key_fresh_login_s
         self._directory = directory
@@ -216,6 +235,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             group_grants=settings.group_grants(),
             unmapped_role=None if settings.ldap_unmapped == "refuse" else settings.ldap_unmapped,
             directory_session_s=settings.ldap_session_check_s,
+            telegram_code_ttl_s=settings.telegram_code_ttl_s,
         )
 
     @property
@@ -260,10 +280,13 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             key, user = await self._api_keys.authenticate(token)
         except InvalidApiKey as exc:
             await self._refuse_token(context, str(exc))
-        return Caller(user, _seconds(key.expires_at), token_id=str(key.id), api_key_id=str(key.id))
+        return Caller(
+            user, _seconds(key.expires_at), token_id=str(key.id), api_key_id=str(key.id), scope=key.scope
+        )
 
-    async def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
-        """The caller identified by the "authorization: Bearer ..." metadata."""
+    async def _caller(self, context: grpc.aio.ServicerContext, *, allow_chat: bool = False) -> Caller:
+        """The caller identified by the "authorization: Bearer ..." metadata. A chat-scoped key (a Telegram
+        link's) is refused unless `allow_chat`: it chats, and manages nothing."""
         header = ""
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
@@ -274,7 +297,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED, "missing bearer token in authorization metadata"
             )
-        return await self._identify(token.strip(), context)
+        caller = await self._identify(token.strip(), context)
+        if caller.scope == CHAT_SCOPE and not allow_chat:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, CHAT_ONLY)
+        return caller
 
     async def _require_admin(self, context: grpc.aio.ServicerContext) -> User:
         caller = await self._caller(context)
@@ -499,6 +525,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             api_key_id=caller.api_key_id,
             limits_json=dump_limits(caller.user.effective_limits),
             token_id=caller.token_id,
+            scope=caller.scope,
         )
 
     async def WatchCredentials(
@@ -702,3 +729,69 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, "user not found")
         logger.info("admin %s set role %s on user %s", admin.id, user.role, user.id)
         return _user_message(user)
+
+    # --- Telegram links -------------------------------------------------------------------------
+
+    async def CreateTelegramLinkCode(
+        self, request: auth_pb2.CreateTelegramLinkCodeRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.TelegramLinkCode:
+        caller = await self._caller(context)
+        code, expires_at = await self._telegram.create_code(caller.user, self._telegram_code_ttl_s)
+        logger.info("user %s made a telegram link code", caller.user.id)
+        return auth_pb2.TelegramLinkCode(code=code, expires_at=_seconds(expires_at))
+
+    async def RedeemTelegramLinkCode(
+        self, request: auth_pb2.RedeemTelegramLinkCodeRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.RedeemedTelegramLink:
+        if request.telegram_user_id <= 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "telegram_user_id must be positive")
+        try:
+            redeemed = await self._telegram.redeem(
+                request.code, request.telegram_user_id, request.telegram_username, self._users.get_by_id
+            )
+        except InvalidCode as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except InvalidInput as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except TooManyKeys as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        logger.info(
+            "telegram link %s made for user %s (api key %s)",
+            redeemed.link.id,
+            redeemed.link.user_id,
+            redeemed.link.api_key_id,
+        )
+        return auth_pb2.RedeemedTelegramLink(
+            link=_telegram_link_message(redeemed.link), api_key=redeemed.api_key
+        )
+
+    async def ListTelegramLinks(
+        self, request: auth_pb2.ListTelegramLinksRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.ListTelegramLinksResponse:
+        caller = await self._caller(context)
+        owner_id: uuid.UUID | None
+        if request.owner_username == ALL_OWNERS:
+            if not caller.is_admin:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED, "only an admin can list every user's Telegram links"
+                )
+            owner_id = None
+        else:
+            owner_id = (await self._key_owner(caller, request.owner_username, context)).id
+        links = await self._telegram.list(owner_id, include_revoked=request.include_revoked)
+        return auth_pb2.ListTelegramLinksResponse(links=[_telegram_link_message(link) for link in links])
+
+    async def RevokeTelegramLink(
+        self, request: auth_pb2.RevokeTelegramLinkRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.TelegramLink:
+        caller = await self._caller(context, allow_chat=True)
+        try:
+            link_id = uuid.UUID(request.id)
+        except ValueError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "id must be a Telegram link id (a UUID)")
+        # Like API keys: someone else's link looks exactly like a missing one.
+        link = await self._telegram.revoke(link_id, owner_id=None if caller.is_admin else caller.user.id)
+        if link is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "Telegram link not found")
+        logger.info("user %s ended telegram link %s of user %s", caller.user.id, link.id, link.user_id)
+        return _telegram_link_message(link)

@@ -81,6 +81,8 @@ class AuthSettings(UserStoreSettings):
     # Creating an API key asks for the password again unless the caller signed in with it this recently
     # (0: always ask).
     keys_fresh_login_s: int = Field(300, ge=0)
+    # How long a Telegram link code made in the web page can be redeemed.
+    telegram_code_ttl_s: int = Field(600, ge=30, le=3600)
 
     # --- LDAP / Active Directory sign-in (off while ldap_url is empty); see docs/operations.md ---------
     # ldaps://host[:port], or ldap://host[:port] with ldap_start_tls (plain only with ldap_allow_plain).

@@ -22,7 +22,7 @@ from genai_gateway.middleware import MetricsMiddleware, RequestIdMiddleware
 from genai_gateway.openapi import install as install_openapi
 from genai_gateway.pipeline import AskPipeline
 from genai_gateway.quota import Quotas
-from genai_gateway.routers import admin, ask, auth, dialogs, health, history, keys, openai, users
+from genai_gateway.routers import admin, ask, auth, dialogs, health, history, keys, openai, telegram, users
 from genai_gateway.settings import GatewaySettings
 from genai_gateway.spool import HistoryRecorder
 
@@ -119,6 +119,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         dialogs.router,
         history.router,
         keys.router,
+        telegram.router,
         users.router,
         admin.router,
         health.router,

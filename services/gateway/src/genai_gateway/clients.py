@@ -154,6 +154,19 @@ class AuthClient(_Client):
     reset_password = _as_caller(
         "ResetPassword", auth_pb2.ResetPasswordRequest, auth_pb2.ResetPasswordResponse
     )
+    create_telegram_link_code = _as_caller(
+        "CreateTelegramLinkCode", auth_pb2.CreateTelegramLinkCodeRequest, auth_pb2.TelegramLinkCode
+    )
+    # The code is the credential: no caller's token rides with it.
+    redeem_telegram_link_code = _unary(
+        "RedeemTelegramLinkCode", auth_pb2.RedeemTelegramLinkCodeRequest, auth_pb2.RedeemedTelegramLink
+    )
+    list_telegram_links = _as_caller(
+        "ListTelegramLinks", auth_pb2.ListTelegramLinksRequest, auth_pb2.ListTelegramLinksResponse
+    )
+    revoke_telegram_link = _as_caller(
+        "RevokeTelegramLink", auth_pb2.RevokeTelegramLinkRequest, auth_pb2.TelegramLink
+    )
 
 
 class HistoryClient(_Client):

@@ -9,6 +9,7 @@ that the routers stay thin:
 | any                                           | 503: the gateway itself is down (nginx answers)    |
 | needs a token or API key (`CurrentUser`)      | 401; 503 / 504: auth unavailable / too slow        |
 | needs the admin role (`AdminUser`)            | 403                                                |
+| needs a token, beyond `CHAT_SCOPE_ROUTES`     | 403: a chat-scoped API key (a Telegram link's)     |
 | has a path parameter                          | 404                                                |
 | has query parameters or a body                | 422, in the service's one error shape              |
 | has a request body                            | 413: larger than nginx's body limit                |
@@ -37,7 +38,7 @@ from pydantic.json_schema import models_json_schema
 from genai_gateway.errors import error_response
 from genai_gateway.routers import openai as openai_routes
 from genai_gateway.schemas import MAX_LIMIT, UNLIMITED, Usage
-from genai_gateway.security import admin_principal, current_principal
+from genai_gateway.security import CHAT_ONLY, CHAT_SCOPE_ROUTES, admin_principal, current_principal
 from genai_gateway.settings import GatewaySettings
 
 JSON = "application/json"
@@ -265,6 +266,12 @@ ROUTE_ERRORS: dict[str, Reasons] = {
         404: "no user by the owner's name",
     },
     "DELETE /api/v1/keys/{key_id}": {400: "the key id is not a UUID"},
+    "POST /api/v1/telegram/links": {
+        400: "the code is wrong, already used or expired, or the user already has the most active keys allowed",
+        503: AUTH_DOWN,
+        504: AUTH_SLOW,
+    },
+    "DELETE /api/v1/telegram/links/{link_id}": {400: "the link id is not a UUID"},
     "POST /api/v1/users": {400: "the username or password is not acceptable", 409: "the username is taken"},
     "GET /api/v1/users": {400: BAD_CURSOR},
     "PATCH /api/v1/users/{username}": {
@@ -290,6 +297,7 @@ _USER_ID = {"anyOf": [{"maxLength": 0}, {"format": "uuid"}], "description": "a u
 PARAMETER_RULES: dict[tuple[str, str], dict[str, Any]] = {
     ("GET /api/v1/history/search", "q"): {"pattern": NONBLANK},
     ("DELETE /api/v1/keys/{key_id}", "key_id"): {"format": "uuid"},
+    ("DELETE /api/v1/telegram/links/{link_id}", "link_id"): {"format": "uuid"},
     ("GET /api/v1/admin/conversations", "owner"): _USER_ID,
     ("GET /api/v1/admin/usage", "owner"): _USER_ID,
     ("GET /api/v1/admin/conversations/export", "owner"): {"format": "uuid", "description": "the user id"},
@@ -552,6 +560,10 @@ def _derived(route: APIRoute) -> dict[int, list[str]]:
         reasons[504] = [AUTH_SLOW]
     if _depends_on(route, admin_principal):
         reasons[403] = ["the caller is not an admin"]
+    elif _depends_on(route, current_principal) and not any(
+        f"{method} {route.path_format}" in CHAT_SCOPE_ROUTES for method in route.methods
+    ):
+        reasons[403] = [f"a chat-scoped API key (a Telegram link's): {CHAT_ONLY}"]
     params = route.dependant
     if _flat(params, lambda d: d.path_params):
         reasons[404] = ["not found (or not yours)"]

@@ -19,8 +19,34 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
+# What an API key of the "chat" scope (a Telegram link's, which the bot holds) may call: asking, reading
+# its user's history, and ending its own link. Anything else is refused here, whatever the route would do.
+CHAT_SCOPE = "chat"
+CHAT_SCOPE_ROUTES = frozenset(
+    {
+        "POST /ask",
+        "POST /v1/chat/completions",
+        "POST /v1/completions",
+        "GET /v1/models",
+        "GET /api/v1/me",
+        "GET /api/v1/history",
+        "GET /api/v1/history/{conversation_id}",
+        "DELETE /api/v1/telegram/links/{link_id}",
+    }
+)
+CHAT_ONLY = "this API key may only chat and read its user's history"
+
+
+def route_key(request: Request) -> str:
+    """ "METHOD /path/{param}", as the OpenAPI document names the operation."""
+    route = request.scope.get("route")
+    return f"{request.method} {getattr(route, 'path_format', request.url.path)}"
+
+
 async def current_principal(request: Request) -> auth_pb2.Principal:
     principal: auth_pb2.Principal = await request.app.state.backends.auth.authenticate(bearer_token(request))
+    if principal.scope == CHAT_SCOPE and route_key(request) not in CHAT_SCOPE_ROUTES:
+        raise ApiError(403, CHAT_ONLY)
     return principal
 
 

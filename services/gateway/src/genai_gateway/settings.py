@@ -35,6 +35,10 @@ class GatewaySettings(CommonSettings):
     # The public gRPC API (genai.assistant.v1.Assistant); 0 turns it off.
     grpc_port: int = 50050
 
+    # The Telegram bot's username (services/telegram-bot), for the t.me link the web page shows beside a
+    # link code; empty: the page shows the command to send the bot.
+    telegram_bot_username: str = Field("", pattern=r"^[A-Za-z0-9_]{0,64}$")
+
     # Earlier turns of a conversation sent as context, newest first, while they fit the model's context
     # window with the request and max_tokens, counted by the model server's own tokenizer; never more than
     # this many characters.
