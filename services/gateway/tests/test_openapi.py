@@ -14,7 +14,14 @@ from genai_gateway.openapi import Error
 from genai_gateway.settings import GatewaySettings
 
 ERROR_REF = "#/components/schemas/Error"
-PUBLIC = {"POST /token", "POST /api/v1/auth/refresh", "POST /api/v1/auth/logout", "GET /health"}
+# Redeeming a Telegram link code: the code is the credential.
+PUBLIC = {
+    "POST /token",
+    "POST /api/v1/auth/refresh",
+    "POST /api/v1/auth/logout",
+    "GET /health",
+    "POST /api/v1/telegram/links",
+}
 GENERATION = ("POST /ask", "POST /v1/chat/completions", "POST /v1/completions")
 
 
