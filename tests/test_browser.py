@@ -11,8 +11,8 @@ public key. That accepts exactly this one key (a pin), unlike ignore_https_error
 certificate at all; test_tls_is_checked proves that a browser without the pin refuses the site.
 
 Needs /usr/bin/chromium (apt-get install chromium; .ci/run installs it) and the `playwright` Python
-package; `playwright install` (a browser download) is never used. axe-core comes from tests/package.json
-and its lock file (`npm ci --prefix tests`, run here when tests/node_modules is missing).
+package; `playwright install` (a browser download) is never used. axe-core and markdown-it come from
+tests/package.json and its lock file (`npm ci --prefix tests`, run here when tests/node_modules lacks them).
 """
 
 from __future__ import annotations
@@ -57,6 +57,10 @@ TESTS_DIR = Path(__file__).resolve().parent
 SCREENSHOTS = ARTIFACTS / "screenshots"
 AXE_REPORTS = ARTIFACTS / "axe"
 AXE_JS = TESTS_DIR / "node_modules" / "axe-core" / "axe.min.js"
+MARKDOWN_IT_JS = TESTS_DIR / "node_modules" / "markdown-it" / "dist" / "markdown-it.min.js"
+VENDORED_MARKDOWN_IT = (
+    TESTS_DIR.parent / "services/gateway/src/genai_gateway/static/vendor/markdown-it.min.js"
+)
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -527,6 +531,72 @@ def test_model_output_and_prompts_are_shown_as_text_never_as_html(
     # new_page's check: no dialog opened, no error, no CSP violation.
 
 
+def test_the_vendored_markdown_parser_is_the_pinned_release(node_modules: Path) -> None:
+    # The page serves its own copy (no build step, CSP unchanged); it must be the release that
+    # tests/package.json pins and npm audit checks, byte for byte.
+    assert VENDORED_MARKDOWN_IT.read_bytes() == MARKDOWN_IT_JS.read_bytes()
+
+
+# Inputs that made the earlier hand-written renderer take cubic or quadratic time, each at the page's
+# 16,000-character cap: a heading line padded with spaces, fences, runs of emphasis markers, brackets
+# and backticks, deep quotes and lists.
+_CAP = 16_000
+PATHOLOGICAL = {
+    "heading padded with spaces": "# a" + " " * (_CAP - 4) + "a",
+    "unclosed fences": ("```x\n" + "~" * 3 + "\n") * (_CAP // 9),
+    "emphasis markers": "*a" * (_CAP // 2),
+    "underscores in words": "a_" * (_CAP // 2),
+    "strong markers": "**" * (_CAP // 2),
+    "open brackets": "[" * (_CAP - 10) + "](http://x)",
+    "link openers": "[a](" * (_CAP // 4),
+    "backtick runs": "".join("`" * (i % 7 + 1) + "a" for i in range(_CAP // 5)),
+    "nested quotes": "> " * (_CAP // 2),
+    "nested lists": "".join(" " * (2 * i % 40) + "- a\n" for i in range(_CAP // 24)),
+    "a line of stars": "* " * (_CAP // 2),
+}
+
+
+def test_markdown_rendering_grows_linearly_on_hostile_input(
+    new_page: Callable[..., Page], sim_stack: RunningStack
+) -> None:
+    page = new_page()
+    page.goto("/")
+    # A normal answer of the same length is the yardstick: a renderer that is linear on every input
+    # takes about as long on each hostile one (the old one took ~0.9 s on the heading with 2,000 spaces,
+    # minutes at the cap). Each figure is the median of several renders, in the same page, one after the other.
+    normal_unit = (
+        "## Шаги\n\nПроверьте **права** на файл: `ls -l script.sh`, затем *добавьте* бит выполнения.\n\n"
+        "- первый пункт со [ссылкой](https://example.org/a)\n- второй пункт\n\n```sh\nchmod +x script.sh\n```\n\n"
+    )
+    normal = (normal_unit * (_CAP // len(normal_unit) + 1))[:_CAP]
+    timings = page.evaluate(
+        """async ({ cases, normal }) => {
+            const { renderMarkdown } = await import("/static/markdown.js");
+            const median = (text) => {
+                const runs = [];
+                for (let i = 0; i < 5; i += 1) {
+                    const started = performance.now();
+                    renderMarkdown(text);
+                    runs.push(performance.now() - started);
+                }
+                return runs.sort((a, b) => a - b)[2];
+            };
+            median(normal); // warm up the parser
+            const out = { normal: median(normal) };
+            for (const [name, text] of Object.entries(cases)) out[name] = median(text);
+            return out;
+        }""",
+        {"cases": PATHOLOGICAL, "normal": normal},
+    )
+    baseline = max(timings.pop("normal"), 1.0)
+    ratios = {name: ms / baseline for name, ms in timings.items()}
+    for name, ms in timings.items():
+        print(f"markdown {name}: {ms:.1f} ms, {ratios[name]:.1f}x a normal answer of {_CAP} characters")
+    print(f"markdown normal answer: {baseline:.1f} ms")
+    # Generous bound: quadratic growth at this size is thousands of times a normal answer.
+    assert max(ratios.values()) < 25, ratios
+
+
 def test_waiting_for_the_model_shows_the_queue_position(
     new_page: Callable[..., Page], sim_stack: RunningStack
 ) -> None:
@@ -857,14 +927,20 @@ def _axe(page: Page, name: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def axe_source() -> Path:
-    if not AXE_JS.exists():
+def node_modules() -> Path:
+    """tests/node_modules as tests/package-lock.json pins it (installed when a package is missing)."""
+    if not (AXE_JS.exists() and MARKDOWN_IT_JS.exists()):
         npm = shutil.which("npm")
         if npm is None:
-            pytest.skip("npm is missing: axe-core cannot be installed from tests/package-lock.json")
+            pytest.skip("npm is missing: tests/package-lock.json cannot be installed")
         subprocess.run(
             [npm, "ci", "--prefix", str(TESTS_DIR), "--ignore-scripts", "--no-audit", "--no-fund"], check=True
         )
+    return TESTS_DIR / "node_modules"
+
+
+@pytest.fixture(scope="module")
+def axe_source(node_modules: Path) -> Path:
     return AXE_JS
 
 
