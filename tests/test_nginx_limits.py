@@ -1,9 +1,14 @@
-"""nginx's own login flood guard (limit_req on /token), through the shipped site config."""
+"""nginx's own guards, through the shipped site config: the login flood guard (limit_req on /token), stalled
+bodies dropped (client_body_timeout) and a cap on the requests one address holds open (limit_conn)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import re
+import socket
+import ssl
 import time
 
 import httpx
@@ -56,3 +61,76 @@ def test_login_flood_gets_429_from_nginx_in_the_api_error_shape(live: RunningSta
     finally:
         # A full bucket again for the tests after this one, which log in many times.
         time.sleep(burst / rate)
+
+
+def _site_setting(pattern: str) -> str:
+    site = (repo_root() / "deploy" / "nginx" / "genai.conf.template").read_text()
+    found = re.search(pattern, site)
+    assert found, f"`{pattern}` is gone from the site config"
+    return found.group(1)
+
+
+def _stalled_request(live: RunningStack) -> ssl.SSLSocket:
+    """A TLS connection whose request promises a body and then sends only its first byte."""
+    url = httpx.URL(live.base_url)
+    raw = socket.create_connection((url.host, url.port), timeout=60)
+    conn = live.tls_context().wrap_socket(raw, server_hostname=url.host)
+    conn.sendall(
+        b"POST /ask HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100\r\n\r\n{"
+    )
+    return conn
+
+
+def _read_response(conn: ssl.SSLSocket) -> bytes:
+    """The server's response (head and body), or what it sent before closing; the socket's timeout is 60 s."""
+    data = b""
+    with contextlib.suppress(ssl.SSLError, ConnectionResetError):
+        while chunk := conn.recv(65536):
+            data += chunk
+            head, sep, body = data.partition(b"\r\n\r\n")
+            length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+            if sep and length and len(body) >= int(length.group(1)):
+                break
+    return data
+
+
+def test_a_stalled_body_is_dropped_not_waited_for(live: RunningStack) -> None:
+    timeout_s = int(_site_setting(r"client_body_timeout (\d+)s;"))
+    conn = _stalled_request(live)
+    started = time.monotonic()
+    try:
+        answer = _read_response(conn)  # raises TimeoutError if nginx held the request for a minute
+    finally:
+        conn.close()
+    print(f"stalled body dropped after {time.monotonic() - started:.1f} s (client_body_timeout {timeout_s}s)")
+    # nginx answers 408 (or just closes); the gateway never saw the request.
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer[:200]
+
+
+def test_one_address_cannot_hold_more_than_its_share_of_requests(live: RunningStack) -> None:
+    cap = int(_site_setting(r"limit_conn genai_per_addr (\d+);"))
+    extra = 10
+    held = [_stalled_request(live) for _ in range(cap)]
+    try:
+        refused = []
+        for _ in range(extra):
+            conn = _stalled_request(live)
+            try:
+                refused.append(_read_response(conn))
+            finally:
+                conn.close()
+        for answer in refused:
+            assert answer.startswith(b"HTTP/1.1 429"), answer[:200]
+            body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+            assert body["error"]["type"] == "rate_limit_error", body
+    finally:
+        for conn in held:
+            conn.close()
+    # Their slots are back as soon as those requests end.
+    deadline = time.monotonic() + 30
+    with live.client() as client:
+        while (status := client.get("/health").status_code) == 429:
+            assert time.monotonic() < deadline, "the per-address limit did not let go"
+            time.sleep(0.2)
+    assert status == 200
