@@ -11,7 +11,7 @@ PROTO_STAMP := libs/protos/src/genai/.generated
 PROTOS := $(shell find protos -name '*.proto')
 
 PACKAGES := -e libs/common -e libs/protos -e services/auth -e services/history \
-	-e services/inference-adapter -e services/gateway -e tools/devstack \
+	-e services/inference-adapter -e services/gateway -e services/telegram-bot -e tools/devstack \
 	-e tools/vllm-sim -e tools/bench
 
 .PHONY: setup system-deps run test test-unit test-integration protos lint clean bench

@@ -1,0 +1,3 @@
+from genai_telegram.main import main
+
+main()

@@ -1,0 +1,429 @@
+"""The bot's conversation: linking, questions answered by streaming edits, /new, /history, /unlink.
+
+Rules it keeps, and why:
+- nothing reaches the model for an account without a live link: the store is asked first, and the gateway
+  refuses a key whose link was ended elsewhere (then the bot forgets it and says how to link again);
+- only private chats, unless GENAI_TELEGRAM_ALLOW_GROUPS: a group would show one person's answers, and
+  their link code, to everyone in it;
+- one question at a time per account, in order, so each lands in the conversation the previous one made;
+- Telegram's flood control is obeyed: a 429's retry_after is waited out; an intermediate edit that meets
+  one is dropped (the next edit carries newer text), while a new message or a final edit is retried, so no
+  part of an answer is lost; "message is not modified" means the edit is already there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from datetime import timedelta
+from typing import Any
+
+from telegram import (
+    Bot,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    MessageEntity,
+    Update,
+)
+from telegram.constants import ChatAction, ChatType
+from telegram.error import BadRequest, RetryAfter, TelegramError
+from telegram.ext import (
+    Application,
+    BaseHandler,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
+
+from genai_telegram.gateway import Gateway, Limited, Refused, Unavailable, Unlinked
+from genai_telegram.render import render, split
+from genai_telegram.settings import TelegramSettings
+from genai_telegram.store import Link, LinkStore
+from genai_telegram.texts import language, text, wait
+
+logger = logging.getLogger(__name__)
+
+# Telegram shows "typing..." for about five seconds per action.
+TYPING_EVERY_S = 4.0
+# Tries of a send or final edit that keeps meeting 429s (each waits the retry_after it was given).
+MUST_TRIES = 8
+CONVERSATION_BUTTON = "c:"
+MAX_BUTTON_TITLE = 48
+
+
+def _seconds(retry_after: int | float | timedelta) -> float:
+    return retry_after.total_seconds() if isinstance(retry_after, timedelta) else float(retry_after)
+
+
+class StreamedReply:
+    """One answer shown as one or more messages, each edited as the answer grows."""
+
+    def __init__(self, bot: Bot, chat_id: int, interval_s: float) -> None:
+        self._bot = bot
+        self._chat_id = chat_id
+        self._interval_s = interval_s
+        # (message id, the text it shows now), in order.
+        self._messages: list[tuple[int, str]] = []
+        self._next_edit = 0.0
+
+    @property
+    def started(self) -> bool:
+        return bool(self._messages)
+
+    async def update(self, markdown: str) -> None:
+        """Show the answer so far, unless the last edit is too recent."""
+        if time.monotonic() < self._next_edit:
+            return
+        await self._show(markdown, final=False)
+
+    async def finish(self, markdown: str) -> None:
+        await self._show(markdown, final=True)
+
+    async def _show(self, markdown: str, final: bool) -> None:
+        parts = split(markdown)
+        for index, part in enumerate(parts):
+            if index < len(self._messages):
+                message_id, shown = self._messages[index]
+                if shown != part:
+                    # An earlier part is final once a later one exists.
+                    done = await self._call(
+                        self._edit, message_id, part, must=final or index < len(parts) - 1
+                    )
+                    if done:
+                        self._messages[index] = (message_id, part)
+            else:
+                sent = await self._call(self._send, part, must=True)
+                if sent is not None:
+                    self._messages.append((sent, part))
+        self._next_edit = time.monotonic() + self._interval_s
+
+    async def _call(self, method: Any, *args: Any, must: bool) -> Any:
+        for _ in range(MUST_TRIES if must else 1):
+            try:
+                return await method(*args)
+            except RetryAfter as exc:
+                pause = _seconds(exc.retry_after)
+                logger.info("bot api flood control: waiting %.1f s", pause)
+                await asyncio.sleep(pause)
+                # Whatever comes next waits too.
+                self._next_edit = time.monotonic() + self._interval_s
+        if must:
+            logger.error("bot api kept refusing a part of an answer in chat %s", self._chat_id)
+        return None
+
+    async def _send(self, part: str) -> int:
+        rendered = render(part)
+        message = await self._bot.send_message(
+            self._chat_id, rendered.text, entities=_entities(rendered.entities)
+        )
+        return message.message_id
+
+    async def _edit(self, message_id: int, part: str) -> bool:
+        rendered = render(part)
+        try:
+            await self._bot.edit_message_text(
+                rendered.text,
+                chat_id=self._chat_id,
+                message_id=message_id,
+                entities=_entities(rendered.entities),
+            )
+        except BadRequest as exc:
+            if "not modified" not in str(exc).lower():
+                raise
+        return True
+
+
+def _entities(entities: tuple[Any, ...]) -> list[MessageEntity]:
+    return [MessageEntity(e.type, e.offset, e.length, language=e.language or None) for e in entities]
+
+
+class ChatBot:
+    def __init__(self, settings: TelegramSettings, gateway: Gateway, store: LinkStore) -> None:
+        self._settings = settings
+        self._gateway = gateway
+        self._store = store
+        self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    def handlers(self) -> list[BaseHandler[Any, Any, Any]]:
+        return [
+            CommandHandler("start", self.start),
+            CommandHandler("link", self.link),
+            CommandHandler("unlink", self.unlink),
+            CommandHandler("new", self.new),
+            CommandHandler("history", self.history),
+            CommandHandler("help", self.help),
+            CallbackQueryHandler(self.switch, pattern=f"^{CONVERSATION_BUTTON}"),
+            MessageHandler(filters.TEXT & ~filters.COMMAND, self.question),
+        ]
+
+    # --- helpers ------------------------------------------------------------------------------------
+
+    async def _admitted(self, update: Update) -> str | None:
+        """The account's language if this chat may be served; otherwise says why not and returns None."""
+        user, chat = update.effective_user, update.effective_chat
+        if user is None or chat is None:
+            return None
+        lang = language(user.language_code)
+        if chat.type != ChatType.PRIVATE and not self._settings.allow_groups:
+            await self._say(update, text(lang, "groups"))
+            return None
+        return lang
+
+    async def _say(self, update: Update, message: str, **kwargs: Any) -> None:
+        chat = update.effective_chat
+        if chat is None:
+            return
+        for _ in range(MUST_TRIES):
+            try:
+                await chat.send_message(message, **kwargs)
+                return
+            except RetryAfter as exc:
+                await asyncio.sleep(_seconds(exc.retry_after))
+
+    def _link(self, update: Update) -> Link | None:
+        assert update.effective_user is not None
+        return self._store.get(update.effective_user.id)
+
+    async def _ended(self, update: Update, lang: str) -> None:
+        assert update.effective_user is not None
+        self._store.delete(update.effective_user.id)
+        await self._say(update, text(lang, "link_ended", page=self._settings.link_page))
+
+    async def _typing(self, chat_id: int, bot: Bot) -> None:
+        while True:
+            with contextlib.suppress(TelegramError):
+                await bot.send_chat_action(chat_id, ChatAction.TYPING)
+            await asyncio.sleep(TYPING_EVERY_S)
+
+    # --- commands -----------------------------------------------------------------------------------
+
+    async def start(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        if context.args:
+            await self.link(update, context)
+            return
+        lang = await self._admitted(update)
+        if lang is None:
+            return
+        if self._link(update) is None:
+            await self._say(update, text(lang, "not_linked", page=self._settings.link_page))
+        else:
+            await self._say(update, text(lang, "help"))
+
+    async def help(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        lang = await self._admitted(update)
+        if lang is not None:
+            await self._say(update, text(lang, "help"))
+
+    async def link(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        lang = await self._admitted(update)
+        if lang is None:
+            return
+        user = update.effective_user
+        assert user is not None
+        code = "".join(context.args or [])
+        if not code:
+            await self._say(update, text(lang, "link_usage"))
+            return
+        try:
+            redeemed = await self._gateway.redeem(code, user.id, user.username or "")
+        except Refused:
+            await self._say(update, text(lang, "bad_code"))
+            return
+        except (Unavailable, Limited, Unlinked):
+            await self._say(update, text(lang, "unavailable"))
+            return
+        async with self._locks[user.id]:
+            self._store.put(user.id, redeemed.link_id, redeemed.owner, redeemed.api_key)
+        logger.info("telegram account linked (link %s)", redeemed.link_id)
+        await self._say(update, text(lang, "linked", owner=redeemed.owner))
+
+    async def unlink(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        lang = await self._admitted(update)
+        if lang is None:
+            return
+        link = self._link(update)
+        if link is None:
+            await self._say(update, text(lang, "not_linked", page=self._settings.link_page))
+            return
+        try:
+            await self._gateway.unlink(link.api_key, link.link_id)
+        except Unlinked:
+            pass  # ended already, elsewhere
+        except (Unavailable, Limited, Refused):
+            await self._say(update, text(lang, "unavailable"))
+            return
+        self._store.delete(link.telegram_user_id)
+        await self._say(update, text(lang, "unlinked", owner=link.owner))
+
+    async def new(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        lang = await self._admitted(update)
+        if lang is None:
+            return
+        link = self._link(update)
+        if link is None:
+            await self._say(update, text(lang, "not_linked", page=self._settings.link_page))
+            return
+        async with self._locks[link.telegram_user_id]:
+            self._store.set_conversation(link.telegram_user_id, "")
+        await self._say(update, text(lang, "new"))
+
+    async def history(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        lang = await self._admitted(update)
+        if lang is None:
+            return
+        link = self._link(update)
+        if link is None:
+            await self._say(update, text(lang, "not_linked", page=self._settings.link_page))
+            return
+        try:
+            conversations = await self._gateway.conversations(link.api_key, self._settings.history_size)
+        except Unlinked:
+            await self._ended(update, lang)
+            return
+        except (Unavailable, Limited, Refused):
+            await self._say(update, text(lang, "unavailable"))
+            return
+        if not conversations:
+            await self._say(update, text(lang, "no_history"))
+            return
+        buttons = []
+        for conversation in conversations:
+            title = (conversation.get("title") or text(lang, "untitled"))[:MAX_BUTTON_TITLE]
+            mark = "\u2022 " if conversation["id"] == link.conversation_id else ""
+            buttons.append(
+                [
+                    InlineKeyboardButton(
+                        f"{mark}{title}", callback_data=CONVERSATION_BUTTON + conversation["id"]
+                    )
+                ]
+            )
+        await self._say(update, text(lang, "history"), reply_markup=InlineKeyboardMarkup(buttons))
+
+    async def switch(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        query = update.callback_query
+        assert query is not None
+        with contextlib.suppress(TelegramError):
+            await query.answer()
+        lang = await self._admitted(update)
+        if lang is None:
+            return
+        link = self._link(update)
+        if link is None:
+            await self._say(update, text(lang, "not_linked", page=self._settings.link_page))
+            return
+        conversation_id = (query.data or "").removeprefix(CONVERSATION_BUTTON)
+        try:
+            conversation = await self._gateway.conversation(link.api_key, conversation_id)
+        except Unlinked:
+            await self._ended(update, lang)
+            return
+        except Refused:
+            await self._say(update, text(lang, "gone"))
+            return
+        except (Unavailable, Limited):
+            await self._say(update, text(lang, "unavailable"))
+            return
+        async with self._locks[link.telegram_user_id]:
+            self._store.set_conversation(link.telegram_user_id, conversation["id"])
+        title = conversation.get("title") or text(lang, "untitled")
+        await self._say(update, text(lang, "switched", title=title))
+
+    # --- questions ----------------------------------------------------------------------------------
+
+    async def question(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        lang = await self._admitted(update)
+        message = update.effective_message
+        if lang is None or message is None or not message.text:
+            return
+        if self._link(update) is None:
+            await self._say(update, text(lang, "not_linked", page=self._settings.link_page))
+            return
+        assert update.effective_user is not None and update.effective_chat is not None
+        async with self._locks[update.effective_user.id]:
+            link = self._link(update)  # again: the conversation the previous question made
+            if link is None:
+                await self._say(update, text(lang, "not_linked", page=self._settings.link_page))
+                return
+            await self._answer(update, context.bot, link, message.text, lang)
+
+    async def _answer(self, update: Update, bot: Bot, link: Link, prompt: str, lang: str) -> None:
+        assert update.effective_chat is not None
+        chat_id = update.effective_chat.id
+        reply = StreamedReply(bot, chat_id, self._settings.edit_interval_s)
+        typing = asyncio.create_task(self._typing(chat_id, bot))
+        answer, note = "", ""
+        conversation_id = link.conversation_id
+        try:
+            for _attempt in range(2):
+                try:
+                    async for event in self._gateway.ask(link.api_key, prompt, conversation_id):
+                        kind = event.get("type")
+                        if kind == "delta":
+                            answer += event.get("text", "")
+                            if answer.strip():
+                                typing.cancel()
+                                await reply.update(answer)
+                        elif kind == "done":
+                            answer = event.get("response") or answer
+                            if event.get("conversation_id"):
+                                self._store.set_conversation(link.telegram_user_id, event["conversation_id"])
+                        elif kind == "error":
+                            note = text(lang, "cut_short", message=event.get("detail", ""))
+                    break
+                except Refused as exc:
+                    # The current conversation was deleted (web page): the question starts a new one.
+                    if exc.status == 404 and conversation_id and not answer:
+                        conversation_id = ""
+                        self._store.set_conversation(link.telegram_user_id, "")
+                        continue
+                    raise
+        except Unlinked:
+            await self._ended(update, lang)
+            return
+        except Limited as exc:
+            await self._say(update, text(lang, "limited", wait=wait(lang, exc.retry_after_s)))
+            return
+        except (Unavailable, Refused) as exc:
+            if not answer:
+                key = "unavailable" if isinstance(exc, Unavailable) else "refused"
+                await self._say(update, text(lang, key, message=str(exc)))
+                return
+            note = text(lang, "cut_short", message=text(lang, "unavailable"))
+        finally:
+            typing.cancel()
+        await reply.finish(f"{answer}\n\n{note}" if note else answer)
+
+
+def build_application(settings: TelegramSettings, chat: ChatBot) -> Application[Any, Any, Any, Any, Any, Any]:
+    base = settings.bot_api_base_url.rstrip("/")
+    builder = (
+        Application.builder()
+        .token(settings.bot_token.get_secret_value())
+        .base_url(f"{base}/bot")
+        .base_file_url(f"{base}/file/bot")
+        # Users are served side by side; one user's questions wait for each other (ChatBot's locks).
+        .concurrent_updates(True)
+        .connection_pool_size(32)
+        .pool_timeout(30)
+        .connect_timeout(10)
+        .read_timeout(settings.bot_api_timeout_s)
+        .write_timeout(settings.bot_api_timeout_s)
+        .get_updates_read_timeout(settings.poll_timeout_s + 10)
+    )
+    if settings.proxy_url:
+        builder = builder.proxy(settings.proxy_url).get_updates_proxy(settings.proxy_url)
+    if settings.mode == "webhook":
+        builder = builder.updater(None)
+    application = builder.build()
+    application.add_handlers(chat.handlers())
+    application.add_error_handler(_log_error)
+    return application
+
+
+async def _log_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+    logger.error("update failed: %r", context.error, exc_info=context.error)

@@ -1,0 +1,131 @@
+"""Entry point: `genai-telegram-bot` (or `python -m genai_telegram`).
+
+Long polling by default: the bot calls out (through the site's proxy, if set) and needs no inbound port.
+With GENAI_TELEGRAM_MODE=webhook, Telegram posts updates to GENAI_TELEGRAM_WEBHOOK_URL, which the site's
+reverse proxy forwards to this process's port; each post must carry the secret token set with the webhook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import signal
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from telegram import Update
+from telegram.error import NetworkError, TimedOut
+from telegram.ext import Application
+
+from genai_common.logs import setup_logging
+from genai_common.settings import load_settings
+from genai_telegram.bot import ChatBot, build_application
+from genai_telegram.gateway import Gateway
+from genai_telegram.settings import TelegramSettings
+from genai_telegram.store import LinkStore
+
+logger = logging.getLogger(__name__)
+
+ALLOWED_UPDATES = ["message", "callback_query"]
+# Telegram (or its proxy) unreachable at start: try again this often rather than exit.
+START_RETRY_S = 5.0
+
+
+def http_app(application: Application[Any, Any, Any, Any, Any, Any], secret: str | None) -> Starlette:
+    """GET /health (200 while the bot takes updates); POST /telegram for Telegram's webhook, when `secret`."""
+
+    async def receive(request: Request) -> Response:
+        given = request.headers.get("x-telegram-bot-api-secret-token", "")
+        if not hmac.compare_digest(given.encode(), secret.encode()):
+            return JSONResponse({"detail": "wrong secret token"}, status_code=403)
+        try:
+            update = Update.de_json(await request.json(), application.bot)
+        except ValueError:
+            return JSONResponse({"detail": "not an update"}, status_code=400)
+        await application.update_queue.put(update)
+        return Response(status_code=200)
+
+    async def health(request: Request) -> Response:
+        updater = application.updater
+        up = application.running and (updater is None or updater.running)
+        return JSONResponse({"status": "ok" if up else "starting"}, status_code=200 if up else 503)
+
+    routes = [Route("/health", health)]
+    if secret is not None:
+        routes.append(Route("/telegram", receive, methods=["POST"]))
+    return Starlette(routes=routes)
+
+
+async def _initialize(application: Application[Any, Any, Any, Any, Any, Any], stop: asyncio.Event) -> bool:
+    """getMe until it answers (a site whose proxy is down at boot keeps the bot waiting, not exiting)."""
+    while not stop.is_set():
+        try:
+            await application.initialize()
+            return True
+        except (NetworkError, TimedOut) as exc:
+            logger.warning("the Bot API does not answer (%s); trying again in %s s", exc, START_RETRY_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), START_RETRY_S)
+    return False
+
+
+async def run(settings: TelegramSettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    store = LinkStore(settings.store_path, settings.store_key.get_secret_value())
+    gateway = Gateway(settings)
+    application = build_application(settings, ChatBot(settings, gateway, store))
+    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+    server = uvicorn.Server(
+        uvicorn.Config(
+            http_app(application, secret if settings.mode == "webhook" else None),
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+        )
+    )
+    serving = asyncio.create_task(server.serve())
+    try:
+        if not await _initialize(application, stop):
+            return
+        await application.start()
+        logger.info("telegram bot @%s started (%s)", application.bot.username, settings.mode)
+        if settings.mode == "polling":
+            assert application.updater is not None
+            await application.updater.start_polling(
+                timeout=settings.poll_timeout_s, allowed_updates=ALLOWED_UPDATES
+            )
+        else:
+            await application.bot.set_webhook(
+                settings.webhook_url, secret_token=secret, allowed_updates=ALLOWED_UPDATES
+            )
+        await stop.wait()
+    finally:
+        server.should_exit = True
+        await serving
+        if application.updater is not None and application.updater.running:
+            await application.updater.stop()
+        if application.running:
+            await application.stop()
+        if application._initialized:  # noqa: SLF001 (PTB has no public flag for it)
+            await application.shutdown()
+        await gateway.close()
+        store.close()
+
+
+def main() -> None:
+    settings = load_settings(TelegramSettings)
+    setup_logging("telegram-bot", settings.log_level)
+    asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,467 @@
+"""The Telegram bot end to end: the real bot process (python-telegram-bot) against the fake Bot API, acting
+through nginx and the gateway of a real stack for each linked user.
+
+Two stacks: the shared one on llama.cpp (the real model) for linking, answers, history, cache, limits and
+refusals; one of this module's own on the vLLM simulator, whose answers can be 2,000 words long, for splitting,
+Telegram's flood control and the gateway going away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from genai_devstack import databases, infra
+from genai_telegram.render import render
+from tests.fake_bot_api import LIMIT, FakeBotApi, Sent, TelegramUser, utf16_len
+from tests.harness import ARTIFACTS, RunningStack, User, launch
+
+pytestmark = pytest.mark.slow
+
+
+class Bot:
+    """The bot as a process of its own, on the fake Bot API and a stack's public HTTPS address."""
+
+    def __init__(self, stack: RunningStack, api: FakeBotApi, work: Path, **settings: str) -> None:
+        self.stack, self.api = stack, api
+        self.store = work / "bot.sqlite3"
+        self.env = {
+            **os.environ,
+            "GENAI_TELEGRAM_BOT_TOKEN": api.token,
+            "GENAI_TELEGRAM_STORE_KEY": secrets.token_urlsafe(32),
+            "GENAI_TELEGRAM_STORE_PATH": str(self.store),
+            "GENAI_TELEGRAM_GATEWAY_URL": stack.base_url,
+            "GENAI_TELEGRAM_GATEWAY_CA_FILE": stack.ca,
+            "GENAI_TELEGRAM_BOT_API_BASE_URL": api.url,
+            "GENAI_TELEGRAM_POLL_TIMEOUT_S": "1",
+            "GENAI_TELEGRAM_EDIT_INTERVAL_S": "0.05",
+            "GENAI_TELEGRAM_PORT": str(infra.free_port()),
+            **{f"GENAI_TELEGRAM_{key.upper()}": value for key, value in settings.items()},
+        }
+        log_dir = ARTIFACTS / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log = open(log_dir / f"telegram-bot-{api.port}.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "genai_telegram"],
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        api.wait_for(lambda: "getUpdates" in api.calls or self.proc.poll() is not None, 60, "the bot to poll")
+        assert self.proc.poll() is None, f"the bot exited; see {self.log.name}"
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.log.close()
+
+
+def _fake(token_id: int) -> Iterator[FakeBotApi]:
+    api = FakeBotApi(token=f"{token_id}:{secrets.token_urlsafe(30)}")
+    api.start()
+    try:
+        yield api
+    finally:
+        api.stop()
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[FakeBotApi]:
+    yield from _fake(7000001)
+
+
+@pytest.fixture(scope="module")
+def bot(live: RunningStack, api: FakeBotApi, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bot]:
+    running = Bot(live, api, tmp_path_factory.mktemp("bot"), max_tokens="24")
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+_people = iter(range(5_000_001, 6_000_000))
+
+
+def person(language_code: str = "en") -> TelegramUser:
+    number = next(_people)
+    return TelegramUser(number, f"Person{number}", f"person{number}", language_code)
+
+
+def code_for(stack: RunningStack, user: User) -> dict[str, Any]:
+    with stack.client() as client:
+        made = client.post("/api/v1/telegram/codes", headers=user.headers)
+    assert made.status_code == 201, made.text
+    return dict(made.json())
+
+
+def link(bot: Bot, user: User, who: TelegramUser, command: str = "/start") -> None:
+    code = code_for(bot.stack, user)["code"]
+    before = len(bot.api.messages(who.id))
+    bot.api.send_text(who, f"{command} {code}")
+    reply = bot.api.wait_messages(who.id, before + 1)[before]
+    assert reply.text.startswith(f"Linked to {user.username}."), reply.text
+
+
+def ask(bot: Bot, who: TelegramUser, question: str, parts: int = 1, chat_id: int | None = None) -> list[Sent]:
+    """Send a question; the messages the bot sent for it once the answer is complete (not edited for a while)."""
+    chat = who.id if chat_id is None else chat_id
+    before = len(bot.api.messages(chat))
+    bot.api.send_text(who, question, chat_id=chat_id, chat_type="private" if chat_id is None else "group")
+    bot.api.wait_messages(chat, before + parts)
+    return settled(bot.api, chat, before)
+
+
+def settled(api: FakeBotApi, chat: int, before: int) -> list[Sent]:
+    """The chat's messages from index `before` once nothing changed in them for two seconds."""
+    last: Any = None
+    stable = 0
+    while stable < 40:
+        now = [(m.message_id, m.text) for m in api.messages(chat)[before:]]
+        stable = stable + 1 if now == last else 0
+        last = now
+        time.sleep(0.05)
+    return api.messages(chat)[before:]
+
+
+def history(stack: RunningStack, user: User, messages: int | None = None) -> list[dict[str, Any]]:
+    """The user's chat conversations with their messages, as the web page reads them; with `messages`, once
+    that many are stored (the gateway records an exchange after the answer has gone out)."""
+    deadline = time.monotonic() + 20
+    while True:
+        found = _history(stack, user)
+        if (
+            messages is None
+            or sum(len(c["messages"]) for c in found) >= messages
+            or time.monotonic() > deadline
+        ):
+            return found
+        time.sleep(0.1)
+
+
+def _history(stack: RunningStack, user: User) -> list[dict[str, Any]]:
+    with stack.client() as client:
+        listed = client.get("/api/v1/history", params={"origin": "chat", "limit": 50}, headers=user.headers)
+        listed.raise_for_status()
+        return [
+            client.get(f"/api/v1/history/{c['id']}", headers=user.headers).json()
+            for c in listed.json()["conversations"]
+        ]
+
+
+def answered_asks(stack: RunningStack) -> float:
+    """POST /ask requests the gateway answered with 200, from its own metrics."""
+    return sum(
+        value
+        for (name, labels), value in stack.metrics("gateway").items()
+        if name == "genai_http_requests_total"
+        and dict(labels).get("route") == "/ask"
+        and dict(labels).get("status") == "200"
+    )
+
+
+# --- linking -------------------------------------------------------------------------------------------
+
+
+def test_a_code_from_the_web_page_links_and_a_wrong_reused_or_expired_one_does_not(bot: Bot) -> None:
+    alice = bot.stack.new_user()
+    made = code_for(bot.stack, alice)
+    assert re.fullmatch(r"[A-Z2-9]{12}", made["code"]) and made["command"] == f"/start {made['code']}"
+    phone = person()
+    bot.api.send_text(phone, f"/start {made['code']}")
+    assert bot.api.wait_messages(phone.id, 1)[0].text.startswith(f"Linked to {alice.username}.")
+    with bot.stack.client() as client:
+        links = client.get("/api/v1/telegram/links", headers=alice.headers).json()["links"]
+    assert [(x["telegram_user_id"], x["telegram_username"], x["revoked"]) for x in links] == [
+        (phone.id, phone.username, False)
+    ]
+
+    # Reused (by someone else), wrong, and expired codes link nothing.
+    stranger = person()
+    bot.api.send_text(stranger, f"/link {made['code']}")
+    bot.api.send_text(stranger, "/link ABCDEFGHJKMN")
+    expired = code_for(bot.stack, alice)["code"]
+    asyncio.run(_expire_codes(bot.stack, alice))
+    bot.api.send_text(stranger, f"/link {expired}")
+    replies = bot.api.wait_messages(stranger.id, 3)
+    assert all(r.text.startswith("That code is wrong, already used or expired") for r in replies), replies
+    with bot.stack.client() as client:
+        links = client.get("/api/v1/telegram/links", headers=alice.headers).json()["links"]
+        assert len(links) == 1
+        # The same over HTTP: a 400 with a message, and the code is single-use.
+        again = client.post(
+            "/api/v1/telegram/links", json={"code": made["code"], "telegram_user_id": stranger.id}
+        )
+    assert again.status_code == 400 and "wrong, already used or expired" in again.json()["detail"]
+
+
+async def _expire_codes(stack: RunningStack, user: User) -> None:
+    """Time passing for the user's codes: the test moves their expiry into the past."""
+    conn = await asyncpg.connect(stack.cfg.database_url)
+    try:
+        await conn.execute(
+            "UPDATE telegram_link_codes SET expires_at = now() - interval '1 second' WHERE user_id = $1",
+            uuid.UUID(user.id),
+        )
+    finally:
+        await conn.close()
+
+
+def test_the_chat_key_can_only_chat_and_the_bot_keeps_no_key_in_clear(bot: Bot) -> None:
+    carol = bot.stack.new_user()
+    link(bot, carol, person())
+    with bot.stack.client() as client:
+        redeemed = client.post(
+            "/api/v1/telegram/links",
+            json={
+                "code": code_for(bot.stack, carol)["code"],
+                "telegram_user_id": 4242,
+                "telegram_username": "c",
+            },
+        )
+        assert redeemed.status_code == 201, redeemed.text
+        key = {"Authorization": f"Bearer {redeemed.json()['api_key']}"}
+        assert client.get("/api/v1/me", headers=key).json()["username"] == carol.username
+        assert client.get("/api/v1/history", headers=key).status_code == 200
+        for method, path in [
+            ("GET", "/api/v1/keys"),
+            ("POST", "/api/v1/telegram/codes"),
+            ("GET", "/api/v1/telegram/links"),
+            ("GET", "/api/v1/users"),
+        ]:
+            refused = client.request(method, path, headers=key)
+            assert refused.status_code == 403, (path, refused.text)
+            assert "may only chat" in refused.json()["detail"]
+        listed = client.get("/api/v1/keys", headers=carol.headers).json()["keys"]
+        assert [k["scope"] for k in listed] == ["chat", "chat"]
+        # The key's own link can be ended with it (the bot's /unlink), and then it is dead.
+        link_id = redeemed.json()["link"]["id"]
+        assert client.delete(f"/api/v1/telegram/links/{link_id}", headers=key).status_code == 200
+        assert client.get("/api/v1/me", headers=key).status_code == 401
+    # The bot's store holds its keys encrypted.
+    raw = bot.store.read_bytes() + b"".join(
+        p.read_bytes() for p in bot.store.parent.glob("bot.sqlite3*") if p != bot.store
+    )
+    rows = sqlite3.connect(bot.store).execute("SELECT count(*) FROM links").fetchone()[0]
+    assert rows >= 1 and b"gk-" not in raw
+
+
+# --- answers -------------------------------------------------------------------------------------------
+
+
+def test_a_linked_users_question_is_streamed_stored_and_cached_for_another_user(bot: Bot) -> None:
+    alice, bob = bot.stack.new_user(), bot.stack.new_user()
+    alice_phone, bob_phone = person(), person()
+    link(bot, alice, alice_phone)
+    link(bot, bob, bob_phone)
+    question = f"Name three colours of the rainbow ({uuid.uuid4().hex[:6]})."
+    actions_before = len(bot.api.actions)
+
+    (answer,) = ask(bot, alice_phone, question)
+    assert (alice_phone.id, "typing") in bot.api.actions[actions_before:]
+    assert answer.edits >= 1, "the answer was not streamed by edits"
+    (conversation,) = history(bot.stack, alice, 1)
+    (message,) = conversation["messages"]
+    assert message["prompt"] == question and message["source"] == "model"
+    assert answer.text == render(message["response"].strip()).text
+
+    (cached,) = ask(bot, bob_phone, question)
+    (bob_conversation,) = history(bot.stack, bob, 1)
+    assert bob_conversation["messages"][0]["source"] == "cache"
+    assert cached.text == answer.text
+
+
+def test_new_and_history_switch_conversations_in_the_users_language(bot: Bot) -> None:
+    dana = bot.stack.new_user()
+    phone = person("ru")
+    code = code_for(bot.stack, dana)["code"]
+    bot.api.send_text(phone, f"/link {code}")
+    assert bot.api.wait_messages(phone.id, 1)[0].text.startswith(f"Привязано к {dana.username}.")
+    ask(bot, phone, "First topic: apples.")
+    ask(bot, phone, "And pears?")
+    bot.api.send_text(phone, "/new")
+    assert bot.api.wait_messages(phone.id, 4)[3].text == "Следующее сообщение начнёт новый диалог."
+    ask(bot, phone, "Second topic: rivers.")
+    conversations = history(bot.stack, dana, 3)
+    assert sorted(len(c["messages"]) for c in conversations) == [1, 2]
+    first = next(c for c in conversations if len(c["messages"]) == 2)
+
+    bot.api.send_text(phone, "/history")
+    listing = bot.api.wait_messages(phone.id, 6)[5]
+    assert listing.text.startswith("Недавние диалоги")
+    buttons = [row[0] for row in listing.reply_markup["inline_keyboard"]]
+    assert len(buttons) == 2 and buttons[0]["text"].startswith("\u2022 ")  # the current one, newest
+    target = next(b for b in buttons if b["callback_data"] == f"c:{first['id']}")
+    query = bot.api.press(phone, listing, target["callback_data"])
+    switched = bot.api.wait_messages(phone.id, 7)[6]
+    assert switched.text.startswith("Продолжаем") and query in bot.api.callback_answers
+    ask(bot, phone, "And plums?")
+    by_id = {c["id"]: c for c in history(bot.stack, dana, 4)}
+    assert [m["prompt"] for m in by_id[first["id"]]["messages"]] == [
+        "First topic: apples.",
+        "And pears?",
+        "And plums?",
+    ]
+
+
+def test_the_31st_message_in_a_minute_gets_the_limit_message(bot: Bot) -> None:
+    erin = bot.stack.new_user()
+    phone = person()
+    link(bot, erin, phone)
+    before = len(bot.api.messages(phone.id))
+    for _ in range(31):
+        bot.api.send_text(phone, "Say OK.")
+    replies = bot.api.wait_for(
+        lambda: (
+            (found := bot.api.messages(phone.id)[before:]) and any("limit" in m.text for m in found) and found
+        ),
+        120,
+        "the limit message",
+    )
+    limited = [m for m in replies if "usage limit" in m.text]
+    assert len(limited) == 1, [m.text for m in replies]
+    assert re.fullmatch(r"You have reached your usage limit\. Please try again in \d+ s\.", limited[0].text)
+    assert replies[-1] is limited[0] and len(replies) == 31
+    answered = sum(len(c["messages"]) for c in history(bot.stack, erin, 30))
+    assert answered == 30
+
+
+# --- refusals ------------------------------------------------------------------------------------------
+
+
+def test_unlinked_accounts_group_chats_and_ended_links_get_no_answer(bot: Bot) -> None:
+    frank = bot.stack.new_user()
+    admin = {"Authorization": f"Bearer {bot.stack.login(bot.stack.admin_username, bot.stack.admin_password)}"}
+    phone, web_unlinked, self_unlinked, stranger = person(), person(), person(), person()
+    for who in (phone, web_unlinked, self_unlinked):
+        link(bot, frank, who)
+    ask(bot, phone, "Hello?")
+    answered = answered_asks(bot.stack)
+
+    (reply,) = ask(bot, stranger, "Hello?")
+    assert reply.text.startswith("This Telegram account is not linked to the assistant yet.")
+    (reply,) = ask(bot, phone, "Hello, everyone?", chat_id=-100123)
+    assert reply.text == "I only answer in a private chat with you. Open a chat with me to ask."
+
+    with bot.stack.client() as client:
+        listed = client.get("/api/v1/admin/telegram/links", headers=admin).json()["links"]
+        by_account = {x["telegram_user_id"]: x for x in listed if x["owner"] == frank.username}
+        assert set(by_account) == {phone.id, web_unlinked.id, self_unlinked.id}
+        # An admin revokes one link, the user unlinks another from the web page.
+        assert client.delete(f"/api/v1/telegram/links/{by_account[phone.id]['id']}", headers=admin).json()[
+            "revoked"
+        ]
+        assert client.delete(
+            f"/api/v1/telegram/links/{by_account[web_unlinked.id]['id']}", headers=frank.headers
+        ).json()["revoked"]
+    for who in (phone, web_unlinked):
+        (reply,) = ask(bot, who, "Still there?")
+        assert reply.text.startswith("This account's link was ended"), reply.text
+        (reply,) = ask(bot, who, "Hello again?")
+        assert reply.text.startswith("This Telegram account is not linked")
+    # The third unlinks from Telegram.
+    bot.api.send_text(self_unlinked, "/unlink")
+    assert (
+        bot.api.wait_messages(self_unlinked.id, 2)[1].text
+        == f"Unlinked. This account no longer acts for {frank.username}."
+    )
+    (reply,) = ask(bot, self_unlinked, "Hello?")
+    assert reply.text.startswith("This Telegram account is not linked")
+    assert answered_asks(bot.stack) == answered
+    with bot.stack.client() as client:
+        assert client.get("/api/v1/telegram/links", headers=frank.headers).json()["links"] == []
+        listed = client.get("/api/v1/admin/telegram/links?include_revoked=true", headers=admin).json()[
+            "links"
+        ]
+    assert sum(1 for x in listed if x["owner"] == frank.username and x["revoked"]) == 3
+
+
+# --- long answers, flood control and outages (the simulator's stack) ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def long_stack(work_dir: Path, postgres_server: infra.Service, redis_url: str) -> Iterator[RunningStack]:
+    database = databases.create_database(postgres_server.url)
+    try:
+        running = launch(
+            work_dir,
+            database,
+            redis_url.rsplit("/", 1)[0] + "/3",
+            upstream="sim",
+            upstream_args=["--itl-ms", "1", "--output-tokens", "2000"],
+            name="telegram-stack",
+        )
+        try:
+            yield running
+        finally:
+            running.stop_all()
+    finally:
+        databases.drop_database(postgres_server.url, database.rsplit("/", 1)[1].split("?")[0])
+
+
+@pytest.fixture(scope="module")
+def long_api() -> Iterator[FakeBotApi]:
+    yield from _fake(7000002)
+
+
+@pytest.fixture(scope="module")
+def long_bot(
+    long_stack: RunningStack, long_api: FakeBotApi, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Bot]:
+    running = Bot(long_stack, long_api, tmp_path_factory.mktemp("long-bot"), max_tokens="2000")
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_a_long_answer_is_split_between_words_and_flood_control_is_honoured(long_bot: Bot) -> None:
+    gina = long_bot.stack.new_user()
+    phone = person()
+    link(long_bot, gina, phone)
+    # Telegram's flood control strikes twice: on the answer's first message, and on an edit while streaming.
+    long_bot.api.flood("editMessageText", retry_after=1)
+    long_bot.api.flood("sendMessage", retry_after=1)
+    parts = ask(long_bot, phone, "Write a long story.", parts=3)
+    (conversation,) = history(long_bot.stack, gina, 1)
+    full = conversation["messages"][0]["response"]
+    assert len(full) >= 10_000
+    assert len(parts) >= 3 and all(utf16_len(p.text) <= LIMIT for p in parts)
+    # Every word whole, in order, nothing lost or repeated.
+    assert [w for p in parts for w in p.text.split()] == full.split()
+    assert long_bot.api.too_many == 2 and long_bot.api.violations == 0
+
+
+def test_the_bot_survives_the_gateway_being_down(long_bot: Bot) -> None:
+    hana = long_bot.stack.new_user()
+    phone = person()
+    link(long_bot, hana, phone)
+    long_bot.stack.stop("gateway")
+    try:
+        (reply,) = ask(long_bot, phone, "Are you there?")
+        assert reply.text == "The assistant is unavailable right now. Please try again in a minute."
+    finally:
+        long_bot.stack.start("gateway")
+        long_bot.stack.wait_healthy()
+    assert long_bot.proc.poll() is None
+    answer = ask(long_bot, phone, "Are you back?")
+    assert len(" ".join(m.text for m in answer).split()) > 100
+    assert [len(c["messages"]) for c in history(long_bot.stack, hana, 1)] == [1]
