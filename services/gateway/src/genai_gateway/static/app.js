@@ -7,6 +7,7 @@
 import * as api from "./api.js";
 import { applyI18n, languageSelect, onLangChange, t } from "./i18n.js";
 import { renderMarkdown } from "./markdown.js";
+import { initTelegram, resetTelegram } from "./telegram.js";
 import {
   confirmDialog,
   copyButton,
@@ -59,6 +60,7 @@ function announce(text) {
 
 function showLogin(message = "", kind = "error") {
   state.me = null;
+  resetTelegram();
   $("login-view").hidden = false;
   $("chat-view").hidden = true;
   $("sidebar").hidden = true;
@@ -742,6 +744,7 @@ async function start(me) {
 
 async function boot() {
   wire();
+  initTelegram();
   if (!api.session()) {
     showLogin();
     return;
