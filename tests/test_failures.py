@@ -17,6 +17,7 @@ def test_upstream_stopped_gives_503_with_a_message(live: RunningStack, user: Use
             )
             health = client.get("/health")
         assert response.status_code == 503
+        assert int(response.headers["retry-after"]) > 0
         assert "model" in response.json()["detail"]
         assert "unavailable" in response.json()["detail"]
         assert health.status_code == 503
@@ -42,6 +43,7 @@ def test_history_down_keeps_the_answer_and_the_exchange(live: RunningStack, user
         assert response.json()["response"]
         assert health["status"] == "degraded"
         assert health["history_spool"] >= 1
+        assert any("history" in reason for reason in health["reasons"]), health
     finally:
         live.start("history")
         live.wait_healthy()
@@ -63,5 +65,14 @@ def test_health_reports_every_dependency(live: RunningStack) -> None:
     with live.client() as client:
         body = client.get("/health").json()
     assert body["status"] == "ok", body
-    assert set(body["dependencies"]) == {"auth", "history", "inference_adapter", "model", "redis"}
+    assert set(body["dependencies"]) == {
+        "auth",
+        "history",
+        "inference_adapter",
+        "model",
+        "redis",
+        "postgres_auth",
+        "postgres_history",
+    }
     assert all(v == "ok" for v in body["dependencies"].values())
+    assert body["reasons"] == []

@@ -82,7 +82,7 @@ async def test_a_call_past_its_deadline_names_the_service(history: tuple[History
     with pytest.raises(ApiError) as late:
         await client.list_conversations(history_pb2.ListConversationsRequest())
     assert (
-        late.value.status == 504
-        and late.value.message == "the history service did not answer in time; try again"
+        late.value.status == 503
+        and late.value.message == "the history service did not answer in time; try again shortly"
     )
     assert late.value.grpc_code == grpc.StatusCode.DEADLINE_EXCEEDED

@@ -63,7 +63,7 @@ def test_error_message_of_plain_text_is_cut_short() -> None:
         (500, grpc.StatusCode.UNAVAILABLE),
         (503, grpc.StatusCode.UNAVAILABLE),
         (504, grpc.StatusCode.DEADLINE_EXCEEDED),
-        (418, grpc.StatusCode.INTERNAL),
+        (418, grpc.StatusCode.UNAVAILABLE),
     ],
 )
 def test_http_status_mapping(status: int, code: grpc.StatusCode) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 import re
+import time
 from pathlib import Path
 
 import asyncpg
@@ -25,9 +26,55 @@ QUERY_ERRORS = Counter(
 )
 POSTGRES_UP = Gauge("genai_postgres_up", "1 while this process's last probe of PostgreSQL succeeded, else 0")
 DATABASE_BYTES = Gauge("genai_postgres_database_size_bytes", "Size of the service's database on disk")
-# How often `watch_pool` probes the database, and how long a probe may take.
-PROBE_INTERVAL_S = 15.0
-PROBE_TIMEOUT_S = 5.0
+# How often `watch_pool` probes the database, and how long a probe may take: often and short enough for
+# the service's health (and so the gateway's /health) to follow an outage within a few seconds.
+PROBE_INTERVAL_S = 2.0
+PROBE_TIMEOUT_S = 2.0
+# The database's size changes slowly: read every this many probes.
+SIZE_EVERY = 8
+
+# What PostgreSQL being down, hung, restarting or out of connections looks like to asyncpg: refused or
+# reset connections and timeouts (OSError, TimeoutError), a connection lost mid-query (class 08), a server
+# shutting down, starting up or cancelling the query (class 57), no connection slot left (class 53), and a
+# pooled connection found closed (InterfaceError). A service answers these with UNAVAILABLE, not INTERNAL
+# (`genai_common.grpc_server.serve`'s `database_errors`): a retry later succeeds, nothing is broken.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.InterfaceError,
+)
+
+
+class DatabaseState:
+    """Whether this process can use PostgreSQL now, as its probes and its failed queries say.
+
+    Read by the service's health (`grpc.health.v1`, service name "postgres") and so by the gateway's
+    /health; set by `watch_pool` every probe, and at once by any query that fails with a DATABASE_ERRORS.
+    """
+
+    def __init__(self) -> None:
+        self.up = True
+        self.since = 0.0
+        self.reason = ""
+
+    def failed(self, exc: BaseException) -> None:
+        if self.up:
+            logger.warning("PostgreSQL does not answer (%s)", type(exc).__name__)
+            self.since = time.monotonic()
+        self.up = False
+        self.reason = type(exc).__name__
+        POSTGRES_UP.set(0)
+
+    def succeeded(self) -> None:
+        if not self.up:
+            logger.warning("PostgreSQL answers again")
+        self.up = True
+        self.reason = ""
+        POSTGRES_UP.set(1)
+
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -60,28 +107,33 @@ async def create_pool(dsn: str, min_size: int = 1, max_size: int = 10) -> asyncp
     return pool
 
 
-async def probe(pool: asyncpg.Pool) -> bool:
-    """One look at the database: `genai_postgres_up` and the database's size. Never raises."""
+async def probe(pool: asyncpg.Pool, state: DatabaseState | None = None, *, size: bool = True) -> bool:
+    """One look at the database: `genai_postgres_up` (and `state`), and the database's size. Never raises."""
+    state = state or DatabaseState()
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_S):
-            size = await pool.fetchval("SELECT pg_database_size(current_database())")
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            query = "SELECT pg_database_size(current_database())" if size else "SELECT 1"
+            value = await pool.fetchval(query)
+    except (*DATABASE_ERRORS, asyncpg.PostgresError) as exc:
         logger.debug("PostgreSQL probe failed: %s", type(exc).__name__)
-        POSTGRES_UP.set(0)
+        state.failed(exc)
         return False
-    POSTGRES_UP.set(1)
-    DATABASE_BYTES.set(int(size))
+    state.succeeded()
+    if size:
+        DATABASE_BYTES.set(int(value))
     return True
 
 
-async def watch_pool(pool: asyncpg.Pool, interval_s: float = PROBE_INTERVAL_S) -> None:
-    """Probe the database every `interval_s` until cancelled: a down database shows even when idle."""
-    up = True
+async def watch_pool(
+    pool: asyncpg.Pool, state: DatabaseState | None = None, interval_s: float = PROBE_INTERVAL_S
+) -> None:
+    """Probe the database every `interval_s` until cancelled: a down database shows even when idle, and
+    one that answers again shows without waiting for a request to try it."""
+    state = state or DatabaseState()
+    count = 0
     while not pool.is_closing():
-        now_up = await probe(pool)
-        if now_up != up:
-            logger.warning("PostgreSQL %s", "answers again" if now_up else "does not answer")
-            up = now_up
+        await probe(pool, state, size=count % SIZE_EVERY == 0)
+        count += 1
         await asyncio.sleep(interval_s)
 
 

@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -32,11 +34,31 @@ RPC_SECONDS = Histogram(
 )
 # Health checks come every few seconds from probes and carry no request: counted, not logged.
 _QUIET_METHODS = frozenset({"Check", "Watch"})
+# How often the health service's dependency statuses are brought up to date.
+DEPENDENCY_CHECK_S = 0.5
 RPC_IN_FLIGHT = Gauge("genai_grpc_server_in_flight", "RPCs being handled now, by method", ["method"])
 
 
+# Trailing metadata that tells the gateway an UNAVAILABLE's details are meant for the caller as they are.
+CALLER_MESSAGE = ("genai-caller-message", "1")
+# What a caller is told to wait before trying again after a dependency failure.
+RETRY_AFTER_S = 5
+
+
+@dataclass(frozen=True)
+class DependencyErrors:
+    """Errors of a dependency that a retry later fixes (PostgreSQL down or hung), answered UNAVAILABLE with
+    `message` (which names what is unavailable) instead of INTERNAL; `on_error` hears each one."""
+
+    errors: tuple[type[BaseException], ...]
+    message: str
+    on_error: Callable[[BaseException], None] | None = None
+
+
 @contextlib.asynccontextmanager
-async def _observed(method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+async def _observed(
+    method: str, context: grpc.aio.ServicerContext, dependency: DependencyErrors | None = None
+) -> AsyncIterator[None]:
     """One RPC's bookkeeping: its request id, count and time, and the answer to an unexpected error."""
     token = request_id.current_request_id.set(_incoming_request_id(context))
     started = time.perf_counter()
@@ -58,6 +80,17 @@ async def _observed(method: str, context: grpc.aio.ServicerContext) -> AsyncIter
             code = grpc.StatusCode.CANCELLED
             logger.info("%s ended before it could answer", method)
             raise asyncio.CancelledError from None
+        exc = sys.exc_info()[1]
+        if dependency is not None and isinstance(exc, dependency.errors):
+            code = grpc.StatusCode.UNAVAILABLE
+            logger.warning("%s: dependency unavailable (%s)", method, type(exc).__name__)
+            if dependency.on_error is not None:
+                dependency.on_error(exc)  # type: ignore[arg-type]
+            await context.abort(
+                code,
+                dependency.message,
+                trailing_metadata=(("retry-after", str(RETRY_AFTER_S)), CALLER_MESSAGE),
+            )
         code = grpc.StatusCode.INTERNAL
         logger.exception("unhandled error in %s", method)
         await context.abort(grpc.StatusCode.INTERNAL, "internal error")
@@ -78,17 +111,21 @@ async def _observed(method: str, context: grpc.aio.ServicerContext) -> AsyncIter
         request_id.current_request_id.reset(token)
 
 
-def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def _wrap_unary(
+    method: str, behavior: Callable[..., Awaitable[Any]], dependency: DependencyErrors | None
+) -> Callable[..., Awaitable[Any]]:
     async def wrapper(req: Any, context: grpc.aio.ServicerContext) -> Any:
-        async with _observed(method, context):
+        async with _observed(method, context, dependency):
             return await behavior(req, context)
 
     return wrapper
 
 
-def _wrap_stream(method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+def _wrap_stream(
+    method: str, behavior: Callable[..., Any], dependency: DependencyErrors | None
+) -> Callable[..., Any]:
     async def wrapper(req: Any, context: grpc.aio.ServicerContext) -> Any:
-        async with _observed(method, context):
+        async with _observed(method, context, dependency):
             async for item in behavior(req, context):
                 yield item
 
@@ -105,9 +142,13 @@ def _incoming_request_id(context: grpc.aio.ServicerContext) -> str:
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
     """Sets the request id, counts and times each RPC, and turns unexpected errors into INTERNAL.
 
-    Expected failures are raised by servicers with `await context.abort(code, message)`; anything else
-    is logged here with its traceback and answered with a generic message.
+    Expected failures are raised by servicers with `await context.abort(code, message)`; a dependency's
+    outage (`DependencyErrors`) is answered UNAVAILABLE with a message that names it; anything else is
+    logged here with its traceback and answered with a generic message.
     """
+
+    def __init__(self, dependency: DependencyErrors | None = None) -> None:
+        self._dependency = dependency
 
     async def intercept_service(
         self,
@@ -120,17 +161,32 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method.rsplit("/", 1)[-1]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method, handler.unary_unary),
+                _wrap_unary(method, handler.unary_unary, self._dependency),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(method, handler.unary_stream),
+                _wrap_stream(method, handler.unary_stream, self._dependency),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
+
+
+async def _report_dependencies(
+    health_servicer: health.aio.HealthServicer, dependencies: Mapping[str, Callable[[], bool]]
+) -> None:
+    """Keep each dependency's health status current (checked every DEPENDENCY_CHECK_S)."""
+    while True:
+        for dependency, usable in dependencies.items():
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if usable()
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            await health_servicer.set(dependency, status)
+        await asyncio.sleep(DEPENDENCY_CHECK_S)
 
 
 async def serve(
@@ -143,14 +199,21 @@ async def serve(
     on_stop: Callable[[], Awaitable[None]] | None = None,
     on_draining: Callable[[], None] | None = None,
     grace_s: float = 10.0,
+    dependency_errors: DependencyErrors | None = None,
+    dependencies: Mapping[str, Callable[[], bool]] | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting, let RPCs in flight finish, and clean up.
 
     `on_draining` runs first, for what must not hold up the shutdown: ending streams that never finish
     by themselves. `on_stop` runs once the RPCs are done.
+
+    `dependencies` (name -> is it usable now) are reported by the health service under their own names
+    (e.g. "postgres": SERVING or NOT_SERVING), beside the server's own status (""), which stays SERVING
+    while the process serves: a service whose database is down still answers what it can, and restarting
+    it would not bring the database back.
     """
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor()],
+        interceptors=[ServiceInterceptor(dependency_errors)],
         options=[
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
@@ -167,6 +230,9 @@ async def serve(
     await server.start()
     for service in [*service_names, ""]:
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    reporting = None
+    if dependencies:
+        reporting = asyncio.create_task(_report_dependencies(health_servicer, dependencies))
     logger.info("%s listening on %s", name, listen)
 
     stop = asyncio.Event()
@@ -177,6 +243,8 @@ async def serve(
     logger.info("%s stopping", name)
     if on_draining is not None:
         on_draining()
+    if reporting is not None:
+        reporting.cancel()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace_s)
     if on_stop is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 from genai.auth.v1 import auth_pb2
@@ -96,6 +96,10 @@ class ChangeFeed:
         self._subscribers: set[Subscription] = set()
         self._listening = False
         self._conn: asyncpg.Connection | None = None
+        # Within this process (auth's own memory of accounts, `genai_auth.remembered`): each change as it
+        # is heard, and each time the feed starts listening (notices may have been missed before).
+        self.on_change: list[Callable[[auth_pb2.CredentialChanges], None]] = []
+        self.on_listening: list[Callable[[], None]] = []
 
     @property
     def heartbeat_ms(self) -> int:
@@ -122,6 +126,8 @@ class ChangeFeed:
         if change is None:
             logger.warning("ignoring a credential notice of unknown shape")
             return
+        for observer in self.on_change:
+            observer(change)
         self._broadcast(change)
 
     def _on_termination(self, conn: asyncpg.Connection) -> None:
@@ -149,6 +155,8 @@ class ChangeFeed:
                 conn.add_termination_listener(self._on_termination)
                 await conn.add_listener(CHANNEL, self._on_notice)
                 self._listening = True
+                for observer in self.on_listening:
+                    observer()
                 while not stop.is_set():
                     # Notices committed before this round trip have been delivered once it returns, so the
                     # heartbeat after it vouches for everything before it. No longer than a heartbeat:

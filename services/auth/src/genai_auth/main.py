@@ -12,8 +12,8 @@ from genai_auth.schema import apply_migrations
 from genai_auth.servicer import SERVICE_NAME, AuthServicer
 from genai_auth.settings import AuthSettings
 from genai_common import runner
-from genai_common.db import create_pool, watch_pool
-from genai_common.grpc_server import serve
+from genai_common.db import DATABASE_ERRORS, DatabaseState, create_pool, watch_pool
+from genai_common.grpc_server import DependencyErrors, serve
 from genai_common.logs import setup_logging
 from genai_common.redis_client import create_redis
 from genai_common.settings import load_settings
@@ -21,6 +21,10 @@ from genai_common.settings import load_settings
 logger = logging.getLogger(__name__)
 
 UPKEEP_STOP_S = 15.0
+DATABASE_DOWN = (
+    "the authentication service cannot reach its database (PostgreSQL), so signing in and account "
+    "changes are unavailable; try again in a minute (signed-in sessions continue)"
+)
 
 
 async def run(settings: AuthSettings) -> None:
@@ -29,7 +33,9 @@ async def run(settings: AuthSettings) -> None:
     pool = await create_pool(settings.database_url)
     client = create_redis(settings.redis_url)
     feed = ChangeFeed(settings.database_url, heartbeat_s=settings.credential_feed_heartbeat_s)
-    servicer = AuthServicer.from_settings(settings, pool, client, feed)
+    # Whether PostgreSQL answers: probed, and told by failed queries; health service name "postgres".
+    database = DatabaseState()
+    servicer = AuthServicer.from_settings(settings, pool, client, feed, database)
     # Keeps the Redis copy of the revocations complete (after an outage, or a Redis that lost its data)
     # and deletes expired ones.
     stop_upkeep = asyncio.Event()
@@ -40,7 +46,7 @@ async def run(settings: AuthSettings) -> None:
     stop_relay = asyncio.Event()
     relay = asyncio.create_task(feed.run(stop_relay))
     # genai_postgres_up and the database's size, for the PostgreSQL alerts.
-    watch = asyncio.create_task(watch_pool(pool))
+    watch = asyncio.create_task(watch_pool(pool, database))
 
     async def close() -> None:
         stop_upkeep.set()
@@ -62,6 +68,9 @@ async def run(settings: AuthSettings) -> None:
         on_stop=close,
         # The streams of WatchCredentials last as long as the feed does.
         on_draining=stop_relay.set,
+        # A database outage is UNAVAILABLE with a message for the caller, never an internal error.
+        dependency_errors=DependencyErrors(DATABASE_ERRORS, DATABASE_DOWN, database.failed),
+        dependencies={"postgres": lambda: database.up},
     )
 
 

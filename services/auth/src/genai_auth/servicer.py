@@ -31,6 +31,7 @@ from genai_auth.directory import DirectoryClient, DirectoryUnavailable, Director
 from genai_auth.limiter import Attempt, LoginLimiter
 from genai_auth.limits import InvalidLimits, dump_limits, parse_limits
 from genai_auth.passwords import Passwords
+from genai_auth.remembered import RememberedUsers
 from genai_auth.revocation import RevocationList
 from genai_auth.settings import AuthSettings
 from genai_auth.telegram import CHAT_SCOPE, InvalidCode, TelegramLink, TelegramLinks
@@ -44,6 +45,7 @@ from genai_auth.users import (
     UserStore,
     check_password,
 )
+from genai_common.db import DatabaseState
 from genai_common.redis_guard import RedisGuard
 
 logger = logging.getLogger(__name__)
@@ -191,6 +193,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         group_grants: dict[str, GroupGrant] | None = None,
         unmapped_role: str | None = None,
         directory_session_s: int = 300,
+        accounts: RememberedUsers | None = None,
         telegram_code_ttl_s: int = 600,
     ) -> None:
         self._telegram = TelegramLinks(api_keys)
@@ -201,6 +204,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self._group_grants = group_grants or {}
         self._unmapped_role = unmapped_role
         self._directory_session_s = directory_session_s
+        # Answers the account lookups of token checks while PostgreSQL is down (genai_auth.remembered).
+        self._accounts = accounts if accounts is not None else RememberedUsers(users, trust_s=0)
         self._users = users
         self._feed = feed
         self._api_keys = api_keys
@@ -210,13 +215,30 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
     @classmethod
     def from_settings(
-        cls, settings: AuthSettings, pool: asyncpg.Pool, client: Redis, feed: ChangeFeed | None = None
+        cls,
+        settings: AuthSettings,
+        pool: asyncpg.Pool,
+        client: Redis,
+        feed: ChangeFeed | None = None,
+        database: DatabaseState | None = None,
     ) -> AuthServicer:
         """The servicer of one process; its Redis guard is shared by revocations and login throttling,
-        so a failure seen by either spares the other the timeout."""
+        so a failure seen by either spares the other the timeout. `database` hears the failures of the
+        account lookups that a PostgreSQL outage is answered from memory for."""
         guard = RedisGuard(settings.redis_cooldown_s, degraded_note=REDIS_DEGRADED)
+        users = UserStore(pool, Passwords.from_settings(settings))
+        accounts = RememberedUsers(
+            users,
+            trust_s=settings.outage_trust_s,
+            timeout_s=settings.database_timeout_s,
+            state=database,
+        )
+        if feed is not None:
+            feed.on_change.append(accounts.heard)
+            feed.on_listening.append(accounts.listening)
         return cls(
-            users=UserStore(pool, Passwords.from_settings(settings)),
+            accounts=accounts,
+            users=users,
             api_keys=ApiKeyStore(pool),
             tokens=Tokens.from_settings(settings),
             revocations=RevocationList(pool, client, guard),
@@ -262,7 +284,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             await self._refuse_token(context, str(exc))
         if await self._revocations.is_revoked(claims.jti, claims.family):
             await self._refuse_token(context, "token or its session chain revoked")
-        user = await self._users.get_by_id(claims.user_id)
+        user = await self._accounts.get_by_id(claims.user_id)
         if user is None:
             await self._refuse_token(context, "user no longer exists")
         if user.disabled:
@@ -427,6 +449,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         ttl = self._tokens.access_ttl_s
         if user.from_directory:
             ttl = min(ttl, self._directory_session_s)
+        # A session that starts now goes on through a PostgreSQL outage that starts next.
+        self._accounts.remember(user)
         pair = self._tokens.issue_pair(
             user_id=str(user.id), username=user.username, role=user.role, access_ttl_s=ttl, renewing=renewing
         )

@@ -81,6 +81,14 @@ class AuthSettings(UserStoreSettings):
     # Creating an API key asks for the password again unless the caller signed in with it this recently
     # (0: always ask).
     keys_fresh_login_s: int = Field(300, ge=0)
+    # While PostgreSQL is down or hung, a signed-in user's account (role, disabled flag, limits) as last
+    # read is trusted this long after that read, so sessions go on (their signature, expiry and the
+    # revocations in Redis are still checked); changes made meanwhile may be missed for this long.
+    # 0: trust nothing, every request of the outage is refused with 503 (see genai_auth.remembered).
+    outage_trust_s: float = Field(600.0, ge=0)
+    # The longest wait for an account lookup before the remembered account answers (below the gateway's
+    # 3 s deadline for auth calls).
+    database_timeout_s: float = Field(1.0, gt=0)
     # How long a Telegram link code made in the web page can be redeemed.
     telegram_code_ttl_s: int = Field(600, ge=30, le=3600)
 

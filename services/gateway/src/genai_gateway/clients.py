@@ -38,6 +38,10 @@ class _Client:
     # The answer to RESOURCE_EXHAUSTED: 429 where it means the caller asked too much, 503 where the
     # service as a whole is busy (`from_grpc`).
     busy_status = 429
+    # The answer to DEADLINE_EXCEEDED: a dependency that misses its deadline hangs (auth or history, their
+    # database, the model server), which the caller can only wait out: 503 with Retry-After. (The public
+    # gRPC API still answers DEADLINE_EXCEEDED.)
+    late_status = 503
 
     def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
         self.channel = channel
@@ -53,6 +57,17 @@ class _Client:
             return f"down: {exc.code().name.lower()}"
         return "ok" if reply.status == health_pb2.HealthCheckResponse.SERVING else "down: not serving"
 
+    async def dependency_health(self, name: str, timeout_s: float = 1.0) -> str:
+        """ "ok", or "down: <why>", for a dependency of the service (its health service's `name`, e.g.
+        "postgres"); "unknown" when the service does not report it or cannot be asked."""
+        try:
+            reply = await health_pb2_grpc.HealthStub(self.channel).Check(
+                health_pb2.HealthCheckRequest(service=name), timeout=timeout_s
+            )
+        except grpc.aio.AioRpcError as exc:
+            return f"unknown: {exc.code().name.lower()}"
+        return "ok" if reply.status == health_pb2.HealthCheckResponse.SERVING else "down: not answering"
+
     async def _call(
         self,
         method: Callable[..., Awaitable[R]],
@@ -64,7 +79,9 @@ class _Client:
         try:
             return await method(request, timeout=timeout_s or self.timeout_s, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
-            raise from_grpc(exc, self.what, busy_status=self.busy_status) from None
+            raise from_grpc(
+                exc, self.what, busy_status=self.busy_status, late_status=self.late_status
+            ) from None
 
     async def _stream(
         self,
@@ -80,7 +97,9 @@ class _Client:
             async for item in call:
                 yield item
         except grpc.aio.AioRpcError as exc:
-            raise from_grpc(exc, self.what, busy_status=self.busy_status) from None
+            raise from_grpc(
+                exc, self.what, busy_status=self.busy_status, late_status=self.late_status
+            ) from None
         finally:
             call.cancel()
 
@@ -131,7 +150,7 @@ class AuthClient(_Client):
         try:
             return await self.credentials.authenticate(self.stub, token, self.timeout_s)
         except grpc.aio.AioRpcError as exc:
-            raise from_grpc(exc, self.what) from None
+            raise from_grpc(exc, self.what, late_status=self.late_status) from None
 
     async def follow_changes(self) -> None:
         """Keep the credential cache honest from auth's change feed, for as long as the gateway runs."""

@@ -101,16 +101,26 @@ _GRPC_TO_HTTP: dict[grpc.StatusCode, tuple[int, str]] = {
 CALLER_MESSAGE = ("genai-caller-message", "1")
 
 
-def from_grpc(exc: grpc.aio.AioRpcError, what: str, *, busy_status: int = 429) -> ApiError:
+# How long a caller is told to wait after a dependency failure when the service gave no Retry-After.
+RETRY_AFTER_S = 5
+
+
+def from_grpc(
+    exc: grpc.aio.AioRpcError, what: str, *, busy_status: int = 429, late_status: int = 504
+) -> ApiError:
     """Translate a failed internal call; `what` names the dependency for messages about outages.
 
     `busy_status` is the answer to RESOURCE_EXHAUSTED: 429 where it means the caller asked too much
     (login attempts), 503 where the service as a whole is busy (the model's queue is full).
+    `late_status` is the answer to DEADLINE_EXCEEDED: 504 where the request itself took too long (a
+    generation), 503 where a service that answers in milliseconds did not (it, or its database, hangs).
     """
     code = exc.code()
     status, fallback = _GRPC_TO_HTTP.get(code, (500, "internal error"))
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         status = busy_status
+    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        status = late_status
     details = exc.details() or ""
     if status == 500:
         logger.error("%s failed: %s %s", what, code.name, details)
@@ -124,7 +134,7 @@ def from_grpc(exc: grpc.aio.AioRpcError, what: str, *, busy_status: int = 429) -
         logger.warning("%s unavailable: %s", what, details)
         message = f"{what} is unavailable; try again shortly"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        message = f"{what} did not answer in time; try again"
+        message = f"{what} did not answer in time; try again" + (" shortly" if status == 503 else "")
     else:
         message = details or fallback
     headers: dict[str, str] = {}
@@ -157,6 +167,9 @@ def error_body(status: int, message: str, code: str | None = None) -> dict[str, 
 def error_response(
     status: int, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
+    if status == 503 and not any(key.lower() == "retry-after" for key in headers or {}):
+        # Every 503 says when to come back, whichever dependency it is about.
+        headers = {**(headers or {}), "Retry-After": str(RETRY_AFTER_S)}
     return JSONResponse(error_body(status, message, code), status_code=status, headers=headers)
 
 

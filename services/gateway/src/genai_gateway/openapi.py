@@ -70,9 +70,16 @@ class Error(BaseModel):
 
 
 class HealthOut(BaseModel):
-    status: Literal["ok", "degraded", "down"]
+    status: Literal["ok", "degraded", "down"] = Field(
+        description="down (503): nobody gets answers; degraded: answers go on, something is missing"
+    )
+    reasons: list[str] = Field(description="what users cannot do now, one line per failing dependency")
     model: str | None = Field(description="the default model, once known")
-    dependencies: dict[str, str] = Field(description='per dependency: "ok" or "down: <why>"')
+    dependencies: dict[str, str] = Field(
+        description='per dependency (auth, history, inference_adapter, model, redis, and PostgreSQL as '
+        'postgres_auth and postgres_history see it): "ok", "down: <why>", or "unknown: <why>" when the '
+        "service that would say is down itself"
+    )
     history_spool: int = Field(description="exchanges waiting for the history service")
     redis_failure_policy: Literal["open", "closed"]
     credential_cache: str

@@ -1,8 +1,12 @@
 """Writing exchanges to history so that none is lost when the history service is down.
 
 A write that fails is kept in a Redis list (or, with Redis down too, in memory) and replayed by a
-background loop. Each exchange carries an id, and history stores an id once, so a replay that races
-another gateway's replay, or repeats after a crash, never duplicates a message.
+background loop, oldest first. Each exchange carries an id, and history stores an id once, so a replay that
+races another gateway's replay, or repeats after a crash, never duplicates a message.
+
+Once a write has failed, the following ones go straight to the spool until the loop has emptied it: a
+hung history (or PostgreSQL behind it) then costs one request its deadline, not every request, and no
+exchange overtakes the ones spooled before it.
 """
 
 from __future__ import annotations
@@ -49,9 +53,14 @@ class HistoryRecorder:
         self.redis = client
         self.guard = guard or RedisGuard()
         self._memory: deque[bytes] = deque(maxlen=memory_limit)
+        # Since a write failed, until the spool is empty again: write to the spool, not to history.
+        self.failing = False
 
     async def record(self, exchange: history_pb2.AppendExchangeRequest) -> str:
         """Store one exchange; return its conversation id, or "" when it was spooled for later."""
+        if self.failing:
+            await self._spool(exchange.SerializeToString())
+            return ""
         try:
             response = await self.history.append_exchange(exchange)
         except ApiError as exc:
@@ -61,6 +70,7 @@ class HistoryRecorder:
             logger.warning(
                 "history unavailable (%s), spooling exchange %s", exc.grpc_code.name, exchange.exchange_id
             )
+            self.failing = True
             await self._spool(exchange.SerializeToString())
             return ""
         return str(response.conversation_id)
@@ -114,7 +124,11 @@ class HistoryRecorder:
                 # Peek, write, then remove: a crash in between replays it later, and the exchange id
                 # makes that replay harmless.
                 raw = cast(bytes | None, await self.redis.lindex(SPOOL_KEY, 0))
-                if raw is None or not await self._replay(raw):
+                if raw is None:
+                    # Empty (this process's and the shared list): history takes writes directly again.
+                    self.failing = False
+                    return written
+                if not await self._replay(raw):
                     return written
                 await self.redis.lrem(SPOOL_KEY, 1, raw)  # type: ignore[arg-type]  # bytes are fine
                 written += 1

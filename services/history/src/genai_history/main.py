@@ -10,12 +10,12 @@ import grpc
 from genai.history.v1 import history_pb2_grpc
 
 from genai_common import runner
-from genai_common.db import create_pool, migrate, watch_pool
-from genai_common.grpc_server import serve
+from genai_common.db import DATABASE_ERRORS, DatabaseState, create_pool, migrate, watch_pool
+from genai_common.grpc_server import DependencyErrors, serve
 from genai_common.logs import setup_logging
 from genai_common.settings import load_settings
 from genai_history import retention
-from genai_history.servicer import SERVICE_NAME, HistoryServicer
+from genai_history.servicer import DATABASE_UNAVAILABLE, SERVICE_NAME, HistoryServicer
 from genai_history.settings import HistorySettings
 from genai_history.store import COMPONENT, MIGRATIONS_DIR, HistoryStore
 
@@ -31,8 +31,9 @@ async def run(settings: HistorySettings) -> None:
         logger.info("migrations applied: %d", len(applied))
     pool = await create_pool(dsn, max_size=settings.pool_max_size)
     servicer = HistoryServicer(HistoryStore(pool), settings)
-    # genai_postgres_up and the database's size, for the PostgreSQL alerts.
-    watch = asyncio.create_task(watch_pool(pool))
+    # genai_postgres_up and the database's size, for the PostgreSQL alerts; health service "postgres".
+    database = DatabaseState()
+    watch = asyncio.create_task(watch_pool(pool, database))
 
     def register(server: grpc.aio.Server) -> None:
         history_pb2_grpc.add_HistoryServiceServicer_to_server(servicer, server)
@@ -69,6 +70,9 @@ async def run(settings: HistorySettings) -> None:
             service_names=[SERVICE_NAME],
             metrics_port=settings.metrics_port,
             on_stop=close_pool,
+            # A database outage is UNAVAILABLE with a message for the caller, never an internal error.
+            dependency_errors=DependencyErrors(DATABASE_ERRORS, DATABASE_UNAVAILABLE, database.failed),
+            dependencies={"postgres": lambda: database.up},
         )
     except BaseException:
         # serve() closes the pool through on_stop only on a clean stop; a failed start must not leak it.

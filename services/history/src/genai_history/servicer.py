@@ -14,6 +14,7 @@ from typing import NoReturn
 import grpc
 from genai.history.v1 import history_pb2, history_pb2_grpc
 
+from genai_common.grpc_server import CALLER_MESSAGE, RETRY_AFTER_S
 from genai_common.request_id import current_request_id
 from genai_history import audit, usage
 from genai_history.audit import MAX_LABEL_CHARS, AuditEntry
@@ -393,13 +394,24 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
         )
 
 
+# Told to the caller as it is (the gateway passes it on with Retry-After), whichever query failed.
+DATABASE_UNAVAILABLE = (
+    "the history service cannot reach its database (PostgreSQL), so conversations cannot be read right "
+    "now; try again in a minute (new answers are kept and appear in your history afterwards)"
+)
+
+
 @asynccontextmanager
 async def _database(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
     try:
         yield
     except DATABASE_DOWN as exc:
         logger.warning("database unavailable: %s", type(exc).__name__)
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "history database is unavailable; try again later")
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE,
+            DATABASE_UNAVAILABLE,
+            trailing_metadata=(("retry-after", str(RETRY_AFTER_S)), CALLER_MESSAGE),
+        )
 
 
 async def _owner(value: str, context: grpc.aio.ServicerContext) -> uuid.UUID:

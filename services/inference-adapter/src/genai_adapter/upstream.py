@@ -11,7 +11,9 @@ What can go wrong, and what the caller sees (see `map_error`):
     404 (unknown model)                                             -> NOT_FOUND
     429                                                             -> RESOURCE_EXHAUSTED
     401, 403 (the adapter's API key is wrong)                       -> UNAVAILABLE, logged as an error
-    a body that is not the OpenAI shape                             -> INTERNAL
+    a body that is not the OpenAI shape, any other status           -> UNAVAILABLE, logged as an error
+      (the server is broken or is not a model server: the caller
+      can only try again later, like when it is down)
     no tokenizer endpoint (neither vLLM's nor llama.cpp's)          -> UNIMPLEMENTED
 
 Token counting uses whichever tokenizer endpoint the server has, found once and remembered:
@@ -170,7 +172,7 @@ def map_error(exc: Exception) -> UpstreamError:
             logger.warning("model server error HTTP %s: %s", status, detail)
             return UpstreamError(code.UNAVAILABLE, UNAVAILABLE_MESSAGE)
         logger.error("unexpected HTTP %s from the model server: %s", status, detail)
-        return UpstreamError(code.INTERNAL, f"unexpected answer from the model server (HTTP {status})")
+        return UpstreamError(code.UNAVAILABLE, f"unexpected answer from the model server (HTTP {status})")
     # A connect timeout means the server is unreachable, not slow: checked before other timeouts.
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         logger.warning("model server unreachable: %s", exc)
@@ -184,7 +186,7 @@ def map_error(exc: Exception) -> UpstreamError:
         return UpstreamError(code.UNAVAILABLE, UNAVAILABLE_MESSAGE)
     if isinstance(exc, BadUpstreamResponse):
         logger.error("invalid response from the model server: %s", exc)
-        return UpstreamError(code.INTERNAL, "the model server sent an invalid response")
+        return UpstreamError(code.UNAVAILABLE, "the model server sent an invalid response")
     raise TypeError(f"not an upstream failure: {exc!r}") from exc
 
 
