@@ -114,32 +114,37 @@ def code_for(stack: RunningStack, user: User) -> dict[str, Any]:
 
 
 def link(bot: Bot, user: User, who: TelegramUser, command: str = "/start") -> None:
-    code = code_for(bot.stack, user)["code"]
-    before = len(bot.api.messages(who.id))
-    bot.api.send_text(who, f"{command} {code}")
-    reply = bot.api.wait_messages(who.id, before + 1)[before]
+    reply = say(bot, who, f"{command} {code_for(bot.stack, user)['code']}")
     assert reply.text.startswith(f"Linked to {user.username}."), reply.text
 
 
-def ask(bot: Bot, who: TelegramUser, question: str, parts: int = 1, chat_id: int | None = None) -> list[Sent]:
-    """Send a question; the messages the bot sent for it once the answer is complete (not edited for a while)."""
+def say(bot: Bot, who: TelegramUser, text: str, chat_id: int | None = None) -> Sent:
+    """Send `text`; the one message the bot answers with (a reply that is not streamed)."""
     chat = who.id if chat_id is None else chat_id
     before = len(bot.api.messages(chat))
-    bot.api.send_text(who, question, chat_id=chat_id, chat_type="private" if chat_id is None else "group")
-    bot.api.wait_messages(chat, before + parts)
-    return settled(bot.api, chat, before)
+    bot.api.send_text(who, text, chat_id=chat_id, chat_type="private" if chat_id is None else "group")
+    return bot.api.wait_messages(chat, before + 1)[before]
 
 
-def settled(api: FakeBotApi, chat: int, before: int) -> list[Sent]:
-    """The chat's messages from index `before` once nothing changed in them for two seconds."""
-    last: Any = None
-    stable = 0
-    while stable < 40:
-        now = [(m.message_id, m.text) for m in api.messages(chat)[before:]]
-        stable = stable + 1 if now == last else 0
-        last = now
-        time.sleep(0.05)
-    return api.messages(chat)[before:]
+def answer(bot: Bot, user: User, who: TelegramUser, question: str, stored: int) -> list[Sent]:
+    """Send a question; the messages that carry its answer once they show all of it: the answer as the
+    gateway stored it in the user's history (then `stored` messages in all), word for word."""
+    before = len(bot.api.messages(who.id))
+    bot.api.send_text(who, question)
+    stored_messages = [m for c in history(bot.stack, user, stored) for m in c["messages"]]
+    response = max((m for m in stored_messages if m["prompt"] == question), key=lambda m: m["created_at_ms"])[
+        "response"
+    ]
+    words = render(response.strip()).text.split()
+    return bot.api.wait_for(
+        lambda: (
+            (sent := bot.api.messages(who.id)[before:])
+            and [w for m in sent for w in m.text.split()] == words
+            and sent
+        ),
+        60,
+        f"the answer to {question!r} in Telegram",
+    )
 
 
 def history(stack: RunningStack, user: User, messages: int | None = None) -> list[dict[str, Any]]:
@@ -275,51 +280,45 @@ def test_a_linked_users_question_is_streamed_stored_and_cached_for_another_user(
     question = f"Name three colours of the rainbow ({uuid.uuid4().hex[:6]})."
     actions_before = len(bot.api.actions)
 
-    (answer,) = ask(bot, alice_phone, question)
+    (reply,) = answer(bot, alice, alice_phone, question, stored=1)
     assert (alice_phone.id, "typing") in bot.api.actions[actions_before:]
-    assert answer.edits >= 1, "the answer was not streamed by edits"
-    (conversation,) = history(bot.stack, alice, 1)
+    assert reply.edits >= 1, "the answer was not streamed by edits"
+    (conversation,) = history(bot.stack, alice)
     (message,) = conversation["messages"]
-    assert message["prompt"] == question and message["source"] == "model"
-    assert answer.text == render(message["response"].strip()).text
+    assert message["source"] == "model" and conversation["origin"] == "chat"
+    assert reply.text == render(message["response"].strip()).text
 
-    (cached,) = ask(bot, bob_phone, question)
-    (bob_conversation,) = history(bot.stack, bob, 1)
+    (cached,) = answer(bot, bob, bob_phone, question, stored=1)
+    (bob_conversation,) = history(bot.stack, bob)
     assert bob_conversation["messages"][0]["source"] == "cache"
-    assert cached.text == answer.text
+    assert cached.text == reply.text
 
 
 def test_new_and_history_switch_conversations_in_the_users_language(bot: Bot) -> None:
     dana = bot.stack.new_user()
     phone = person("ru")
     code = code_for(bot.stack, dana)["code"]
-    bot.api.send_text(phone, f"/link {code}")
-    assert bot.api.wait_messages(phone.id, 1)[0].text.startswith(f"Привязано к {dana.username}.")
-    ask(bot, phone, "First topic: apples.")
-    ask(bot, phone, "And pears?")
-    bot.api.send_text(phone, "/new")
-    assert bot.api.wait_messages(phone.id, 4)[3].text == "Следующее сообщение начнёт новый диалог."
-    ask(bot, phone, "Second topic: rivers.")
-    conversations = history(bot.stack, dana, 3)
-    assert sorted(len(c["messages"]) for c in conversations) == [1, 2]
-    first = next(c for c in conversations if len(c["messages"]) == 2)
+    assert say(bot, phone, f"/link {code}").text.startswith(f"Привязано к {dana.username}.")
+    answer(bot, dana, phone, "First topic: apples.", stored=1)
+    assert say(bot, phone, "/new").text == "Следующее сообщение начнёт новый диалог."
+    # The same question in the new conversation (answered from the cache: no context differs).
+    answer(bot, dana, phone, "First topic: apples.", stored=2)
+    conversations = history(bot.stack, dana)
+    assert [len(c["messages"]) for c in conversations] == [1, 1]
+    first = conversations[-1]  # the older one
 
-    bot.api.send_text(phone, "/history")
-    listing = bot.api.wait_messages(phone.id, 6)[5]
+    listing = say(bot, phone, "/history")
     assert listing.text.startswith("Недавние диалоги")
     buttons = [row[0] for row in listing.reply_markup["inline_keyboard"]]
     assert len(buttons) == 2 and buttons[0]["text"].startswith("\u2022 ")  # the current one, newest
     target = next(b for b in buttons if b["callback_data"] == f"c:{first['id']}")
+    before = len(bot.api.messages(phone.id))
     query = bot.api.press(phone, listing, target["callback_data"])
-    switched = bot.api.wait_messages(phone.id, 7)[6]
+    switched = bot.api.wait_messages(phone.id, before + 1)[before]
     assert switched.text.startswith("Продолжаем") and query in bot.api.callback_answers
-    ask(bot, phone, "And plums?")
-    by_id = {c["id"]: c for c in history(bot.stack, dana, 4)}
-    assert [m["prompt"] for m in by_id[first["id"]]["messages"]] == [
-        "First topic: apples.",
-        "And pears?",
-        "And plums?",
-    ]
+    answer(bot, dana, phone, "And pears?", stored=3)
+    by_id = {c["id"]: c for c in history(bot.stack, dana)}
+    assert [m["prompt"] for m in by_id[first["id"]]["messages"]] == ["First topic: apples.", "And pears?"]
 
 
 def test_the_31st_message_in_a_minute_gets_the_limit_message(bot: Bot) -> None:
@@ -327,21 +326,20 @@ def test_the_31st_message_in_a_minute_gets_the_limit_message(bot: Bot) -> None:
     phone = person()
     link(bot, erin, phone)
     before = len(bot.api.messages(phone.id))
+    # Each question in a new conversation: after the first, the answers come from the cache.
     for _ in range(31):
+        bot.api.send_text(phone, "/new")
         bot.api.send_text(phone, "Say OK.")
-    replies = bot.api.wait_for(
-        lambda: (
-            (found := bot.api.messages(phone.id)[before:]) and any("limit" in m.text for m in found) and found
-        ),
+    bot.api.wait_for(
+        lambda: any("usage limit" in m.text for m in bot.api.messages(phone.id)[before:]),
         120,
         "the limit message",
     )
-    limited = [m for m in replies if "usage limit" in m.text]
-    assert len(limited) == 1, [m.text for m in replies]
-    assert re.fullmatch(r"You have reached your usage limit\. Please try again in \d+ s\.", limited[0].text)
-    assert replies[-1] is limited[0] and len(replies) == 31
-    answered = sum(len(c["messages"]) for c in history(bot.stack, erin, 30))
-    assert answered == 30
+    assert sum(len(c["messages"]) for c in history(bot.stack, erin, 30)) == 30
+    replies = [m for m in bot.api.messages(phone.id)[before:] if not m.text.startswith("A new conversation")]
+    assert len(replies) == 31, [m.text for m in replies]
+    assert re.fullmatch(r"You have reached your usage limit\. Please try again in \d+ s\.", replies[-1].text)
+    assert not any("limit" in m.text or "unavailable" in m.text for m in replies[:-1])
 
 
 # --- refusals ------------------------------------------------------------------------------------------
@@ -353,39 +351,37 @@ def test_unlinked_accounts_group_chats_and_ended_links_get_no_answer(bot: Bot) -
     phone, web_unlinked, self_unlinked, stranger = person(), person(), person(), person()
     for who in (phone, web_unlinked, self_unlinked):
         link(bot, frank, who)
-    ask(bot, phone, "Hello?")
+    answer(bot, frank, phone, "Hello?", stored=1)
     answered = answered_asks(bot.stack)
 
-    (reply,) = ask(bot, stranger, "Hello?")
-    assert reply.text.startswith("This Telegram account is not linked to the assistant yet.")
-    (reply,) = ask(bot, phone, "Hello, everyone?", chat_id=-100123)
-    assert reply.text == "I only answer in a private chat with you. Open a chat with me to ask."
+    assert say(bot, stranger, "Hello?").text.startswith(
+        "This Telegram account is not linked to the assistant yet."
+    )
+    group = say(bot, phone, "Hello, everyone?", chat_id=-100123)
+    assert group.text == "I only answer in a private chat with you. Open a chat with me to ask."
 
     with bot.stack.client() as client:
         listed = client.get("/api/v1/admin/telegram/links", headers=admin).json()["links"]
         by_account = {x["telegram_user_id"]: x for x in listed if x["owner"] == frank.username}
         assert set(by_account) == {phone.id, web_unlinked.id, self_unlinked.id}
         # An admin revokes one link, the user unlinks another from the web page.
-        assert client.delete(f"/api/v1/telegram/links/{by_account[phone.id]['id']}", headers=admin).json()[
-            "revoked"
-        ]
-        assert client.delete(
+        revoked = client.delete(f"/api/v1/telegram/links/{by_account[phone.id]['id']}", headers=admin)
+        assert revoked.json()["revoked"]
+        unlinked = client.delete(
             f"/api/v1/telegram/links/{by_account[web_unlinked.id]['id']}", headers=frank.headers
-        ).json()["revoked"]
+        )
+        assert unlinked.json()["revoked"]
     for who in (phone, web_unlinked):
-        (reply,) = ask(bot, who, "Still there?")
-        assert reply.text.startswith("This account's link was ended"), reply.text
-        (reply,) = ask(bot, who, "Hello again?")
-        assert reply.text.startswith("This Telegram account is not linked")
+        assert say(bot, who, "Still there?").text.startswith("This account's link was ended"), who
+        assert say(bot, who, "Hello again?").text.startswith("This Telegram account is not linked")
     # The third unlinks from Telegram.
-    bot.api.send_text(self_unlinked, "/unlink")
     assert (
-        bot.api.wait_messages(self_unlinked.id, 2)[1].text
+        say(bot, self_unlinked, "/unlink").text
         == f"Unlinked. This account no longer acts for {frank.username}."
     )
-    (reply,) = ask(bot, self_unlinked, "Hello?")
-    assert reply.text.startswith("This Telegram account is not linked")
+    assert say(bot, self_unlinked, "Hello?").text.startswith("This Telegram account is not linked")
     assert answered_asks(bot.stack) == answered
+    assert sum(len(c["messages"]) for c in history(bot.stack, frank)) == 1
     with bot.stack.client() as client:
         assert client.get("/api/v1/telegram/links", headers=frank.headers).json()["links"] == []
         listed = client.get("/api/v1/admin/telegram/links?include_revoked=true", headers=admin).json()[
@@ -440,8 +436,8 @@ def test_a_long_answer_is_split_between_words_and_flood_control_is_honoured(long
     # Telegram's flood control strikes twice: on the answer's first message, and on an edit while streaming.
     long_bot.api.flood("editMessageText", retry_after=1)
     long_bot.api.flood("sendMessage", retry_after=1)
-    parts = ask(long_bot, phone, "Write a long story.", parts=3)
-    (conversation,) = history(long_bot.stack, gina, 1)
+    parts = answer(long_bot, gina, phone, "Write a long story.", stored=1)
+    (conversation,) = history(long_bot.stack, gina)
     full = conversation["messages"][0]["response"]
     assert len(full) >= 10_000
     assert len(parts) >= 3 and all(utf16_len(p.text) <= LIMIT for p in parts)
@@ -456,12 +452,12 @@ def test_the_bot_survives_the_gateway_being_down(long_bot: Bot) -> None:
     link(long_bot, hana, phone)
     long_bot.stack.stop("gateway")
     try:
-        (reply,) = ask(long_bot, phone, "Are you there?")
+        reply = say(long_bot, phone, "Are you there?")
         assert reply.text == "The assistant is unavailable right now. Please try again in a minute."
     finally:
         long_bot.stack.start("gateway")
         long_bot.stack.wait_healthy()
     assert long_bot.proc.poll() is None
-    answer = ask(long_bot, phone, "Are you back?")
-    assert len(" ".join(m.text for m in answer).split()) > 100
-    assert [len(c["messages"]) for c in history(long_bot.stack, hana, 1)] == [1]
+    parts = answer(long_bot, hana, phone, "Are you back?", stored=1)
+    assert len(" ".join(m.text for m in parts).split()) > 100
+    assert [len(c["messages"]) for c in history(long_bot.stack, hana)] == [1]
