@@ -3,6 +3,8 @@
 # dumps older than the retention period. Restore with restore.sh next to this file.
 #
 #   backup.sh                  one dump, then retention
+#   backup.sh --once           the same (for `docker compose run backup --once`, which replaces the
+#                              service's `--every` arguments)
 #   backup.sh --every SECONDS  forever: a dump every SECONDS (the compose `backup` service)
 #
 # Connection: BACKUP_DATABASE_URL (postgresql://...) if set, else libpq's PGHOST, PGPORT, PGUSER,
@@ -80,8 +82,8 @@ if [ "${1:-}" = "--every" ]; then
         sleep "$every" &
         wait $!
     done
-elif [ "$#" -gt 0 ]; then
-    sed -n '2,16s/^# \{0,1\}//p' "$0" >&2
+elif [ "$#" -gt 0 ] && [ "$*" != "--once" ]; then
+    sed -n '2,18s/^# \{0,1\}//p' "$0" >&2
     exit 2
 else
     run_once
