@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from tests.harness import RunningStack, User
@@ -72,3 +73,27 @@ def test_bad_max_tokens_and_empty_prompt_get_422(live: RunningStack, user: User)
     assert empty.status_code == 422 and "empty" in empty.json()["detail"]
     assert wrong_type.status_code == 422 and "prompt" in wrong_type.json()["detail"]
     assert not_json.status_code == 422
+
+
+def test_a_streamed_answer_reports_and_is_charged_the_tokens_it_spent(live: RunningStack, user: User) -> None:
+    # llama.cpp's server sends no usage in a stream (it ignores stream_options): the adapter counts the
+    # tokens with the server's tokenizer, so quotas and usage reports see streamed answers too.
+    prompt = f"Name two Linux commands for files. ({uuid.uuid4().hex[:6]})"
+    done = None
+    with live.client() as client:
+        with client.stream(
+            "POST", "/ask", json={"prompt": prompt, "max_tokens": 12, "stream": True}, headers=user.headers
+        ) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                event = json.loads(line[len("data: ") :]) if line.startswith("data: {") else {}
+                if event.get("type") == "done":
+                    done = event
+        assert done is not None and done["source"] == "model", done
+        usage = done["usage"]
+        assert usage["prompt_tokens"] > 0 and 0 < usage["completion_tokens"] <= 12, usage
+        assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+        # The same figures are in the user's history, which usage reports are made from.
+        stored = client.get(f"/api/v1/history/{done['conversation_id']}", headers=user.headers)
+    assert stored.status_code == 200, stored.text
+    assert stored.json()["messages"][-1]["usage"] == usage

@@ -109,7 +109,11 @@ async def test_stream_without_upstream_usage(
     chunks = [c async for c in stub.GenerateStream(ask(), timeout=10)]
     assert len(chunks) == 4
     assert chunks[-1].finish_reason == "stop"
-    assert chunks[-1].usage == inference_pb2.Usage()
+    # Counted by the server's tokenizer instead: the prompt's text and template, and the answer.
+    usage = chunks[-1].usage
+    assert usage.completion_tokens == 3, usage
+    assert usage.prompt_tokens > 0, usage
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
 async def test_list_models(adapter: AdapterFactory, simulators: Callable[..., SimulatorProcess]) -> None:

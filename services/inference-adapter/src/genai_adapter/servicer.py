@@ -112,6 +112,10 @@ _RESERVED_FIELDS = frozenset(
 )
 # Texts one CountTokens call may count (each is one request to the model server).
 MAX_COUNT_TEXTS = 1024
+# Tokens a chat template adds around each message, counted on top of its text (as the gateway does).
+MESSAGE_OVERHEAD_TOKENS = 8
+# Counting a finished stream's tokens when the server sent no usage: at most this long.
+COUNT_AFTER_STREAM_S = 5.0
 
 
 def _sampling_value(value: float) -> float:
@@ -382,6 +386,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     ) -> AsyncIterator[inference_pb2.GenerateChunk]:
         first = True
         last_at = 0.0
+        generated: list[str] = []
         try:
             # aclosing: when this call ends early (caller cancelled), the HTTP stream is closed now.
             async with aclosing(self._upstream.stream(path, payload, context.time_remaining())) as events:
@@ -389,6 +394,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     if event.last:
                         UPSTREAM_CALLS.labels("GenerateStream", "OK").inc()
                         usage = _usage(event.usage)
+                        if not usage.completion_tokens and generated:
+                            usage = await self._counted_usage(payload, generated, context)
                         GENERATION_SECONDS.labels("GenerateStream").observe(time.perf_counter() - started)
                         _count_tokens(usage)
                         yield inference_pb2.GenerateChunk(
@@ -402,6 +409,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                         else:
                             INTER_TOKEN_SECONDS.observe(now - last_at)
                         last_at = now
+                        generated.append(event.text + "".join(c.arguments for c in event.tool_calls))
                         yield inference_pb2.GenerateChunk(
                             text=event.text, model=event.model, tool_calls=_tool_calls(event.tool_calls)
                         )
@@ -410,6 +418,36 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         except asyncio.CancelledError:
             UPSTREAM_CALLS.labels("GenerateStream", "CANCELLED").inc()
             raise
+
+    async def _counted_usage(
+        self, payload: dict[str, Any], generated: list[str], context: grpc.aio.ServicerContext
+    ) -> inference_pb2.Usage:
+        """What a stream that carried no usage spent (llama.cpp's server ignores `stream_options`), counted by
+        the server's own tokenizer, so that quotas and usage reports see streamed answers too.
+
+        The prompt is counted as its texts plus a chat template's few tokens per message. If counting
+        fails, each streamed chunk counts as one token (servers send one token per chunk) and the prompt
+        as nothing: an undercount, never a refusal of an answer already given.
+        """
+        if "messages" in payload:
+            texts = [str(m.get("content") or "") for m in payload["messages"]]
+            overhead = MESSAGE_OVERHEAD_TOKENS * len(texts)
+        else:
+            texts, overhead = [str(payload.get("prompt") or "")], 0
+        try:
+            counted = await self._upstream.count_tokens(
+                payload["model"],
+                [*texts, "".join(generated)],
+                min(COUNT_AFTER_STREAM_S, context.time_remaining() or COUNT_AFTER_STREAM_S),
+            )
+        except UpstreamError as exc:
+            logger.warning("a streamed answer's tokens could not be counted: %s", exc.message)
+            return inference_pb2.Usage(completion_tokens=len(generated), total_tokens=len(generated))
+        prompt = sum(counted.counts[:-1]) + overhead
+        completion = counted.counts[-1]
+        return inference_pb2.Usage(
+            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        )
 
     async def ListModels(
         self, request: inference_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
