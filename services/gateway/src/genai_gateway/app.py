@@ -24,6 +24,7 @@ from genai_gateway.pipeline import AskPipeline
 from genai_gateway.quota import Quotas
 from genai_gateway.routers import admin, ask, auth, dialogs, health, history, keys, openai, telegram, users
 from genai_gateway.settings import GatewaySettings
+from genai_gateway.similar import SimilarLayer
 from genai_gateway.spool import HistoryRecorder
 
 STATIC_DIR = resources.files("genai_gateway") / "static"
@@ -73,8 +74,21 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             guard=guard,
             max_entry_chars=settings.cache_max_entry_chars,
         )
+        similar = None
+        if settings.similar_enabled and settings.cache_enabled:
+            similar = SimilarLayer(
+                backends.redis,
+                settings.cache_ttl_s,
+                threshold=settings.similar_threshold,
+                word_threshold=settings.similar_word_threshold,
+                guard=guard,
+            )
+            similar.embedder.threads = settings.similar_threads
+            # The model loads in a thread while the gateway starts serving; until then the layer is bypassed.
+            similar.start()
+        app.state.similar = similar
         app.state.pipeline = pipeline = AskPipeline(
-            settings, backends.model, backends.history, cache, recorder, quotas
+            settings, backends.model, backends.history, cache, recorder, quotas, similar
         )
         drain = asyncio.create_task(recorder.drain_forever(settings.spool_drain_interval_s))
         follow = None
@@ -94,6 +108,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
             await pipeline.drain()
+            if similar is not None:
+                similar.close()
             await backends.close()
             if metrics_server is not None:
                 metrics_server.shutdown()

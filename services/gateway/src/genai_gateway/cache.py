@@ -1,8 +1,9 @@
 """Answers kept in Redis, keyed by everything that shapes an answer: model, messages, generation parameters.
 
 Requests that differ only in whitespace share an entry, and, with the case-insensitive setting, those
-that differ only in letter case ("identical or similar requests", as the seeds put it). Meaning-based
-("semantic") matching is deliberately absent: it answers questions that were not asked.
+that differ only in letter case ("identical or similar requests", as the seeds put it). The same question in
+other words is the similar-request layer's (similar.py), which looks the answer up here by its key: meaning
+alone would answer questions that were not asked, so that layer first checks every decisive detail.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from genai_common.redis_guard import RedisGuard
 logger = logging.getLogger(__name__)
 
 PREFIX = "cache:v1:"
-# `layer`: which kind of match a look-up tries. There is one today, "normalized" (whitespace collapsed,
-# and letter case too with the case-insensitive setting), which also finds exact repeats; a later kind of
-# match gets a layer of its own. `result`: hit, miss, error (Redis failed), bypassed (cache off or
-# Redis cooling off after a failure).
+# `layer`: which kind of match a look-up tries: "normalized" (whitespace collapsed, and letter case too with
+# the case-insensitive setting), which also finds exact repeats, and "similar" (similar.py). `result`: hit,
+# miss, error (Redis failed), bypassed (cache off, Redis cooling off after a failure, or for "similar" a
+# request it does not take or its model still loading).
 LAYER = "normalized"
 LOOKUPS = Counter(
     "genai_gateway_cache_lookups_total", "Answer cache look-ups by layer and result", ["layer", "result"]
@@ -110,11 +111,15 @@ class AnswerCache:
         LOOKUPS.labels(LAYER, "hit").inc()
         return answer
 
-    async def put(self, key: str, answer: CachedAnswer) -> None:
+    async def put(self, key: str, answer: CachedAnswer, *, overwrite: bool = True) -> None:
+        """Store an answer; with overwrite=False only where none is stored (a regenerated answer never
+        replaces the one other callers are given)."""
         if not self.enabled or not self.guard.available or len(answer.text) > self.max_entry_chars:
             return
         try:
-            await self.client.set(key, json.dumps(asdict(answer), ensure_ascii=False), ex=self.ttl_s)
+            await self.client.set(
+                key, json.dumps(asdict(answer), ensure_ascii=False), ex=self.ttl_s, nx=not overwrite
+            )
         except (RedisError, OSError) as exc:
             self.guard.failed(exc)
 

@@ -37,7 +37,7 @@ from pydantic.json_schema import models_json_schema
 
 from genai_gateway.errors import error_response
 from genai_gateway.routers import openai as openai_routes
-from genai_gateway.schemas import MAX_LIMIT, UNLIMITED, Usage
+from genai_gateway.schemas import MAX_LIMIT, SIMILARITY, UNLIMITED, Usage
 from genai_gateway.security import CHAT_ONLY, CHAT_SCOPE_ROUTES, admin_principal, current_principal
 from genai_gateway.settings import GatewaySettings
 
@@ -120,6 +120,7 @@ class ChatCompletion(BaseModel):
     usage: Usage
     source: Literal["model", "cache"]
     conversation_id: str | None
+    similarity: float | None = Field(None, ge=0, le=1, description=SIMILARITY)
 
 
 class CompletionChoice(BaseModel):
@@ -140,6 +141,7 @@ class Completion(BaseModel):
     usage: Usage
     source: Literal["model", "cache"]
     conversation_id: str | None
+    similarity: float | None = Field(None, ge=0, le=1, description=SIMILARITY)
 
 
 class ExportedMessage(BaseModel):
@@ -296,6 +298,12 @@ ROUTE_ERRORS: dict[str, Reasons] = {
         400: f"`to` is before `from`, more than 366 days, or {BAD_CURSOR}",
     },
     "DELETE /api/v1/admin/cache": {503: "the cache cannot be purged (Redis is unavailable)"},
+    "GET /api/v1/admin/cache/similar": {503: "Redis is unavailable"},
+    "PATCH /api/v1/admin/cache/similar": {
+        400: "the layer is switched off in the gateway's settings",
+        503: "Redis is unavailable",
+    },
+    "DELETE /api/v1/admin/cache/similar": {503: "Redis is unavailable"},
     "GET /health": {503: "auth, the inference adapter or the model is down (with the health body)"},
 }
 

@@ -6,7 +6,8 @@ POST /ask, the OpenAI-compatible routes and the public gRPC API each turn their 
 1. `admit`: the input is checked (sizes, max_tokens, stops), the model resolved (an unknown one is
    refused before it counts), and the caller's limits counted (Redis, atomic; 429 when over one);
 2. `Ticket.events`: the conversation's earlier turns are fetched and trimmed to what the model's context
-   holds, by the model server's own token count; the cache is read (unless the caller regenerates);
+   holds, by the model server's own token count; the cache is read (unless the caller regenerates):
+   exact and normalised, then, for a lone question, the similar-request layer (similar.py);
    an identical request in flight is joined, or a generation is started (whole or streamed);
 3. afterwards, however the request ended: a whole answer is cached, the slot given back and the tokens
    charged (`Quotas.settle`), and the exchange recorded in history (spooled if history is down).
@@ -40,6 +41,7 @@ from genai_gateway.clients import HistoryClient, ModelClient
 from genai_gateway.errors import ApiError
 from genai_gateway.quota import Admission, Quotas
 from genai_gateway.settings import GatewaySettings
+from genai_gateway.similar import Probe, SimilarLayer, eligible
 from genai_gateway.spool import HistoryRecorder
 
 logger = logging.getLogger(__name__)
@@ -116,6 +118,8 @@ class Answer:
     coalesced: bool = False
     # Function calls the model asked for, in OpenAI's shape ({"id", "type", "function": {...}}).
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    # Served for a similar question (similar.py): the cosine similarity of the two questions.
+    similarity: float | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -257,8 +261,10 @@ class AskPipeline:
         cache: AnswerCache,
         recorder: HistoryRecorder,
         quotas: Quotas,
+        similar: SimilarLayer | None = None,
     ) -> None:
         self.settings = settings
+        self.similar = similar
         self.model = model
         self.history = history
         self.cache = cache
@@ -466,7 +472,8 @@ class AskPipeline:
             request.tool_choice_json = json.dumps(generation.tool_choice)
         return request
 
-    def _key(self, principal: auth_pb2.Principal, generation: Generation, messages: list[Message]) -> str:
+    def _params(self, generation: Generation) -> dict[str, Any]:
+        """Everything besides the messages that shapes an answer."""
         params: dict[str, Any] = {
             "max_tokens": generation.max_tokens,
             "temperature": generation.temperature,
@@ -480,18 +487,49 @@ class AskPipeline:
                 params[name] = getattr(generation, name)
         if generation.prompt is not None:
             params["prompt"] = " ".join(generation.prompt.split())
+        return params
+
+    def _scope(self, principal: auth_pb2.Principal) -> str:
+        return principal.user_id if self.settings.cache_scope == "user" else ""
+
+    def _key(self, principal: auth_pb2.Principal, generation: Generation, messages: list[Message]) -> str:
         return cache_key(
             generation.model,
             messages,
-            params,
+            self._params(generation),
             case_insensitive=self.settings.cache_case_insensitive,
-            scope=principal.user_id if self.settings.cache_scope == "user" else "",
+            scope=self._scope(principal),
+        )
+
+    async def _probe(self, principal: auth_pb2.Principal, generation: Generation) -> Probe | None:
+        """The request ready for the similar-request layer, if it is on and the request eligible."""
+        if self.similar is None or generation.no_cache or generation.conversation_id or generation.prompt:
+            return None
+        extras = any(
+            value is not None
+            for value in (generation.response_format, generation.tools, generation.tool_choice)
+        )
+        text = eligible(generation.messages, extras)
+        if text is None:
+            return None
+        return await self.similar.probe(
+            text, generation.model, self._params(generation), self._scope(principal)
         )
 
     def _flight(
-        self, key: str, request: inference_pb2.GenerateRequest, streaming: bool
+        self,
+        key: str,
+        request: inference_pb2.GenerateRequest,
+        streaming: bool,
+        *,
+        probe: Probe | None = None,
+        regenerated: bool = False,
     ) -> tuple[Flight, bool]:
-        """The generation for `key`: the one in progress if there is one (True), otherwise a new one."""
+        """The generation for `key`: the one in progress if there is one (True), otherwise a new one.
+
+        A regenerated answer is stored only where no answer is (it never replaces one that others are
+        given) and is not offered to similar questions.
+        """
         flight = self._flights.get(key)
         if flight is not None and not flight.done:
             COALESCED.inc()
@@ -506,7 +544,9 @@ class AskPipeline:
                 else:
                     answer = await self._generate(flight, request)
                 # Cached before the flight ends, so that no identical request slips in between the two.
-                await self._store(key, answer)
+                stored = await self._store(key, answer, overwrite=not regenerated)
+                if stored and probe is not None and self.similar is not None and not regenerated:
+                    await self.similar.add(probe, key)
                 flight.finish(answer)
             except ApiError as exc:
                 flight.fail(exc)
@@ -560,7 +600,8 @@ class AskPipeline:
 
     # --- 3. afterwards -------------------------------------------------------------------------------
 
-    async def _store(self, key: str, answer: Answer) -> None:
+    async def _store(self, key: str, answer: Answer, *, overwrite: bool = True) -> bool:
+        """Cache a whole text answer; True if it was one."""
         # Only whole text answers are worth repeating: a cut-off one would be served cut off for the TTL,
         # and a tool call is a step of the caller's own program.
         if answer.finish_reason in COMPLETE and answer.text and not answer.tool_calls:
@@ -573,7 +614,10 @@ class AskPipeline:
                     completion_tokens=answer.completion_tokens,
                     finish_reason=answer.finish_reason,
                 ),
+                overwrite=overwrite,
             )
+            return True
+        return False
 
     async def _record(self, principal: auth_pb2.Principal, generation: Generation, answer: Answer) -> str:
         return await self.recorder.record(
@@ -672,8 +716,15 @@ class Ticket:
             messages = system + context + [m for m in messages if m["role"] != "system"]
         key = pipeline._key(principal, generation, messages)
         cached = None if generation.no_cache else await pipeline.cache.get(key)
+        similarity: float | None = None
+        probe = None if cached is not None else await pipeline._probe(principal, generation)
+        if probe is not None and pipeline.similar is not None:
+            match = await pipeline.similar.lookup(probe)
+            if match is not None:
+                cached = await pipeline.cache.get(match.answer_key)
+                similarity = match.similarity
         if cached is not None:
-            answer = _from_cache(cached)
+            answer = _from_cache(cached, similarity)
             for start in range(0, len(answer.text), CACHED_CHUNK_CHARS):
                 yield Delta(answer.text[start : start + CACHED_CHUNK_CHARS])
             answer.latency_ms = int((time.perf_counter() - started) * 1000)
@@ -682,7 +733,11 @@ class Ticket:
             return
 
         flight, coalesced = pipeline._flight(
-            key, pipeline._request(principal, generation, messages), streaming
+            key,
+            pipeline._request(principal, generation, messages),
+            streaming,
+            probe=probe,
+            regenerated=generation.no_cache,
         )
         pieces: list[Delta] = []
         finished: Answer | None = None
@@ -736,7 +791,7 @@ def _chat_message(message: Message) -> inference_pb2.ChatMessage:
     return out
 
 
-def _from_cache(cached: CachedAnswer) -> Answer:
+def _from_cache(cached: CachedAnswer, similarity: float | None = None) -> Answer:
     return Answer(
         text=cached.text,
         source="cache",
@@ -744,4 +799,5 @@ def _from_cache(cached: CachedAnswer) -> Answer:
         prompt_tokens=cached.prompt_tokens,
         completion_tokens=cached.completion_tokens,
         finish_reason=cached.finish_reason or "stop",
+        similarity=similarity,
     )

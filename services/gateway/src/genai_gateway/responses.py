@@ -113,6 +113,7 @@ def ask_body(answer: Answer, request_id: str) -> dict[str, Any]:
         "conversation_id": answer.conversation_id or None,
         "request_id": request_id,
         "finish_reason": answer.finish_reason,
+        "similarity": answer.similarity,
     }
 
 

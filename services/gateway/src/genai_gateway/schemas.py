@@ -80,6 +80,12 @@ class Usage(BaseModel):
     total_tokens: int = 0
 
 
+SIMILARITY = (
+    "with source cache: null for the same request (exact or normalised), else the cosine similarity of "
+    "this question and the similar one whose answer this is (the similar-request layer)"
+)
+
+
 class AskResponse(BaseModel):
     response: str
     source: Literal["model", "cache"]
@@ -88,6 +94,7 @@ class AskResponse(BaseModel):
     conversation_id: str | None = None
     request_id: str
     finish_reason: str = ""
+    similarity: float | None = Field(None, ge=0, le=1, description=SIMILARITY)
 
 
 class Me(BaseModel):
@@ -284,3 +291,15 @@ class UsageRowOut(BaseModel):
 class UsageReportOut(BaseModel):
     rows: list[UsageRowOut]
     next_cursor: str | None = None
+
+
+class SimilarLayerOut(BaseModel):
+    enabled: bool = Field(description="answers for similar questions are given (every gateway)")
+    threshold: float = Field(description="cosine similarity from which a question's answer serves another")
+    default_threshold: float = Field(description="the threshold of the settings, chosen on the labelled set")
+    model_ready: bool = Field(description="this gateway has loaded its embedding model")
+
+
+class SimilarLayerPatch(BaseModel):
+    enabled: bool | None = None
+    threshold: float | None = Field(None, ge=0.5, le=1.0, description="0.5 to 1; higher answers fewer")

@@ -84,6 +84,18 @@ class GatewaySettings(CommonSettings):
     cache_case_insensitive: bool = False
     # Answers longer than this are not cached.
     cache_max_entry_chars: int = Field(100_000, ge=1)
+    # The similar-request layer (similar.py): a lone question answered from the cached answer of the same
+    # question in other words, when every decisive detail agrees. Off here, the model is never loaded; on,
+    # the admin can still turn it off at run time (PATCH /api/v1/admin/cache/similar).
+    similar_enabled: bool = True
+    # Cosine similarity of two questions' embeddings from which one's answer may serve the other (the admin
+    # can change it at run time), and of two words that differ between them. Chosen on the labelled set
+    # (tests/data/similar_pairs.jsonl, docs/operations.md): 1 wrong hit in 213 near-misses, 52 % of
+    # paraphrases answered.
+    similar_threshold: float = Field(0.95, ge=0.5, le=1.0)
+    similar_word_threshold: float = Field(0.88, ge=0.5, le=1.0)
+    # CPU threads of one embedding (one request's at a time).
+    similar_threads: int = Field(1, ge=1, le=16)
 
     # The public TLS certificate nginx serves (PEM), mounted read-only here: its expiry date becomes the
     # metric genai_tls_certificate_expiry_timestamp_seconds{certificate="public"}. Empty: not reported.

@@ -143,6 +143,7 @@ class Embedder:
         """Begin loading in the background (once)."""
         if self._loading is None:
             self._loading = asyncio.get_running_loop().run_in_executor(self._executor, self._load)
+            self._loading.add_done_callback(_report_failure)
         return self._loading
 
     def _load(self) -> None:
@@ -189,6 +190,13 @@ class Embedder:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _report_failure(loading: asyncio.Future[None]) -> None:
+    if not loading.cancelled() and loading.exception() is not None:
+        logger.error(
+            "the embedding model did not load; the similar-request layer stays off: %r", loading.exception()
+        )
 
 
 def _resident_bytes() -> int:
@@ -305,12 +313,15 @@ class SimilarLayer:
     async def probe(self, text: str, model: str, params: dict[str, Any], scope: str) -> Probe | None:
         """The request ready for the index; None while the model loads or the layer is off."""
         if not self.embedder.ready or not self.guard.available:
+            LOOKUPS.labels(LAYER, "bypassed").inc()
             return None
         try:
             if not (await self.config()).enabled:
+                LOOKUPS.labels(LAYER, "bypassed").inc()
                 return None
         except (RedisError, OSError) as exc:
             self.guard.failed(exc)
+            LOOKUPS.labels(LAYER, "error").inc()
             return None
         details = guards.read(text)
         material = json.dumps(

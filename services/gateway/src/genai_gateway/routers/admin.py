@@ -27,10 +27,14 @@ from genai_gateway.schemas import (
     AuditEventList,
     AuditEventOut,
     Origin,
+    SimilarLayerOut,
+    SimilarLayerPatch,
     UsageReportOut,
     UsageRowOut,
 )
 from genai_gateway.security import AdminUser
+from genai_gateway.settings import GatewaySettings
+from genai_gateway.similar import SimilarLayer
 
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
 
@@ -200,10 +204,76 @@ async def usage(
 
 @router.delete("/cache")
 async def purge_cache(_: AdminUser, request: Request) -> dict[str, int]:
-    """Forget every cached answer (e.g. after changing the model): the next asks go to the model."""
+    """Forget every cached answer (e.g. after changing the model), and the similar-request layer's
+    index: the next asks go to the model."""
     try:
         deleted = await request.app.state.cache.purge()
+        if request.app.state.similar is not None:
+            deleted += await request.app.state.similar.purge()
     except (RedisError, OSError) as exc:
         request.app.state.redis_guard.failed(exc)
         raise ApiError(503, "the cache cannot be purged right now (Redis is unavailable)") from None
     return {"deleted": deleted}
+
+
+async def _similar_out(similar: SimilarLayer | None, settings: GatewaySettings) -> SimilarLayerOut:
+    if similar is None:
+        return SimilarLayerOut(
+            enabled=False,
+            threshold=settings.similar_threshold,
+            default_threshold=settings.similar_threshold,
+            model_ready=False,
+        )
+    config = await similar.config()
+    return SimilarLayerOut(
+        enabled=config.enabled,
+        threshold=config.threshold,
+        default_threshold=similar.threshold,
+        model_ready=similar.embedder.ready,
+    )
+
+
+@router.get("/cache/similar", response_model=SimilarLayerOut)
+async def similar_layer(_: AdminUser, request: Request) -> SimilarLayerOut:
+    """The similar-request layer's state, shared by every gateway (off for good when the gateway's settings
+    switch it off)."""
+    try:
+        return await _similar_out(request.app.state.similar, request.app.state.settings)
+    except (RedisError, OSError) as exc:
+        request.app.state.redis_guard.failed(exc)
+        raise ApiError(
+            503, "the similar-request layer's settings cannot be read (Redis is unavailable)"
+        ) from None
+
+
+@router.patch("/cache/similar", response_model=SimilarLayerOut)
+async def configure_similar_layer(body: SimilarLayerPatch, _: AdminUser, request: Request) -> SimilarLayerOut:
+    """Turn the similar-request layer off or on, or change its threshold, for every gateway at once
+    (each reads the change within seconds)."""
+    similar: SimilarLayer | None = request.app.state.similar
+    if similar is None:
+        raise ApiError(
+            400,
+            "the similar-request layer is switched off in the gateway's settings (GENAI_GATEWAY_SIMILAR_ENABLED)",
+            code="similar_layer_off",
+        )
+    try:
+        await similar.configure(enabled=body.enabled, threshold=body.threshold)
+        return await _similar_out(similar, request.app.state.settings)
+    except (RedisError, OSError) as exc:
+        request.app.state.redis_guard.failed(exc)
+        raise ApiError(503, "the similar-request layer cannot be changed (Redis is unavailable)") from None
+
+
+@router.delete("/cache/similar")
+async def purge_similar_layer(_: AdminUser, request: Request) -> dict[str, int]:
+    """Forget the similar-request layer's index (the exact cache stays): questions are matched again only
+    with answers given from now on."""
+    similar: SimilarLayer | None = request.app.state.similar
+    if similar is None:
+        return {"deleted": 0}
+    try:
+        return {"deleted": await similar.purge()}
+    except (RedisError, OSError) as exc:
+        request.app.state.redis_guard.failed(exc)
+        raise ApiError(503, "the similar-request layer cannot be purged (Redis is unavailable)") from None

@@ -282,7 +282,11 @@ class OpenAIEncoder(Encoder):
 
 
 def _extras(answer: Answer) -> dict[str, Any]:
-    return {"source": answer.source, "conversation_id": answer.conversation_id or None}
+    return {
+        "source": answer.source,
+        "conversation_id": answer.conversation_id or None,
+        "similarity": answer.similarity,
+    }
 
 
 def _envelope(
