@@ -32,6 +32,7 @@ from genai_devstack import nginx, stack
 from genai_gateway.settings import GatewaySettings
 from genai_history import store as history_store
 from genai_history.settings import HistorySettings
+from genai_telegram.settings import TelegramSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -46,6 +47,7 @@ SERVICE_SETTINGS: dict[str, type[CommonSettings]] = {
     "history": HistorySettings,
     "inference-adapter": AdapterSettings,
     "gateway": GatewaySettings,
+    "telegram-bot": TelegramSettings,
 }
 JOB_SETTINGS: dict[str, type[CommonSettings]] = {"migrate-auth": CliSettings}
 JOBS = {"migrate-auth", "migrate-history"}
@@ -57,6 +59,7 @@ BUILT = {
     "history": PYTHON_DOCKERFILE,
     "inference-adapter": PYTHON_DOCKERFILE,
     "gateway": PYTHON_DOCKERFILE,
+    "telegram-bot": PYTHON_DOCKERFILE,
     "nginx": "deploy/nginx/Dockerfile",
     "llamacpp": "deploy/llamacpp/Dockerfile",
 }
@@ -316,6 +319,10 @@ FILLED_ENV = {
     "GENAI_AUTH_JWT_SECRET": "a1b2c3d4" * 8,
     "GENAI_UPSTREAM_API_KEY": "9f8e7d6c" * 8,
     "GENAI_ADMIN_PASSWORD": "Correct-Horse-Battery-Staple-42",
+    # The telegram profile's.
+    "GENAI_TELEGRAM_BOT_TOKEN": "123456789:AAH" + "x" * 32,
+    "GENAI_TELEGRAM_STORE_KEY": "0a1b2c3d" * 8,
+    "GENAI_TELEGRAM_GATEWAY_URL": "https://genai.corp.example",
 }
 
 
@@ -386,7 +393,17 @@ def test_secret_settings_are_required_interpolations(name: str) -> None:
 # when missing (the directory's service account: AuthSettings requires it with GENAI_AUTH_LDAP_BIND_DN;
 # Grafana's admin password: the grafana service of the monitoring profile will not start without it).
 # And the first admin's password: generated and printed once when empty, not needed after the first start.
-OPTIONAL_FEATURE_SECRETS = {"GENAI_AUTH_LDAP_BIND_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "GENAI_ADMIN_PASSWORD"}
+# The Telegram bot's (profile telegram) refuses to start without its token and store key, and without the
+# webhook secret in webhook mode; its proxy URL may carry a password, and is empty without a proxy.
+OPTIONAL_FEATURE_SECRETS = {
+    "GENAI_AUTH_LDAP_BIND_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
+    "GENAI_ADMIN_PASSWORD",
+    "GENAI_TELEGRAM_BOT_TOKEN",
+    "GENAI_TELEGRAM_STORE_KEY",
+    "GENAI_TELEGRAM_WEBHOOK_SECRET",
+    "GENAI_TELEGRAM_PROXY_URL",
+}
 
 
 def test_the_first_admins_password_is_not_needed_after_the_first_start() -> None:
@@ -491,6 +508,9 @@ def test_everything_but_nginx_is_on_the_internal_network_only() -> None:
         networks = spec.get("networks")
         names = set(networks if isinstance(networks, list) else (networks or {}))
         expected = {"public", "internal"} if name in ("nginx", "grafana") else {"internal"}
+        if name == "telegram-bot":
+            # A client of nginx's public address that must reach Telegram: nothing internal.
+            expected = {"public"}
         assert names == expected, f"{name} is on {sorted(names)}"
 
 
@@ -541,7 +561,7 @@ def test_gpu_profile_runs_vllm_and_cpu_profile_runs_llama_cpp() -> None:
     svc = services()
     with_profiles = {name: spec["profiles"] for name, spec in svc.items() if spec.get("profiles")}
     monitoring = {name: ["monitoring"] for name in ("prometheus", "grafana", "node-exporter")}
-    assert with_profiles == {"vllm": ["gpu"], "llamacpp": ["cpu"], **monitoring}
+    assert with_profiles == {"vllm": ["gpu"], "llamacpp": ["cpu"], "telegram-bot": ["telegram"], **monitoring}
     active, _ = example_entries()
     # A plain `docker compose up -d` with the example's .env runs on any host (llama.cpp); a GPU host
     # sets gpu. The GPU profile differs from the CPU one by its model server alone (checked above).

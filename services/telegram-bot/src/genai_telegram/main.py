@@ -24,6 +24,7 @@ from telegram.error import NetworkError, TimedOut
 from telegram.ext import Application
 
 from genai_common.logs import setup_logging
+from genai_common.metrics import serve_metrics
 from genai_common.settings import load_settings
 from genai_telegram.bot import ChatBot, build_application
 from genai_telegram.gateway import Gateway
@@ -93,6 +94,7 @@ async def run(settings: TelegramSettings) -> None:
         )
     )
     serving = asyncio.create_task(server.serve())
+    metrics = serve_metrics(settings.metrics_port, settings.host)
     try:
         if not await _initialize(application, stop):
             return
@@ -119,6 +121,9 @@ async def run(settings: TelegramSettings) -> None:
             await application.shutdown()
         await gateway.close()
         store.close()
+        if metrics is not None:
+            metrics.shutdown()
+            metrics.server_close()
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from genai_common.settings import CommonSettings, check_secret
@@ -18,16 +18,18 @@ _TOKEN = re.compile(r"\d{1,20}:[A-Za-z0-9_-]{20,100}")
 class TelegramSettings(CommonSettings):
     model_config = SettingsConfigDict(env_prefix="GENAI_TELEGRAM_", extra="ignore")
 
-    # From BotFather; a secret (compose passes it from .env).
-    bot_token: SecretStr = Field(repr=False)
+    # From BotFather; a secret (compose passes it from .env). Required: empty is refused at start.
+    bot_token: SecretStr = Field(SecretStr(""), repr=False)
     # Encrypts the API keys the bot keeps for linked users, so that its store alone gives none away.
-    store_key: SecretStr = Field(repr=False)
+    # Required, as bot_token.
+    store_key: SecretStr = Field(SecretStr(""), repr=False)
     # The bot's own small database: linked accounts, their encrypted keys, each one's current conversation.
     store_path: Path = Path("telegram-bot.sqlite3")
 
-    # The gateway's public HTTPS address (nginx), and the CA that signed its certificate (empty: the
-    # system's trust store).
-    gateway_url: str = "https://127.0.0.1:8443"
+    # The service's public HTTPS address (nginx), as its certificate names it, and a file of certificates
+    # to trust for it: its CA, or the certificate (chain) nginx serves (empty: the system's trust store).
+    # Required.
+    gateway_url: str = ""
     gateway_ca_file: str = ""
     gateway_timeout_s: float = Field(300.0, gt=0)
     # Where users make a link code; shown to unlinked accounts. Empty: gateway_url.
@@ -57,15 +59,12 @@ class TelegramSettings(CommonSettings):
     # Recent conversations offered by /history.
     history_size: int = Field(10, ge=1, le=50)
 
-    @field_validator("bot_token")
-    @classmethod
-    def _token_shape(cls, value: SecretStr) -> SecretStr:
-        if not _TOKEN.fullmatch(value.get_secret_value()):
-            raise ValueError("must be a bot token as BotFather gives it (<digits>:<secret>)")
-        return value
-
     @model_validator(mode="after")
     def _secrets(self) -> TelegramSettings:
+        if not _TOKEN.fullmatch(self.bot_token.get_secret_value()):
+            raise ValueError(
+                "GENAI_TELEGRAM_BOT_TOKEN must be a bot token as BotFather gives it (<digits>:<secret>)"
+            )
         self.store_key = check_secret("GENAI_TELEGRAM_STORE_KEY", self.store_key, self.env)
         if self.mode == "webhook":
             if not self.webhook_url.startswith("https://"):
@@ -75,6 +74,8 @@ class TelegramSettings(CommonSettings):
                 raise ValueError(
                     "GENAI_TELEGRAM_WEBHOOK_SECRET may hold only A-Z, a-z, 0-9, _ and - (Telegram's rule)"
                 )
+        if not self.gateway_url.startswith(("https://", "http://")):
+            raise ValueError("GENAI_TELEGRAM_GATEWAY_URL must be the service's https:// address")
         if self.proxy_url and not self.proxy_url.startswith(("http://", "https://")):
             raise ValueError("GENAI_TELEGRAM_PROXY_URL must be an http:// or https:// proxy")
         return self
