@@ -198,7 +198,29 @@ async def test_download_answers_a_file_to_save() -> None:
     assert response.media_type == "text/csv; charset=utf-8"
     assert response.headers["content-disposition"] == 'attachment; filename="conversation-c1.csv"'
     assert response.headers["cache-control"] == "no-store"
-    assert response.body.startswith(b"\xef\xbb\xbf")
+    body = b"".join([piece async for piece in response.body_iterator])  # type: ignore[attr-defined]
+    assert body.startswith(b"\xef\xbb\xbf")
+    assert body == exports.to_csv(exports.group(SAMPLE))
+
+
+async def test_json_download_is_written_as_the_messages_arrive() -> None:
+    arrived: list[str] = []
+
+    async def watched():
+        for one in SAMPLE:
+            arrived.append(one.message.id)
+            yield one
+
+    response = await exports.download(watched(), "json", "c", "Export", GatewaySettings())
+    # Only the first message is read before the answer starts; the rest as the body is sent.
+    assert arrived == ["m1"]
+    pieces = [piece async for piece in response.body_iterator]  # type: ignore[attr-defined]
+    assert arrived == ["m1", "m2", "m3"] and len(pieces) == 5
+    document = json.loads(b"".join(pieces))
+    assert [m["id"] for c in document["conversations"] for m in c["messages"]] == ["m1", "m2", "m3"]
+    empty = await exports.download(stream(), "json", "c", "Export", GatewaySettings())
+    body = b"".join([piece async for piece in empty.body_iterator])  # type: ignore[attr-defined]
+    assert json.loads(body)["conversations"] == []
 
 
 @needs_font

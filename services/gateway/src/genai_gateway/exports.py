@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import Response
+from fastapi.responses import StreamingResponse
 from fontTools.ttLib import TTFont
 from fpdf import FPDF
 from genai.history.v1 import history_pb2
@@ -101,46 +102,66 @@ def filename(stem: str, fmt: Format) -> str:
     return f"{safe[:100]}.{fmt}"
 
 
-# --- JSON ------------------------------------------------------------------------------------------------
+# --- JSON and CSV, written as the messages arrive ---------------------------------------------------------
 
 
-def to_json(conversations: Sequence[ConversationExport], exported_at: datetime) -> bytes:
-    document: dict[str, Any] = {
-        "exported_at": exported_at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "conversations": [
-            {
-                "id": c.summary.id,
-                "title": c.summary.title,
-                "owner_id": c.summary.owner_id,
-                "created_at": iso_utc(c.summary.created_at_ms),
-                "updated_at": iso_utc(c.summary.updated_at_ms),
-                "message_count": c.summary.message_count,
-                "messages": [
-                    {
-                        "id": m.id,
-                        "created_at": iso_utc(m.created_at_ms),
-                        "prompt": m.prompt,
-                        "response": m.response,
-                        "source": m.source,
-                        "model": m.model,
-                        "usage": {
-                            "prompt_tokens": m.usage.prompt_tokens,
-                            "completion_tokens": m.usage.completion_tokens,
-                            "total_tokens": m.usage.total_tokens,
-                        },
-                        "latency_ms": m.latency_ms,
-                        "request_id": m.request_id,
-                    }
-                    for m in c.messages
-                ],
-            }
-            for c in conversations
-        ],
+def _message_json(m: history_pb2.Message) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "created_at": iso_utc(m.created_at_ms),
+        "prompt": m.prompt,
+        "response": m.response,
+        "source": m.source,
+        "model": m.model,
+        "usage": {
+            "prompt_tokens": m.usage.prompt_tokens,
+            "completion_tokens": m.usage.completion_tokens,
+            "total_tokens": m.usage.total_tokens,
+        },
+        "latency_ms": m.latency_ms,
+        "request_id": m.request_id,
     }
-    return json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
 
 
-# --- CSV -------------------------------------------------------------------------------------------------
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+class JsonWriter:
+    """The JSON document piece by piece: {"exported_at", "conversations": [{..., "messages": [...]}]}.
+
+    Messages come grouped by conversation (as the history service streams them), so each conversation is
+    opened at its first message and closed at the next one's, and nothing is held but the current id.
+    """
+
+    def __init__(self, exported_at: datetime) -> None:
+        self.exported_at = exported_at
+        self.current: str | None = None
+
+    def start(self) -> bytes:
+        at = self.exported_at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        return f'{{"exported_at": {_dumps(at)}, "conversations": ['.encode()
+
+    def item(self, item: history_pb2.ExportedMessage) -> bytes:
+        out = ""
+        c = item.conversation
+        if c.id != self.current:
+            head = {
+                "id": c.id,
+                "title": c.title,
+                "owner_id": c.owner_id,
+                "created_at": iso_utc(c.created_at_ms),
+                "updated_at": iso_utc(c.updated_at_ms),
+                "message_count": c.message_count,
+            }
+            out = ("]}, " if self.current is not None else "") + _dumps(head)[:-1] + ', "messages": ['
+            self.current = c.id
+        else:
+            out = ", "
+        return (out + _dumps(_message_json(item.message))).encode()
+
+    def end(self) -> bytes:
+        return ("]}" if self.current is not None else "").encode() + b"]}\n"
 
 
 def csv_cell(value: str | int) -> str | int:
@@ -150,16 +171,29 @@ def csv_cell(value: str | int) -> str | int:
     return value
 
 
-def to_csv(conversations: Sequence[ConversationExport]) -> bytes:
-    """RFC 4180 CSV, UTF-8 with a byte order mark so that Excel reads Cyrillic correctly."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(CSV_COLUMNS)
-    for c in conversations:
-        for m in c.messages:
-            row: tuple[str | int, ...] = (
-                c.summary.id,
-                c.summary.title,
+class CsvWriter:
+    """RFC 4180 CSV, UTF-8 with a byte order mark so that Excel reads Cyrillic correctly; a row per message."""
+
+    def __init__(self) -> None:
+        self._buffer = io.StringIO()
+        self._writer = csv.writer(self._buffer, lineterminator="\r\n")
+
+    def _row(self, values: Iterable[str | int]) -> bytes:
+        self._writer.writerow([csv_cell(value) for value in values])
+        text = self._buffer.getvalue()
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        return text.encode("utf-8")
+
+    def start(self) -> bytes:
+        return "\ufeff".encode() + self._row(CSV_COLUMNS)
+
+    def item(self, item: history_pb2.ExportedMessage) -> bytes:
+        c, m = item.conversation, item.message
+        return self._row(
+            (
+                c.id,
+                c.title,
                 m.id,
                 iso_utc(m.created_at_ms),
                 m.prompt,
@@ -169,8 +203,27 @@ def to_csv(conversations: Sequence[ConversationExport]) -> bytes:
                 m.usage.prompt_tokens,
                 m.usage.completion_tokens,
             )
-            writer.writerow([csv_cell(value) for value in row])
-    return out.getvalue().encode("utf-8-sig")
+        )
+
+    def end(self) -> bytes:
+        return b""
+
+
+def _whole(writer: JsonWriter | CsvWriter, conversations: Sequence[ConversationExport]) -> bytes:
+    pieces = [writer.start()]
+    for c in conversations:
+        pieces += [
+            writer.item(history_pb2.ExportedMessage(conversation=c.summary, message=m)) for m in c.messages
+        ]
+    return b"".join([*pieces, writer.end()])
+
+
+def to_json(conversations: Sequence[ConversationExport], exported_at: datetime) -> bytes:
+    return _whole(JsonWriter(exported_at), conversations)
+
+
+def to_csv(conversations: Sequence[ConversationExport]) -> bytes:
+    return _whole(CsvWriter(), conversations)
 
 
 # --- PDF -------------------------------------------------------------------------------------------------
@@ -328,35 +381,58 @@ async def download(
     heading: str,
     settings: GatewaySettings,
 ) -> Response:
-    """Read an export stream from the history service and answer it as a file to save."""
-    items = [item async for item in call]
-    conversations = group(items)
-    if fmt == "json":
-        body = to_json(conversations, datetime.now(UTC))
-    elif fmt == "csv":
-        body = to_csv(conversations)
-    else:
-        chars = sum(len(m.prompt) + len(m.response) for c in conversations for m in c.messages)
-        if chars > settings.export_pdf_max_chars:
+    """Read an export stream from the history service and answer it as a file to save.
+
+    JSON and CSV are written as the messages arrive, so the gateway's memory does not grow with the size of
+    an export. The first message is awaited before the answer starts, so that a failure at once (an
+    unknown conversation, history down) still gets its own status; a failure later ends the download
+    early, which the client sees as an incomplete transfer. A PDF is laid out whole, up to
+    `export_pdf_max_chars` (refused as soon as the stream passes it).
+    """
+    headers = {
+        "Content-Disposition": f'attachment; filename="{filename(stem, fmt)}"',
+        "Cache-Control": "no-store",
+    }
+    if fmt == "pdf":
+        body = await _pdf(call, heading, settings)
+        return Response(content=body, media_type=MEDIA_TYPES[fmt], headers=headers)
+    writer: JsonWriter | CsvWriter = JsonWriter(datetime.now(UTC)) if fmt == "json" else CsvWriter()
+    items = aiter(call)
+    first = await anext(items, None)
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            yield writer.start()
+            if first is not None:
+                yield writer.item(first)
+                async for item in items:
+                    yield writer.item(item)
+            yield writer.end()
+        finally:
+            await items.aclose()  # type: ignore[attr-defined]
+
+    return StreamingResponse(body(), media_type=MEDIA_TYPES[fmt], headers=headers)
+
+
+async def _pdf(
+    call: AsyncIterator[history_pb2.ExportedMessage], heading: str, settings: GatewaySettings
+) -> bytes:
+    limit = settings.export_pdf_max_chars
+    items: list[history_pb2.ExportedMessage] = []
+    chars = 0
+    async for item in call:
+        chars += len(item.message.prompt) + len(item.message.response)
+        if chars > limit:
             raise ApiError(
                 400,
-                f"this export holds {chars} characters; PDF exports are limited to "
-                f"{settings.export_pdf_max_chars}: export as CSV or JSON, or one conversation at a time",
+                f"this export holds more than {limit} characters, the limit for PDF exports: "
+                "export as CSV or JSON, or one conversation at a time",
             )
-        try:
-            font = resolve_font(settings.pdf_font, DEFAULT_PDF_FONT)
-        except FontMissing:
-            logger.error(
-                "PDF export unavailable: no font file at %s (GENAI_GATEWAY_PDF_FONT)", settings.pdf_font
-            )
-            raise ApiError(503, "PDF export is unavailable on this server; export as CSV or JSON") from None
-        # Laying out pages is CPU work: off the event loop, so other requests keep moving.
-        body = await run_in_threadpool(to_pdf, conversations, font, heading)
-    return Response(
-        content=body,
-        media_type=MEDIA_TYPES[fmt],
-        headers={
-            "Content-Disposition": f'attachment; filename="{filename(stem, fmt)}"',
-            "Cache-Control": "no-store",
-        },
-    )
+        items.append(item)
+    try:
+        font = resolve_font(settings.pdf_font, DEFAULT_PDF_FONT)
+    except FontMissing:
+        logger.error("PDF export unavailable: no font file at %s (GENAI_GATEWAY_PDF_FONT)", settings.pdf_font)
+        raise ApiError(503, "PDF export is unavailable on this server; export as CSV or JSON") from None
+    # Laying out pages is CPU work: off the event loop, so other requests keep moving.
+    return await run_in_threadpool(to_pdf, group(items), font, heading)
