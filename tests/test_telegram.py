@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 
 from genai_devstack import databases, infra
@@ -36,9 +37,12 @@ pytestmark = pytest.mark.slow
 class Bot:
     """The bot as a process of its own, on the fake Bot API and a stack's public HTTPS address."""
 
-    def __init__(self, stack: RunningStack, api: FakeBotApi, work: Path, **settings: str) -> None:
+    def __init__(
+        self, stack: RunningStack, api: FakeBotApi, work: Path, ready: str = "getUpdates", **settings: str
+    ) -> None:
         self.stack, self.api = stack, api
         self.store = work / "bot.sqlite3"
+        self.port = infra.free_port()
         self.env = {
             **os.environ,
             "GENAI_TELEGRAM_BOT_TOKEN": api.token,
@@ -49,7 +53,7 @@ class Bot:
             "GENAI_TELEGRAM_BOT_API_BASE_URL": api.url,
             "GENAI_TELEGRAM_POLL_TIMEOUT_S": "1",
             "GENAI_TELEGRAM_EDIT_INTERVAL_S": "0.05",
-            "GENAI_TELEGRAM_PORT": str(infra.free_port()),
+            "GENAI_TELEGRAM_PORT": str(self.port),
             **{f"GENAI_TELEGRAM_{key.upper()}": value for key, value in settings.items()},
         }
         log_dir = ARTIFACTS / "logs"
@@ -62,7 +66,9 @@ class Bot:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        api.wait_for(lambda: "getUpdates" in api.calls or self.proc.poll() is not None, 60, "the bot to poll")
+        api.wait_for(
+            lambda: ready in api.calls or self.proc.poll() is not None, 60, f"the bot to call {ready}"
+        )
         assert self.proc.poll() is None, f"the bot exited; see {self.log.name}"
 
     def stop(self) -> None:
@@ -388,6 +394,76 @@ def test_unlinked_accounts_group_chats_and_ended_links_get_no_answer(bot: Bot) -
             "links"
         ]
     assert sum(1 for x in listed if x["owner"] == frank.username and x["revoked"]) == 3
+
+
+def test_the_web_page_makes_the_code_lists_the_link_and_unlinks(bot: Bot) -> None:
+    from tests import test_browser as page_tests  # skips where Chromium is not installed
+
+    user, phone = bot.stack.new_user(), person()
+    with page_tests.sync_api.sync_playwright() as playwright:
+        browser = page_tests.launch_for(playwright, bot.stack)
+        try:
+            context = browser.new_context(base_url=bot.stack.base_url, locale="en-US")
+            watch = page_tests.PageWatch(bot.stack.base_url)
+            page = watch.attach(context.new_page())
+            page_tests.log_in(page, user.username, user.password)
+            page.click("#telegram-panel summary")
+            page_tests.expect(page.locator("#telegram-none")).to_have_text("No Telegram account is linked.")
+            page.click("#telegram-code-button")
+            command = page.locator(".telegram-command")
+            page_tests.expect(command).to_have_text(re.compile(r"/start [A-Z2-9]{12}"))
+            reply = say(bot, phone, str(command.text_content()))
+            assert reply.text.startswith(f"Linked to {user.username}.")
+            page.click("#telegram-panel summary")
+            page.click("#telegram-panel summary")  # opened again: the list is read anew
+            linked = page.locator("#telegram-links li")
+            page_tests.expect(linked).to_have_count(1)
+            page_tests.expect(linked).to_contain_text(f"@{phone.username}")
+            linked.get_by_role("button", name="Unlink").click()
+            page_tests.expect(linked).to_have_count(0)
+            watch.check()
+        finally:
+            browser.close()
+    assert say(bot, phone, "Hello?").text.startswith("This account's link was ended")
+
+
+def test_webhook_mode_takes_the_updates_telegram_posts_with_the_secret(
+    live: RunningStack, tmp_path: Path
+) -> None:
+    secret = secrets.token_urlsafe(32)
+    for api in _fake(7000003):
+        hook = Bot(
+            live,
+            api,
+            tmp_path,
+            ready="setWebhook",
+            mode="webhook",
+            webhook_url="https://bot.corp.example/telegram",
+            webhook_secret=secret,
+        )
+        try:
+            assert api.webhook == ("https://bot.corp.example/telegram", secret)
+            stranger = person("ru")
+            update = {
+                "update_id": 1,
+                "message": {
+                    "message_id": 1,
+                    "from": stranger.as_dict(),
+                    "chat": {"id": stranger.id, "type": "private", "first_name": stranger.first_name},
+                    "date": int(time.time()),
+                    "text": "Привет",
+                },
+            }
+            url = f"http://127.0.0.1:{hook.port}/telegram"
+            wrong = httpx.post(url, json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "nope"})
+            assert wrong.status_code == 403
+            right = httpx.post(url, json=update, headers={"X-Telegram-Bot-Api-Secret-Token": secret})
+            assert right.status_code == 200
+            reply = api.wait_messages(stranger.id, 1)
+            assert len(reply) == 1 and reply[0].text.startswith("Этот аккаунт Telegram ещё не привязан")
+            assert httpx.get(f"http://127.0.0.1:{hook.port}/health").json() == {"status": "ok"}
+        finally:
+            hook.stop()
 
 
 # --- long answers, flood control and outages (the simulator's stack) ---------------------------------------
