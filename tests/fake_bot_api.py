@@ -1,6 +1,7 @@
 """A fake Telegram Bot API server for the bot's tests: Telegram itself cannot be reached from here.
 
-It speaks the real wire format at `/bot<token>/<method>` (form-encoded or JSON parameters in, `{"ok": true,
+It speaks the real wire format at `/bot<token>/<method>` (also as an HTTP proxy would get it, with the
+Bot API's absolute URL as the request target) (form-encoded or JSON parameters in, `{"ok": true,
 "result": ...}` or `{"ok": false, "error_code", "description", "parameters"}` out) for the methods the bot
 uses: getMe, deleteWebhook, getUpdates (long polling with offset and timeout), sendMessage,
 editMessageText, sendChatAction and answerCallbackQuery. Like Telegram it refuses an empty message, one
@@ -92,6 +93,8 @@ class FakeBotApi:
     calls: list[str] = field(default_factory=list)
     too_many: int = 0
     violations: int = 0
+    # Host headers the calls came with: a proxy's client names the Bot API's host, not this server's.
+    hosts: set[str] = field(default_factory=set)
     # (url, secret_token) while a webhook is set.
     webhook: tuple[str, str] | None = None
     _floods: list[_Flood] = field(default_factory=list)
@@ -219,6 +222,7 @@ class FakeBotApi:
         params = await self._params(request)
         with self._lock:
             self.calls.append(method)
+            self.hosts.add(request.headers.get("host", ""))
         handler = getattr(self, f"_m_{method}", None)
         if handler is None:
             return _error(404, "Not Found: method not found")

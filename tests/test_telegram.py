@@ -466,6 +466,18 @@ def test_webhook_mode_takes_the_updates_telegram_posts_with_the_secret(
             hook.stop()
 
 
+def test_the_bot_api_is_reached_through_the_sites_proxy(live: RunningStack, tmp_path: Path) -> None:
+    # The Bot API's host does not resolve here: only a request sent through the proxy (this fake, which
+    # also takes absolute-form requests as a forward proxy does) can reach it.
+    for api in _fake(7000004):
+        proxied = Bot(live, api, tmp_path, bot_api_base_url="http://api.telegram.invalid", proxy_url=api.url)
+        try:
+            assert say(proxied, person(), "/start").text.startswith("This Telegram account is not linked")
+            assert api.hosts == {"api.telegram.invalid"}
+        finally:
+            proxied.stop()
+
+
 # --- long answers, flood control and outages (the simulator's stack) ---------------------------------------
 
 
