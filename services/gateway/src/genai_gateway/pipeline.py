@@ -58,6 +58,8 @@ TOKEN_COUNT_MEMORY = 20_000
 COUNT_TOKENS_TIMEOUT_S = 5.0
 # At most this many stop sequences (OpenAI's limit).
 MAX_STOPS = 4
+# After a failed look-up of the served models, how long until the next one.
+MODELS_RETRY_S = 5.0
 
 COALESCED = Counter("genai_gateway_coalesced_total", "Requests that shared an identical request's generation")
 TRIMMED = Counter("genai_gateway_context_trimmed_total", "Requests whose conversation context was cut to fit")
@@ -273,6 +275,8 @@ class AskPipeline:
         self._models: list[inference_pb2.Model] = []
         self._models_at = 0.0
         self._models_lock = asyncio.Lock()
+        # Until when a failed look-up of the models is not repeated, and its error.
+        self._models_failure: tuple[float, ApiError] | None = None
         self._flights: dict[str, Flight] = {}
         self._token_counts: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._counting = True
@@ -291,11 +295,23 @@ class AskPipeline:
         if self._models and time.monotonic() - self._models_at < self.settings.models_refresh_s:
             return self._models
         async with self._models_lock:
-            if not self._models or time.monotonic() - self._models_at >= self.settings.models_refresh_s:
+            stale = not self._models or time.monotonic() - self._models_at >= self.settings.models_refresh_s
+            failed = self._models_failure
+            if stale and failed is not None and time.monotonic() < failed[0]:
+                # Failed a moment ago: the requests queued behind that look-up do not each wait for
+                # another (a hung adapter would hold them one deadline after the other).
+                if not self._models:
+                    error = failed[1]
+                    raise ApiError(
+                        error.status, error.message, headers=error.headers, grpc_code=error.grpc_code
+                    )
+            elif stale:
                 try:
                     self._models = await self.model.list_models()
                     self._models_at = time.monotonic()
+                    self._models_failure = None
                 except ApiError as exc:
+                    self._models_failure = (time.monotonic() + MODELS_RETRY_S, exc)
                     if not self._models:
                         raise
                     # A list we had is better than none while the adapter restarts.
