@@ -281,6 +281,7 @@ ROUTE_ERRORS: dict[str, Reasons] = {
         504: AUTH_SLOW,
     },
     "DELETE /api/v1/telegram/links/{link_id}": {400: "the link id is not a UUID"},
+    "GET /api/v1/admin/telegram/links": {404: "no user by the owner's name"},
     "POST /api/v1/users": {400: "the username or password is not acceptable", 409: "the username is taken"},
     "GET /api/v1/users": {400: BAD_CURSOR},
     "PATCH /api/v1/users/{username}": {
