@@ -176,6 +176,11 @@ function assistantNode(message) {
 
 function updateAssistant(parts, message) {
   parts.badge.hidden = message.source !== "cache";
+  // A similar question's answer says so, and how similar, quietly: Regenerate asks the model.
+  const similar = message.source === "cache" && typeof message.similarity === "number";
+  const percent = similar ? Math.floor(message.similarity * 100) : 0;
+  parts.badge.textContent = similar ? t("fromSimilar", { percent }) : t("fromCache");
+  parts.badge.title = similar ? t("fromSimilarTitle", { percent }) : t("fromCacheTitle");
   parts.root.classList.toggle("from-cache", message.source === "cache");
   parts.root.classList.toggle("pending", Boolean(message.pending));
   parts.root.setAttribute("aria-busy", message.pending ? "true" : "false");
@@ -304,6 +309,7 @@ async function send(prompt, { regenerate = false } = {}) {
           usage: event.usage,
           finish_reason: event.finish_reason,
           request_id: event.request_id,
+          similarity: event.similarity,
         });
         if (event.conversation_id) adopt(event.conversation_id);
       }

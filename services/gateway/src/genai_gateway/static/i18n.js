@@ -86,6 +86,9 @@ const STRINGS = {
     assistant: "Assistant",
     fromCache: "from cache",
     fromCacheTitle: "This answer was served from the response cache, not generated now",
+    fromSimilar: "similar question · {percent}%",
+    fromSimilarTitle:
+      "Answered with the cached answer of a similar question (similarity {percent}%), not generated now; Regenerate asks the model",
     model: "model {model}",
     tokens: "{n} tokens",
     seconds: "{s} s",
@@ -271,6 +274,9 @@ const STRINGS = {
     assistant: "Ассистент",
     fromCache: "из кэша",
     fromCacheTitle: "Этот ответ взят из кэша ответов, а не сгенерирован сейчас",
+    fromSimilar: "похожий вопрос · {percent}%",
+    fromSimilarTitle:
+      "Ответ на похожий вопрос из кэша (сходство {percent}%), а не сгенерирован сейчас; «Сгенерировать заново» спросит модель",
     model: "модель {model}",
     tokens: "токенов: {n}",
     seconds: "{s} с",
