@@ -58,8 +58,6 @@ TOKEN_COUNT_MEMORY = 20_000
 COUNT_TOKENS_TIMEOUT_S = 5.0
 # At most this many stop sequences (OpenAI's limit).
 MAX_STOPS = 4
-# After a failed look-up of the served models, how long until the next one.
-MODELS_RETRY_S = 5.0
 
 COALESCED = Counter("genai_gateway_coalesced_total", "Requests that shared an identical request's generation")
 TRIMMED = Counter("genai_gateway_context_trimmed_total", "Requests whose conversation context was cut to fit")
@@ -275,7 +273,7 @@ class AskPipeline:
         self._models: list[inference_pb2.Model] = []
         self._models_at = 0.0
         self._models_lock = asyncio.Lock()
-        # Until when a failed look-up of the models is not repeated, and its error.
+        # When the last look-up of the models failed, and its error.
         self._models_failure: tuple[float, ApiError] | None = None
         self._flights: dict[str, Flight] = {}
         self._token_counts: OrderedDict[tuple[str, str], int] = OrderedDict()
@@ -294,12 +292,16 @@ class AskPipeline:
         """The served models, looked up again after `models_refresh_s`."""
         if self._models and time.monotonic() - self._models_at < self.settings.models_refresh_s:
             return self._models
+        if self._models and self._models_lock.locked():
+            # Being looked up again: the list we have serves meanwhile.
+            return self._models
+        arrived = time.monotonic()
         async with self._models_lock:
             stale = not self._models or time.monotonic() - self._models_at >= self.settings.models_refresh_s
             failed = self._models_failure
-            if stale and failed is not None and time.monotonic() < failed[0]:
-                # Failed a moment ago: the requests queued behind that look-up do not each wait for
-                # another (a hung adapter would hold them one deadline after the other).
+            if stale and failed is not None and failed[0] >= arrived:
+                # Failed while this request waited for it: the requests queued behind that look-up do not
+                # each wait for another (a hung adapter would hold them one deadline after the other).
                 if not self._models:
                     error = failed[1]
                     raise ApiError(
@@ -311,7 +313,7 @@ class AskPipeline:
                     self._models_at = time.monotonic()
                     self._models_failure = None
                 except ApiError as exc:
-                    self._models_failure = (time.monotonic() + MODELS_RETRY_S, exc)
+                    self._models_failure = (time.monotonic(), exc)
                     if not self._models:
                         raise
                     # A list we had is better than none while the adapter restarts.
