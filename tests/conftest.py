@@ -51,6 +51,8 @@ def sim_stack(work_dir: Path, postgres_server: infra.Service, redis_url: str) ->
             upstream="sim",
             upstream_args=["--itl-ms", str(SIM_ITL_MS), "--output-tokens", str(SIM_OUTPUT_TOKENS)],
             name="sim-stack",
+            # The simulator echoes no meaning: the similar-request layer (and its model) is tested on `live`.
+            overrides={"GENAI_GATEWAY_SIMILAR_ENABLED": "false"},
         )
         try:
             yield running
