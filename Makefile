@@ -14,7 +14,7 @@ PACKAGES := -e libs/common -e libs/protos -e services/auth -e services/history \
 	-e services/inference-adapter -e services/gateway -e services/telegram-bot -e tools/devstack \
 	-e tools/vllm-sim -e tools/bench
 
-.PHONY: setup system-deps run test test-unit test-integration protos lint clean bench
+.PHONY: setup system-deps run test test-unit test-integration protos lint clean bench bench-similar
 
 setup: system-deps $(STAMP)
 
@@ -65,6 +65,11 @@ test-integration: setup
 # BENCH_QUICK=1: short runs; BENCH_PROFILE=0: no py-spy profile; BENCH_LITELLM=0: without LiteLLM.
 bench: setup
 	$(PY) -m genai_bench --invoked-as "make bench$(if $(BENCH_QUICK), BENCH_QUICK=$(BENCH_QUICK))"
+
+# The similar-request layer: precision and recall on the labelled set, look-up latency at 1,000 and 100,000
+# entries (a Redis on 127.0.0.1:6379, database 15, or BENCH_REDIS_URL).
+bench-similar: setup
+	$(PY) -m genai_bench.similar --redis-url "$(or $(BENCH_REDIS_URL),redis://127.0.0.1:6379/15)"
 
 lint: setup
 	$(VENV)/bin/ruff check .
