@@ -134,3 +134,17 @@ def test_one_address_cannot_hold_more_than_its_share_of_requests(live: RunningSt
             assert time.monotonic() < deadline, "the per-address limit did not let go"
             time.sleep(0.2)
     assert status == 200
+
+
+def test_a_body_beyond_the_memory_buffer_still_reaches_the_gateway(live: RunningStack) -> None:
+    # 33 KB of JSON: past nginx's 16k in-memory buffer, so it goes through a temporary file, which nginx's
+    # workers (an unprivileged user when the master runs as root) must be able to write. The gateway's own
+    # answer (its prompt limit, not nginx's body limit) shows that the body reached it.
+    buffer = _site_setting(r"client_body_buffer_size (\d+)k;")
+    user = live.new_user()
+    prompt = "я" * 16_500
+    with live.client() as client:
+        response = client.post("/ask", json={"prompt": prompt}, headers=user.headers)
+    assert len(prompt.encode()) > int(buffer) * 1024
+    assert response.status_code == 413, response.text
+    assert "prompt is too long" in response.json()["detail"]
