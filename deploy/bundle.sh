@@ -7,7 +7,7 @@
 #   deploy/bundle.sh create [--profile P]... [--build] [--pull] [--model DIR] [--rpms DIR] OUT
 #     --profile P   compose profile whose images go in: gpu (default), cpu, monitoring; repeatable
 #     --build       rebuild the project's images first (`docker compose build`); without it, images
-#                   already present are taken as they are and only missing ones are built
+#                   already present are taken as they are and only the missing ones are built
 #     --pull        pull the public images (postgres, redis, vLLM...) again; without it only missing ones
 #     --model DIR   a Hugging Face model folder for vLLM (config.json, tokenizer, *.safetensors), as
 #                   `hf download ORG/NAME --local-dir DIR` leaves it; copied to models/NAME
@@ -104,20 +104,26 @@ create() {
     local images=() built=() image
     mapfile -t images < <(compose "${profile_args[@]}" config --images | sort -u)
     [ ${#images[@]} -gt 0 ] || die "the compose file lists no images for profiles ${profiles[*]}"
-    # The project's own images are the ones compose can build.
-    mapfile -t built < <(compose "${profile_args[@]}" config --format json | python3 -c '
+    # The project's own images are the ones compose can build: "service image" for each.
+    local buildable=() service to_build=()
+    mapfile -t buildable < <(compose "${profile_args[@]}" config --format json | python3 -c '
 import json, sys
 services = json.load(sys.stdin)["services"]
-print("\n".join(sorted({s["image"] for s in services.values() if "build" in s and "image" in s})))
+for name, s in sorted(services.items()):
+    if "build" in s and "image" in s:
+        print(name, s["image"])
 ')
-
-    local missing_built=0
-    for image in "${built[@]}"; do
-        docker image inspect "$image" >/dev/null 2>&1 || missing_built=1
+    for entry in "${buildable[@]}"; do
+        service="${entry%% *}"
+        image="${entry#* }"
+        built+=("$image")
+        if [ "$build" = 1 ] || ! docker image inspect "$image" >/dev/null 2>&1; then
+            to_build+=("$service")
+        fi
     done
-    if [ "$build" = 1 ] || [ "$missing_built" = 1 ]; then
-        log "building the project's images (docker compose build)"
-        compose "${profile_args[@]}" build >&2
+    if [ ${#to_build[@]} -gt 0 ]; then
+        log "building ${to_build[*]} (docker compose build)"
+        compose "${profile_args[@]}" build "${to_build[@]}" >&2
     fi
     for image in "${images[@]}"; do
         if printf '%s\n' "${built[@]}" | grep -qxF "$image"; then
@@ -206,15 +212,20 @@ verify() {
     local bundle="$1"
     [ -f "$bundle/SHA256SUMS" ] || die "$bundle/SHA256SUMS is missing: not a bundle, or a partial copy"
     [ -f "$bundle/MANIFEST" ] || die "$bundle/MANIFEST is missing"
+    # First what is there at all (cheap): a listed file missing, or a file nobody listed (copied in by
+    # hand, or left from another bundle), stops it before any checksum is computed.
+    local listed present
+    listed="$(sed 's/^[0-9a-f]*  //' "$bundle/SHA256SUMS" | sort)"
+    present="$(cd "$bundle" && find . -type f ! -name SHA256SUMS | sort)"
+    local gone extra
+    gone="$(comm -23 <(echo "$listed") <(echo "$present"))"
+    extra="$(comm -13 <(echo "$listed") <(echo "$present"))"
+    [ -z "$gone" ] || die "files missing: $(echo "$gone" | xargs)"
+    [ -z "$extra" ] || die "files not in SHA256SUMS: $(echo "$extra" | xargs)"
     log "checking $(wc -l <"$bundle/SHA256SUMS") files"
     if ! (cd "$bundle" && sha256sum --check --quiet --strict SHA256SUMS); then
         die "checksums do not match (above): copy the bundle again"
     fi
-    # A file nobody listed (copied in by hand, or left from another bundle) is refused too.
-    local unlisted
-    unlisted="$(cd "$bundle" && find . -type f ! -name SHA256SUMS | sort \
-        | comm -23 - <(sed 's/^[0-9a-f]*  //' SHA256SUMS | sort))"
-    [ -z "$unlisted" ] || die "files not in SHA256SUMS: $unlisted"
     local kind name rest file
     while read -r kind name rest; do
         case "$kind" in
