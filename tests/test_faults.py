@@ -190,8 +190,9 @@ def _wait_for_health(
     return body
 
 
-def _recovered(stack: RunningStack) -> None:
-    """Healthy again (every dependency ok, the credential cache trusted again) and the spool written."""
+def _recovered(stack: RunningStack, user: User) -> None:
+    """Healthy again (every dependency ok, the credential cache trusted again), the spool written, and a
+    sign-in works (auth's connection pool was not used up for good by the fault)."""
     body = _wait_for_health(
         stack,
         lambda b: b["status"] == "ok" and b["credential_cache"] == "on" and b["history_spool"] == 0,
@@ -200,6 +201,7 @@ def _recovered(stack: RunningStack) -> None:
     assert body.get("status") == "ok", body
     assert body.get("credential_cache") == "on", body
     assert body.get("history_spool") == 0, body
+    assert stack.login(user.username, user.password)
 
 
 def _clear_refusal(outcome: Outcome) -> bool:
@@ -239,7 +241,7 @@ def _run(
             if window is not None:
                 window.start, window.end = injected_at, time.monotonic()
         time.sleep(0.5)
-    _recovered(stack)
+    _recovered(stack, bench.users[0])
 
     outcomes = load.outcomes + limited
     answered = [o for o in outcomes if o.status == 200]
