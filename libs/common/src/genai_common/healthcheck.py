@@ -4,7 +4,9 @@
     python -m genai_common.healthcheck http http://127.0.0.1:8000/health [--bearer-env VAR]
 
 Exit status 0 when the service answers SERVING (gRPC, grpc.health.v1) or with a 2xx (HTTP), 1 otherwise,
-with the reason on stderr, which `docker inspect` shows. grpc_health_probe would be one more binary to
+with the reason on stderr, which `docker inspect` shows. Auth and history stay SERVING while their database is down
+(they still answer what they can, and a restart would not bring it back); `--service postgres` asks for
+PostgreSQL as the service sees it, and the gateway's /health answers 200 while degraded, 503 when down. grpc_health_probe would be one more binary to
 download into every image; this uses the grpcio the services already carry. The module imports grpc
 only for the gRPC probe, so an image without it (the llama.cpp server) runs this file on its own.
 """
