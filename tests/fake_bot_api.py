@@ -92,6 +92,8 @@ class FakeBotApi:
     callback_answers: list[str] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     too_many: int = 0
+    not_modified: int = 0
+    _not_modified: int = 0
     violations: int = 0
     # Host headers the calls came with: a proxy's client names the Bot API's host, not this server's.
     hosts: set[str] = field(default_factory=set)
@@ -176,6 +178,12 @@ class FakeBotApi:
                 }
             )
         return query_id
+
+    def already_shown(self, times: int = 1) -> None:
+        """The next `times` edits answer "message is not modified", as when an edit's answer was lost and
+        the same edit comes again: the message keeps its text."""
+        with self._lock:
+            self._not_modified += times
 
     def flood(self, method: str, retry_after: int, times: int = 1) -> None:
         """The next `times` calls of `method` answer 429 with this retry_after."""
@@ -336,7 +344,9 @@ class FakeBotApi:
             if not found:
                 return _error(400, "Bad Request: message to edit not found")
             sent = found[0]
-            if sent.text == text and sent.entities == entities:
+            if sent.text == text and sent.entities == entities or self._not_modified:
+                self._not_modified = max(0, self._not_modified - 1)
+                self.not_modified += 1
                 return _error(400, NOT_MODIFIED)
             sent.text, sent.entities, sent.edits = text, entities, sent.edits + 1
         return {**self._message(sent), "edit_date": int(time.time())}
