@@ -6,6 +6,7 @@ would run as formulas are defused, and the PDF gets plain lines of text in an em
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import functools
 import io
@@ -13,13 +14,13 @@ import json
 import logging
 import re
 import unicodedata
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import Response
+from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from fontTools.ttLib import TTFont
 from fpdf import FPDF
@@ -27,6 +28,7 @@ from genai.history.v1 import history_pb2
 from starlette.concurrency import run_in_threadpool
 
 from genai_gateway.errors import ApiError
+from genai_gateway.quota import Quotas
 from genai_gateway.settings import DEFAULT_PDF_FONT, GatewaySettings
 
 logger = logging.getLogger(__name__)
@@ -374,12 +376,35 @@ def _readable(millis: int) -> str:
 # --- the answer ---------------------------------------------------------------------------------------------
 
 
+async def export_file(
+    request: Request,
+    user_id: str,
+    call: AsyncIterator[history_pb2.ExportedMessage],
+    fmt: Format,
+    stem: str,
+    heading: str,
+) -> Response:
+    """`download`, counted against the caller's export limits (so many a minute, so many at once): the
+    export holds its place until its file has been sent."""
+    settings: GatewaySettings = request.app.state.settings
+    quotas: Quotas = request.app.state.pipeline.quotas
+    admission = await quotas.admit_read(
+        "exports", user_id, settings.exports_per_minute, settings.exports_at_once
+    )
+    try:
+        return await download(call, fmt, stem, heading, settings, done=lambda: quotas.settle(admission, 0))
+    except BaseException:
+        await asyncio.shield(quotas.settle(admission, 0))
+        raise
+
+
 async def download(
     call: AsyncIterator[history_pb2.ExportedMessage],
     fmt: Format,
     stem: str,
     heading: str,
     settings: GatewaySettings,
+    done: Callable[[], Awaitable[None]] | None = None,
 ) -> Response:
     """Read an export stream from the history service and answer it as a file to save.
 
@@ -395,6 +420,8 @@ async def download(
     }
     if fmt == "pdf":
         body = await _pdf(call, heading, settings)
+        if done is not None:
+            await done()
         return Response(content=body, media_type=MEDIA_TYPES[fmt], headers=headers)
     writer: JsonWriter | CsvWriter = JsonWriter(datetime.now(UTC)) if fmt == "json" else CsvWriter()
     items = aiter(call)
@@ -410,6 +437,8 @@ async def download(
             yield writer.end()
         finally:
             await items.aclose()  # type: ignore[attr-defined]
+            if done is not None:
+                await asyncio.shield(done())
 
     return StreamingResponse(body(), media_type=MEDIA_TYPES[fmt], headers=headers)
 

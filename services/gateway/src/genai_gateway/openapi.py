@@ -76,7 +76,7 @@ class HealthOut(BaseModel):
     reasons: list[str] = Field(description="what users cannot do now, one line per failing dependency")
     model: str | None = Field(description="the default model, once known")
     dependencies: dict[str, str] = Field(
-        description='per dependency (auth, history, inference_adapter, model, redis, and PostgreSQL as '
+        description="per dependency (auth, history, inference_adapter, model, redis, and PostgreSQL as "
         'postgres_auth and postgres_history see it): "ok", "down: <why>", or "unknown: <why>" when the '
         "service that would say is down itself"
     )
@@ -198,7 +198,9 @@ _HISTORY_CALL: Reasons = {503: HISTORY_DOWN, 504: HISTORY_SLOW}
 _EXPORT: Reasons = {
     **_HISTORY_CALL,
     400: "the export is larger than the server exports at once (PDF: fewer characters still)",
-    503: f"{HISTORY_DOWN}, or PDF exports are not available on this server",
+    429: "over your export limits (exports per minute, or at once) (Retry-After)",
+    503: f"{HISTORY_DOWN}, or PDF exports are not available on this server, or limits cannot be checked "
+    "(Redis down, policy closed)",
 }
 _GENERATION: Reasons = {
     400: "the model server refused the request (e.g. longer than the model's context)",
@@ -255,7 +257,12 @@ ROUTE_ERRORS: dict[str, Reasons] = {
         429: "too many wrong old passwords (Retry-After)",
     },
     "GET /api/v1/history": {**_HISTORY_CALL, 400: BAD_CURSOR},
-    "GET /api/v1/history/search": {**_HISTORY_CALL, 400: f"the query is empty once cleaned, or {BAD_CURSOR}"},
+    "GET /api/v1/history/search": {
+        **_HISTORY_CALL,
+        400: f"the query is empty once cleaned, or {BAD_CURSOR}",
+        429: "over your limit of searches per minute (Retry-After)",
+        503: f"{HISTORY_DOWN}, or limits cannot be checked (Redis down, policy closed)",
+    },
     "GET /api/v1/history/export": _EXPORT,
     "GET /api/v1/history/{conversation_id}": _HISTORY_CALL,
     "PATCH /api/v1/history/{conversation_id}": {**_HISTORY_CALL, 400: "the title is empty once cleaned"},

@@ -330,6 +330,24 @@ class Quotas:
         # Redis is away: the slot's expiry frees it, and the tokens are counted here meanwhile.
         self.local.charge(admission, tokens)
 
+    async def admit_read(
+        self, kind: str, user_id: str, per_minute: int, at_once: int = UNLIMITED
+    ) -> Admission:
+        """Count an expensive read (an export, a search) against the caller's limits for that kind; 429 names
+        the kind. Settle it like a request, with no tokens."""
+        limits = LimitSet(
+            requests_per_minute=per_minute,
+            concurrent_requests=at_once,
+            tokens_per_minute=UNLIMITED,
+            tokens_per_day=UNLIMITED,
+        )
+        try:
+            return await self.admit(f"{kind}:{user_id}", limits)
+        except ApiError as exc:
+            if exc.status != 429:
+                raise
+            raise ApiError(429, f"{kind}: {exc.message}", code=exc.code, headers=exc.headers) from None
+
     async def in_use(self, subject: str) -> int:
         """Slots held right now (for tests and the admin view)."""
         return int(await self.client.zcount(self._keys(subject)[1], f"({int(time.time() * 1000)}", "+inf"))

@@ -111,3 +111,8 @@ class GatewaySettings(CommonSettings):
     pdf_font: str = DEFAULT_PDF_FONT
     # PDF layout is slow work for a web request: larger exports are refused with a pointer to CSV or JSON.
     export_pdf_max_chars: int = Field(1_000_000, ge=1)
+    # Exports and searches cost the history service and PostgreSQL far more than a chat turn: each user may
+    # start this many a minute (exports: this many at once too); beyond that, 429 with Retry-After.
+    exports_per_minute: int = Field(10, ge=1)
+    exports_at_once: int = Field(2, ge=1)
+    searches_per_minute: int = Field(60, ge=1)

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from genai_gateway.clients import History
 from genai_gateway.errors import ApiError
-from genai_gateway.exports import Format, download, iso_utc
+from genai_gateway.exports import Format, export_file, iso_utc
 from genai_gateway.routers.history import message_out, summary_out
 from genai_gateway.schemas import (
     AdminConversationList,
@@ -100,9 +100,10 @@ async def export_user(
     messages = history.admin_export_conversations(
         history_pb2.AdminExportConversationsRequest(actor=_actor(principal), owner_id=owner_id)
     )
-    settings = request.app.state.settings
     today = datetime.now(UTC).strftime("%Y%m%d")
-    return await download(messages, format, f"conversations-{owner_id}-{today}", "Conversations", settings)
+    return await export_file(
+        request, principal.user_id, messages, format, f"conversations-{owner_id}-{today}", "Conversations"
+    )
 
 
 @router.get("/conversations/{conversation_id}", response_model=AdminConversationOut)
@@ -131,8 +132,9 @@ async def export_conversation(
     messages = history.admin_export_conversations(
         history_pb2.AdminExportConversationsRequest(actor=_actor(principal), conversation_id=conversation_id)
     )
-    settings = request.app.state.settings
-    return await download(messages, format, f"conversation-{conversation_id}", "Conversation", settings)
+    return await export_file(
+        request, principal.user_id, messages, format, f"conversation-{conversation_id}", "Conversation"
+    )
 
 
 @router.get("/audit", response_model=AuditEventList)

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request, Response
 from genai.history.v1 import history_pb2
 
 from genai_gateway.clients import History
-from genai_gateway.exports import Format, download
+from genai_gateway.exports import Format, export_file
 from genai_gateway.routers.history import summary_out
 from genai_gateway.schemas import ConversationRename, ConversationSummary, SearchHit, SearchResults
 from genai_gateway.security import CurrentUser
@@ -26,11 +26,17 @@ FormatQuery = Annotated[Format, Query(description="json, csv (UTF-8 with BOM) or
 async def search(
     principal: CurrentUser,
     history: History,
+    request: Request,
     q: Annotated[str, Query(min_length=1, max_length=500, description='words, "a phrase", -word, or')],
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str, Query(max_length=512)] = "",
 ) -> SearchResults:
-    """Your prompts and responses that match, newest first; snippets are plain text."""
+    """Your prompts and responses that match, most relevant first; snippets are plain text."""
+    quotas = request.app.state.pipeline.quotas
+    settings = request.app.state.settings
+    await quotas.settle(
+        await quotas.admit_read("searches", principal.user_id, settings.searches_per_minute), 0
+    )
     page = await history.search_messages(
         history_pb2.SearchMessagesRequest(
             owner_id=principal.user_id, query=q, page_size=limit, page_token=cursor
@@ -63,8 +69,8 @@ async def export_all(
         history_pb2.ExportConversationsRequest(owner_id=principal.user_id)
     )
     today = datetime.now(UTC).strftime("%Y%m%d")
-    return await download(
-        messages, format, f"conversations-{today}", "Conversations", request.app.state.settings
+    return await export_file(
+        request, principal.user_id, messages, format, f"conversations-{today}", "Conversations"
     )
 
 
@@ -80,8 +86,9 @@ async def export_one(
     messages = history.export_conversations(
         history_pb2.ExportConversationsRequest(owner_id=principal.user_id, conversation_id=conversation_id)
     )
-    settings = request.app.state.settings
-    return await download(messages, format, f"conversation-{conversation_id}", "Conversation", settings)
+    return await export_file(
+        request, principal.user_id, messages, format, f"conversation-{conversation_id}", "Conversation"
+    )
 
 
 @router.patch("/{conversation_id}", response_model=ConversationSummary)
