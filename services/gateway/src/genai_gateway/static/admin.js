@@ -4,6 +4,7 @@
 
 import * as api from "./api.js";
 import { applyI18n, has, languageSelect, onLangChange, t } from "./i18n.js";
+import { initTelegramAdmin } from "./admin-telegram.js";
 import { renderMarkdown } from "./markdown.js";
 import {
   confirmDialog,
@@ -511,7 +512,7 @@ async function boot() {
   }
   $("console").hidden = false;
   await loadUsers();
-  await Promise.all([loadUsage(), loadAudit()]);
+  await Promise.all([loadUsage(), loadAudit(), initTelegramAdmin()]);
 }
 
 boot();
