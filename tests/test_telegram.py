@@ -397,35 +397,48 @@ def test_unlinked_accounts_group_chats_and_ended_links_get_no_answer(bot: Bot) -
     assert sum(1 for x in listed if x["owner"] == frank.username and x["revoked"]) == 3
 
 
-def test_the_web_page_makes_the_code_lists_the_link_and_unlinks(bot: Bot) -> None:
+def test_the_web_page_links_and_unlinks_and_the_admin_console_revokes(bot: Bot) -> None:
     from tests import test_browser as page_tests  # skips where Chromium is not installed
 
-    user, phone = bot.stack.new_user(), person()
+    expect = page_tests.expect
+    user, own_phone, work_phone = bot.stack.new_user(), person(), person()
     with page_tests.sync_api.sync_playwright() as playwright:
         browser = page_tests.launch_for(playwright, bot.stack)
         try:
-            context = browser.new_context(base_url=bot.stack.base_url, locale="en-US")
             watch = page_tests.PageWatch(bot.stack.base_url)
-            page = watch.attach(context.new_page())
+            page = watch.attach(browser.new_context(base_url=bot.stack.base_url, locale="en-US").new_page())
             page_tests.log_in(page, user.username, user.password)
             page.click("#telegram-panel summary")
-            page_tests.expect(page.locator("#telegram-none")).to_have_text("No Telegram account is linked.")
-            page.click("#telegram-code-button")
-            command = page.locator(".telegram-command")
-            page_tests.expect(command).to_have_text(re.compile(r"/start [A-Z2-9]{12}"))
-            reply = say(bot, phone, str(command.text_content()))
-            assert reply.text.startswith(f"Linked to {user.username}.")
+            expect(page.locator("#telegram-none")).to_have_text("No Telegram account is linked.")
+            command, shown = page.locator(".telegram-command"), ""
+            for phone in (own_phone, work_phone):
+                page.click("#telegram-code-button")
+                expect(command).to_have_text(re.compile(r"/start [A-Z2-9]{12}"))
+                expect(command).not_to_have_text(shown)  # a new code each time
+                shown = str(command.text_content())
+                reply = say(bot, phone, shown)
+                assert reply.text.startswith(f"Linked to {user.username}.")
             page.click("#telegram-panel summary")
             page.click("#telegram-panel summary")  # opened again: the list is read anew
             linked = page.locator("#telegram-links li")
-            page_tests.expect(linked).to_have_count(1)
-            page_tests.expect(linked).to_contain_text(f"@{phone.username}")
-            linked.get_by_role("button", name="Unlink").click()
-            page_tests.expect(linked).to_have_count(0)
+            expect(linked).to_have_count(2)
+            linked.filter(has_text=f"@{own_phone.username}").get_by_role("button", name="Unlink").click()
+            expect(linked).to_have_count(1)
+            expect(linked).to_contain_text(f"@{work_phone.username}")
+
+            admin = watch.attach(browser.new_context(base_url=bot.stack.base_url, locale="en-US").new_page())
+            page_tests.log_in(admin, bot.stack.admin_username, bot.stack.admin_password)
+            admin.goto("/static/admin.html#telegram")
+            row = admin.locator("#telegram-table tbody tr", has_text=user.username)
+            expect(row).to_have_count(1)
+            expect(row).to_contain_text(f"@{work_phone.username}")
+            row.get_by_role("button", name="Revoke").click()
+            expect(row).to_have_count(0)
             watch.check()
         finally:
             browser.close()
-    assert say(bot, phone, "Hello?").text.startswith("This account's link was ended")
+    for phone in (own_phone, work_phone):
+        assert say(bot, phone, "Hello?").text.startswith("This account's link was ended")
 
 
 def test_webhook_mode_takes_the_updates_telegram_posts_with_the_secret(
