@@ -195,3 +195,40 @@ async def test_upstream_error_before_the_first_chunk_is_an_http_error(
     finally:
         sim_stack.start("upstream")
         sim_stack.wait_healthy()
+
+
+async def test_a_stream_its_client_leaves_is_charged_what_it_spent(
+    sim_stack: RunningStack, sim_user: User
+) -> None:
+    # Leaving just before the end must not dodge a token quota: the tokens streamed so far (and the
+    # prompt's) are charged when the client goes.
+    sim_stack.set_limits(sim_user, tokens_per_minute=10, requests_per_minute=-1)
+    prompt = f"leave before the end {uuid.uuid4().hex}"
+    async with sim_stack.async_client() as client:
+        async with client.stream(
+            "POST", "/ask", json={"prompt": prompt, "stream": True}, headers=sim_user.headers
+        ) as response:
+            assert response.status_code == 200
+            got = 0
+            async for line in response.aiter_lines():
+                if line.startswith("data: {") and json.loads(line[6:]).get("type") == "delta":
+                    got += 1
+                if got == SIM_OUTPUT_TOKENS - 5:
+                    break  # the connection closes mid-answer
+        # The partial exchange reaches history once the stream has been settled.
+        deadline = time.monotonic() + 15
+        recorded = None
+        while recorded is None and time.monotonic() < deadline:
+            found = await client.get(
+                "/api/v1/history/search", params={"q": prompt.rsplit(" ", 1)[1]}, headers=sim_user.headers
+            )
+            recorded = found.json()["hits"][0] if found.status_code == 200 and found.json()["hits"] else None
+            await asyncio.sleep(0.2)
+        assert recorded is not None, "the abandoned exchange was not recorded"
+        stored = await client.get(f"/api/v1/history/{recorded['conversation_id']}", headers=sim_user.headers)
+        usage = stored.json()["messages"][-1]["usage"]
+        assert usage["completion_tokens"] == SIM_OUTPUT_TOKENS - 5 and usage["prompt_tokens"] > 0, usage
+        # Over the 10 tokens a minute now: the next request is refused by the token limit.
+        after = await client.post("/ask", json={"prompt": "and now?"}, headers=sim_user.headers)
+    assert after.status_code == 429, after.text
+    assert "token limit of 10 tokens per minute" in after.json()["detail"]

@@ -52,6 +52,8 @@ COMPLETE = ("stop", "length", "")
 CACHED_CHUNK_CHARS = 16
 # Tokens a chat template adds around each message (role markers, separators): counted on top of the text.
 MESSAGE_OVERHEAD_TOKENS = 8
+# Characters a token holds, roughly, where a prompt's tokens must be estimated (a stream cut short).
+CHARS_PER_TOKEN = 4
 # Token counts of stored turns, which never change: remembered per (model, message id).
 TOKEN_COUNT_MEMORY = 20_000
 # Counting a conversation's tokens at the model server (texts of one conversation, counted concurrently).
@@ -686,6 +688,8 @@ class Ticket:
         self.principal = principal
         self.generation = generation
         self.admission = admission
+        # What a generation spent before its client left (each streamed piece a token, the prompt estimated).
+        self.abandoned_tokens = 0
 
     @property
     def model(self) -> str:
@@ -721,7 +725,7 @@ class Ticket:
                     yield item
         finally:
             # Shielded: a client that leaves while this runs must not keep its slot.
-            tokens = answer.charged_tokens if answer is not None else 0
+            tokens = answer.charged_tokens if answer is not None else self.abandoned_tokens
             await asyncio.shield(self.pipeline.quotas.settle(self.admission, tokens))
 
     async def _events(self, streaming: bool) -> AsyncIterator[Event]:
@@ -773,14 +777,19 @@ class Ticket:
                         finished = item
         finally:
             if finished is None and pieces:
-                # The client left mid-answer: keep what the user wrote and what they were shown.
+                # The client left mid-answer: keep what the user wrote and what they were shown, and charge
+                # what the generation spent so far, so that leaving just before the end dodges no quota.
                 partial = Answer(
                     text="".join(p.text for p in pieces),
                     source="model",
                     model=generation.model,
                     finish_reason="cancelled",
                     latency_ms=int((time.perf_counter() - started) * 1000),
+                    prompt_tokens=_estimated_tokens(messages, generation.prompt),
+                    completion_tokens=len(pieces),
+                    coalesced=coalesced,
                 )
+                self.abandoned_tokens = partial.charged_tokens
                 pipeline.in_background(pipeline._record(principal, generation, partial))
         # follow() either raises or ends with the answer.
         assert finished is not None
@@ -789,6 +798,15 @@ class Ticket:
         )
         answer.conversation_id = await pipeline._record(principal, generation, answer)
         yield answer
+
+
+def _estimated_tokens(messages: list[Message], prompt: str | None) -> int:
+    """The prompt's tokens when no count came back (the generation was cut short): about four characters
+    a token, and a chat template's few per message."""
+    if prompt is not None:
+        return len(prompt) // CHARS_PER_TOKEN
+    chars = sum(len(str(m.get("content") or "")) for m in messages)
+    return chars // CHARS_PER_TOKEN + MESSAGE_OVERHEAD_TOKENS * len(messages)
 
 
 def _chat_message(message: Message) -> inference_pb2.ChatMessage:
