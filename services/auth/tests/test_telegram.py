@@ -3,6 +3,7 @@ gives, one link per Telegram account, and ending a link with its key."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -53,10 +54,12 @@ async def test_a_code_links_once_and_gives_a_chat_key_that_acts_as_a_user(
     assert key.name == "Telegram @alice_tg" and key.expires_at is None
     with pytest.raises(InvalidCode):
         await links.redeem(code, 1002, "", store.get_by_id)
-    stored = await keys.pool.fetchval(
-        "SELECT count(*) FROM telegram_link_codes WHERE code_hash = $1", code.encode()
+    # Kept as a SHA-256 only, and spent.
+    used = await keys.pool.fetchval(
+        "SELECT used_at IS NOT NULL FROM telegram_link_codes WHERE code_hash = $1",
+        hashlib.sha256(code.encode()).digest(),
     )
-    assert stored == 0, "codes are kept hashed only"
+    assert used is True
 
 
 async def test_an_expired_or_wrong_code_links_nothing(
