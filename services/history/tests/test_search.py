@@ -167,6 +167,16 @@ async def test_word_forms_in_russian_and_english(stub: Stub) -> None:
     assert list((await search(stub, owner, "лето")).hits) == []
 
 
+async def test_a_query_of_stop_words_finds_them_as_written(stub: Stub) -> None:
+    owner = new_owner()
+    tag = word()
+    it = await append(stub, owner, prompt=f"{tag} Ask IT about the printer", response="Что это?")
+    [hit] = (await search(stub, owner, "IT")).hits
+    assert hit.message_id == it.message_id
+    assert "«IT»" in hit.snippet
+    assert [h.message_id for h in (await search(stub, owner, "что")).hits] == [it.message_id]
+
+
 async def test_more_relevant_first_then_newest(stub: Stub) -> None:
     owner = new_owner()
     tag = word()

@@ -208,13 +208,22 @@ _RENAME_CONVERSATION = f"""
 """  # noqa: S608 (fixed text)
 
 # Ranked by relevance (ts_rank over the generated search_vector column, migrations 0002 and 0005), then
-# newest first; pages continue after the last hit's (rank, created_at, id). The rank is computed for every
-# match of the owner, which the GIN index finds; only the page's rows get a headline, which reads the whole
-# text. The query goes through the same configuration and `ё` -> `е` as the column. The headline marks
-# matches with guillemets in the original text (the parser maps its words to the same lexemes): plain
+# newest first; pages continue after the last hit's (rank, created_at, id). The query is read with the
+# `russian` configuration (stems of both languages), or with `simple` when that leaves nothing of it (only
+# stop words: "что", "IT"), after the same `ё` -> `е` as the column. The rank is computed for every match of
+# the owner, which the GIN index finds; only the page's rows get a headline, which reads the whole text and
+# marks matches with guillemets in the original text (its parser maps the words to the same lexemes): plain
 # text, never markup.
 _SEARCH = """
-    WITH query AS (SELECT websearch_to_tsquery('russian', translate($2, 'ёЁ', 'еЕ')) AS q),
+    WITH parsed AS (
+        SELECT websearch_to_tsquery('russian', translate($2, 'ёЁ', 'еЕ')) AS stems,
+               websearch_to_tsquery('simple', translate($2, 'ёЁ', 'еЕ')) AS words
+    ),
+    query AS (
+        SELECT CASE WHEN numnode(stems) > 0 THEN stems ELSE words END AS q,
+               CASE WHEN numnode(stems) > 0 THEN 'russian' ELSE 'simple' END::regconfig AS config
+        FROM parsed
+    ),
     ranked AS (
         SELECT m.id, m.conversation_id, m.created_at, ts_rank(m.search_vector, query.q) AS rank,
                m.prompt, m.response
@@ -230,7 +239,7 @@ _SEARCH = """
         LIMIT $3
     )
     SELECT page.id, page.conversation_id, c.title, page.created_at, page.rank,
-           ts_headline('russian', page.text, query.q,
+           ts_headline(query.config, page.text, query.q,
                        'StartSel=«, StopSel=», MaxWords=30, MinWords=10, MaxFragments=2, '
                        'FragmentDelimiter=" … "') AS snippet
     FROM page JOIN conversations c ON c.id = page.conversation_id, query
