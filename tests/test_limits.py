@@ -146,3 +146,40 @@ async def test_regenerate_bypasses_the_cache(sim_stack: RunningStack, sim_user: 
             "/ask", json={"prompt": prompt}, headers={**sim_user.headers, "Cache-Control": "no-cache"}
         )
     assert (first["source"], cached["source"], fresh.json()["source"]) == ("model", "cache", "model")
+
+
+async def test_only_a_single_question_without_context_is_shared_between_users(
+    sim_stack: RunningStack, sim_user: User
+) -> None:
+    other = sim_stack.new_user()
+    tag = uuid.uuid4().hex
+    single = {"messages": [{"role": "user", "content": f"What is DNS? {tag}"}]}
+    # Earlier turns and a system prompt are the caller's own context (they may hold private details).
+    with_turns = {
+        "messages": [
+            {"role": "user", "content": f"My server is db-7.corp {tag}"},
+            {"role": "assistant", "content": "Noted."},
+            {"role": "user", "content": "Why is it slow?"},
+        ]
+    }
+    with_system = {
+        "messages": [
+            {"role": "system", "content": f"The user's project is Falcon {tag}"},
+            {"role": "user", "content": "Summarise it."},
+        ]
+    }
+
+    async def source(user: User, body: dict[str, object]) -> str:
+        async with sim_stack.async_client() as client:
+            response = await client.post("/v1/chat/completions", json=body, headers=user.headers)
+        assert response.status_code == 200, response.text
+        return str(response.json()["source"])
+
+    for body in (single, with_turns, with_system):
+        assert await source(sim_user, body) == "model"
+        # The same user gets their own answer again from the cache...
+        assert await source(sim_user, body) == "cache"
+    # ...another user only the single question's.
+    assert await source(other, single) == "cache"
+    assert await source(other, with_turns) == "model"
+    assert await source(other, with_system) == "model"

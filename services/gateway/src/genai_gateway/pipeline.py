@@ -509,16 +509,20 @@ class AskPipeline:
             params["prompt"] = " ".join(generation.prompt.split())
         return params
 
-    def _scope(self, principal: auth_pb2.Principal) -> str:
-        return principal.user_id if self.settings.cache_scope == "user" else ""
+    def _scope(self, principal: auth_pb2.Principal, shareable: bool = True) -> str:
+        """Whose answers a request may be given: everyone's (""), or only its own user's."""
+        return "" if self.settings.cache_scope == "global" and shareable else principal.user_id
 
     def _key(self, principal: auth_pb2.Principal, generation: Generation, messages: list[Message]) -> str:
+        # Only a single question without context is shared between users: earlier turns, a conversation
+        # from history or a system prompt may hold what is private to its user, and an answer made from
+        # them stays in that user's scope.
         return cache_key(
             generation.model,
             messages,
             self._params(generation),
             case_insensitive=self.settings.cache_case_insensitive,
-            scope=self._scope(principal),
+            scope=self._scope(principal, shareable=_single_question(generation)),
         )
 
     async def _probe(self, principal: auth_pb2.Principal, generation: Generation) -> Probe | None:
@@ -798,6 +802,13 @@ class Ticket:
         )
         answer.conversation_id = await pipeline._record(principal, generation, answer)
         yield answer
+
+
+def _single_question(generation: Generation) -> bool:
+    """A plain prompt, or exactly one user message, and no conversation from history."""
+    if generation.conversation_id:
+        return False
+    return generation.prompt is not None or [m["role"] for m in generation.messages or []] == ["user"]
 
 
 def _estimated_tokens(messages: list[Message], prompt: str | None) -> int:
