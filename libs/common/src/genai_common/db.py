@@ -35,8 +35,10 @@ SIZE_EVERY = 8
 
 # What PostgreSQL being down, hung, restarting or out of connections looks like to asyncpg: refused or
 # reset connections and timeouts (OSError, TimeoutError), a connection lost mid-query (class 08), a server
-# shutting down, starting up or cancelling the query (class 57), no connection slot left (class 53), and a
-# pooled connection found closed (InterfaceError). A service answers these with UNAVAILABLE, not INTERNAL
+# shutting down, starting up or cancelling the query (class 57), no connection slot left (class 53), a
+# pooled connection found closed (InterfaceError), and one that the server dropped half-way through an
+# operation ("InternalClientError: cannot switch to state ...; another operation is in progress", seen
+# when PostgreSQL stops under load). A service answers these with UNAVAILABLE, not INTERNAL
 # (`genai_common.grpc_server.serve`'s `database_errors`): a retry later succeeds, nothing is broken.
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -45,6 +47,7 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
 )
 
 
