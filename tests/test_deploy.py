@@ -1003,3 +1003,9 @@ def test_nginx_check_rejects_a_broken_site(tmp_path: Path) -> None:
     values = production_nginx_values(tmp_path, tmp_path / "no-such-folder")
     with pytest.raises(RuntimeError, match="nginx rejected"):
         nginx.check_config(nginx.write_config(tmp_path / "nginx", values))
+
+
+def test_production_serves_no_api_reference_and_no_grpc_reflection() -> None:
+    gateway = compose()["services"]["gateway"]["environment"]
+    assert gateway["GENAI_GATEWAY_PUBLIC_API_DOCS"].endswith(":-false}")
+    assert gateway["GENAI_GATEWAY_GRPC_REFLECTION"].endswith(":-false}")

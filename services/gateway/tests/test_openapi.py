@@ -150,3 +150,13 @@ def test_openai_requests_refuse_unknown_fields(document: dict[str, Any]) -> None
             {"const": 0},
             {"type": "null"},
         ]
+
+
+def test_the_reference_and_reflection_can_be_turned_off() -> None:
+    # Off unless asked for: nobody learns the API's shape before signing in.
+    client = TestClient(create_app(GatewaySettings()))  # no lifespan: the routes only
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert client.get(path).status_code == 404, path
+    on = TestClient(create_app(GatewaySettings(public_api_docs=True)))
+    assert on.get("/openapi.json").status_code == 200
+    assert on.get("/docs").status_code == 200

@@ -96,7 +96,13 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             follow = asyncio.create_task(backends.auth.follow_changes())
         grpc_server = None
         if settings.grpc_port:
-            grpc_server = await start_server(pipeline, backends.auth, settings.host, settings.grpc_port)
+            grpc_server = await start_server(
+                pipeline,
+                backends.auth,
+                settings.host,
+                settings.grpc_port,
+                reflection=settings.grpc_reflection,
+            )
         try:
             yield
         finally:
@@ -122,6 +128,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         version="1.0",
         description="Multi-user access to a local LLM: web chat, HTTP API and gRPC.",
         lifespan=lifespan,
+        docs_url="/docs" if settings.public_api_docs else None,
+        redoc_url="/redoc" if settings.public_api_docs else None,
+        openapi_url="/openapi.json" if settings.public_api_docs else None,
     )
     # The last added runs first: the request id is set before the metrics middleware logs the request.
     app.add_middleware(MetricsMiddleware)

@@ -11,7 +11,7 @@ import grpc
 from genai.assistant.v1 import assistant_pb2, assistant_pb2_grpc
 from genai.auth.v1 import auth_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection as server_reflection
 
 from genai_common.grpc_server import ServiceInterceptor
 from genai_common.request_id import current_request_id
@@ -138,15 +138,22 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer):
         )
 
 
-async def start_server(pipeline: AskPipeline, auth: AuthClient, host: str, port: int) -> grpc.aio.Server:
+async def start_server(
+    pipeline: AskPipeline, auth: AuthClient, host: str, port: int, *, reflection: bool = True
+) -> grpc.aio.Server:
     server = grpc.aio.server(interceptors=[ServiceInterceptor()])
     assistant_pb2_grpc.add_AssistantServicer_to_server(AssistantServicer(pipeline, auth), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
+    if reflection:
+        server_reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                server_reflection.SERVICE_NAME,
+            ),
+            server,
+        )
     if server.add_insecure_port(f"{host}:{port}") == 0:
         raise RuntimeError(f"cannot listen on {host}:{port} for the gRPC API")
     await server.start()

@@ -34,6 +34,11 @@ class GatewaySettings(CommonSettings):
 
     # The public gRPC API (genai.assistant.v1.Assistant); 0 turns it off.
     grpc_port: int = 50050
+    # What the service tells anyone about itself before they sign in: the API's reference (/docs,
+    # /openapi.json) and gRPC server reflection. Off unless asked for (`make run` and the tests turn both
+    # on); clients of a production site use the published document and the .proto files.
+    public_api_docs: bool = False
+    grpc_reflection: bool = False
 
     # The Telegram bot's username (services/telegram-bot), for the t.me link the web page shows beside a
     # link code; empty: the page shows the command to send the bot.

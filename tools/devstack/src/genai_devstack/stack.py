@@ -92,6 +92,9 @@ def environment(cfg: StackConfig) -> dict[str, str]:
         "GENAI_GATEWAY_ADAPTER_TARGET": f"127.0.0.1:{p.adapter}",
         "GENAI_GATEWAY_REDIS_URL": cfg.redis_url,
         "GENAI_GATEWAY_METRICS_PORT": str(p.gateway_metrics),
+        # A developer's stack shows the API reference and answers gRPC reflection (production: off).
+        "GENAI_GATEWAY_PUBLIC_API_DOCS": "true",
+        "GENAI_GATEWAY_GRPC_REFLECTION": "true",
         "GENAI_AUTH_METRICS_PORT": str(p.auth_metrics),
         "GENAI_HISTORY_METRICS_PORT": str(p.history_metrics),
         "GENAI_ADAPTER_METRICS_PORT": str(p.adapter_metrics),
