@@ -413,6 +413,28 @@ async def test_with_history_down_the_answer_is_given_and_the_exchange_spooled(
     assert len(rig.history.appended) == 1
 
 
+async def test_with_the_spool_full_new_questions_wait_and_nothing_is_dropped(
+    rig: Rig, redis_client: redis.Redis
+) -> None:
+    rig.model.gate.set()
+    rig.history.down = True
+    await redis_client.delete(SPOOL_KEY)
+    rig.pipeline.recorder.max_spooled = 1
+    try:
+        await (await rig.pipeline.admit(principal(), ask(unique()))).answer()
+        with pytest.raises(ApiError) as refused:
+            await rig.pipeline.admit(principal(), ask(unique()))
+        assert refused.value.status == 503 and "history" in refused.value.message
+        assert refused.value.headers["Retry-After"]
+        assert await slots_in_use(rig) == 0 and await rig.pipeline.recorder.pending() == 1
+        rig.history.down = False
+        assert await rig.pipeline.recorder.drain_once() == 1
+        await (await rig.pipeline.admit(principal(), ask(unique()))).answer()
+    finally:
+        rig.pipeline.recorder.max_spooled = 100_000
+        rig.history.down = False
+
+
 async def test_a_whole_request_cancelled_by_its_caller_frees_the_model_and_the_slot(rig: Rig) -> None:
     ticket = await rig.pipeline.admit(principal(), ask(unique()))
     task = asyncio.ensure_future(ticket.answer())

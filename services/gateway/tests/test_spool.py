@@ -97,3 +97,44 @@ async def test_redis_and_history_both_down_keeps_exchanges_in_memory(history_add
         await dead_redis.aclose()
         await down_channel.close()
         await up_channel.close()
+
+
+async def test_a_full_spool_asks_for_a_wait_and_drops_nothing(
+    history_address: str, redis_client: redis.Redis
+) -> None:
+    await redis_client.delete(SPOOL_KEY)
+    owner = str(uuid.uuid4())
+    down_channel = create_channel(f"127.0.0.1:{free_port()}")
+    up_channel = create_channel(history_address)
+    try:
+        recorder = HistoryRecorder(HistoryClient(down_channel, 1, 1), redis_client, max_spooled=3)
+        assert not await recorder.full()  # history has not failed yet
+        for n in range(3):
+            await recorder.record(_exchange(owner, f"q{n}"))
+        # At the bound the pipeline refuses new questions (503) rather than losing an answer; one already
+        # under way is still kept.
+        assert await recorder.full()
+        await recorder.record(_exchange(owner, "under way"))
+        assert await recorder.pending() == 4
+        recorder.history = HistoryClient(up_channel, 5, 5)
+        assert await recorder.drain_once() == 4
+        assert not await recorder.full()
+    finally:
+        await down_channel.close()
+        await up_channel.close()
+
+
+async def test_memory_spool_is_bounded_the_same_way(history_address: str) -> None:
+    from genai_common.redis_client import create_redis
+
+    dead_redis = create_redis(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2)
+    down_channel = create_channel(f"127.0.0.1:{free_port()}")
+    try:
+        recorder = HistoryRecorder(HistoryClient(down_channel, 1, 1), dead_redis, memory_limit=2)
+        for n in range(3):
+            await recorder.record(_exchange(str(uuid.uuid4()), f"q{n}"))
+        assert await recorder.full()
+        assert await recorder.pending() == 3  # nothing dropped to make room
+    finally:
+        await dead_redis.aclose()
+        await down_channel.close()

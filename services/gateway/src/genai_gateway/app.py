@@ -55,7 +55,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             certificates = CertificateExpiry({"public": settings.tls_cert_file})
             REGISTRY.register(certificates)
         metrics_server = serve_metrics(settings.metrics_port, settings.host)
-        recorder = HistoryRecorder(backends.history, backends.redis, guard=guard)
+        recorder = HistoryRecorder(
+            backends.history, backends.redis, guard=guard, max_spooled=settings.spool_max_exchanges
+        )
         app.state.settings = settings
         app.state.backends = backends
         app.state.recorder = recorder

@@ -209,7 +209,8 @@ _GENERATION: Reasons = {
     422: "the prompt is empty, or max_tokens is outside 1 to the server's limit",
     429: "over one of your limits (requests or tokens per minute, concurrent requests, tokens per day)",
     503: "the model server is unavailable or its queue is full (Retry-After), the history service is "
-    "unavailable (conversation_id given), or limits cannot be checked (Redis down, policy closed)",
+    "unavailable (conversation_id given, or the answers waiting for it have reached their limit), or "
+    "limits cannot be checked (Redis down, policy closed)",
     504: "the model took too long",
 }
 _OPENAI_GENERATION: Reasons = {

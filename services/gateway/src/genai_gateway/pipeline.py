@@ -52,6 +52,8 @@ COMPLETE = ("stop", "length", "")
 CACHED_CHUNK_CHARS = 16
 # Tokens a chat template adds around each message (role markers, separators): counted on top of the text.
 MESSAGE_OVERHEAD_TOKENS = 8
+# When the history spool is full, how long a caller is asked to wait.
+SPOOL_FULL_RETRY_S = 30
 # Characters a token holds, roughly, where a prompt's tokens must be estimated (a stream cut short).
 CHARS_PER_TOKEN = 4
 # Token counts of stored turns, which never change: remembered per (model, message id).
@@ -370,6 +372,13 @@ class AskPipeline:
         The returned ticket must be run (`events` or `answer`): that is what gives its slot back.
         """
         self._check(generation)
+        if await self.recorder.full():
+            raise ApiError(
+                503,
+                "the history service is unavailable and the answers waiting for it have reached their "
+                "limit; try again shortly",
+                headers={"Retry-After": str(SPOOL_FULL_RETRY_S)},
+            )
         # An unknown model is refused before it counts against the caller's limits.
         generation.model = await self.resolve_model(generation.model)
         limits = self.quotas.limits_for(principal.role, principal.limits_json)

@@ -108,6 +108,8 @@ class GatewaySettings(CommonSettings):
 
     # Exchanges that history could not take are kept in Redis and replayed by this loop.
     spool_drain_interval_s: float = 2.0
+    # Answers kept in Redis while history is down; at this many, new questions get 503 until it drains.
+    spool_max_exchanges: int = Field(100_000, ge=1)
 
     # Exports (JSON, CSV, PDF). The history service caps what an export may hold; these bound the rest.
     export_timeout_s: float = Field(60.0, gt=0)

@@ -48,11 +48,15 @@ class HistoryRecorder:
         client: redis.Redis,
         memory_limit: int = 10_000,
         guard: RedisGuard | None = None,
+        max_spooled: int = 100_000,
     ) -> None:
         self.history = history
         self.redis = client
         self.guard = guard or RedisGuard()
-        self._memory: deque[bytes] = deque(maxlen=memory_limit)
+        # Bounds, not a ring: once one is reached, `full` refuses new questions instead of dropping old answers.
+        self.memory_limit = memory_limit
+        self.max_spooled = max_spooled
+        self._memory: deque[bytes] = deque()
         # Since a write failed, until the spool is empty again: write to the spool, not to history.
         self.failing = False
 
@@ -85,6 +89,13 @@ class HistoryRecorder:
                 self.guard.failed(exc)
         self._memory.append(raw)
         IN_MEMORY.set(len(self._memory))
+
+    async def full(self) -> bool:
+        """Whether the spool has reached its bound while history is failing: new questions must wait then
+        (503), so that no answer given has to be dropped. Costs nothing while history takes writes."""
+        if not self.failing:
+            return False
+        return len(self._memory) >= self.memory_limit or await self.pending() >= self.max_spooled
 
     async def pending(self) -> int:
         in_redis = 0
