@@ -146,6 +146,35 @@ class Outcome:
     retry_after: str | None = None
     # When the request was sent (monotonic clock).
     started: float = field(default_factory=time.monotonic)
+    # Sent again on a new connection after the first one was closed before it was read (see `post`).
+    retried: bool = False
+
+
+def post(client: httpx.Client, outcome: Outcome, body: dict[str, object]) -> None:
+    """POST /ask and record the answer in `outcome`.
+
+    A keep-alive connection that nginx closes as the request goes out (a reload ends idle connections)
+    ends with no response at all: the request was never read, so, as browsers and the openai SDK do, it is
+    sent once more on a new connection. Anything else without an answer stays status 0.
+    """
+    for attempt in (1, 2):
+        try:
+            response = client.post("/ask", json=body, headers=outcome.user.headers)
+        except httpx.RemoteProtocolError as exc:
+            if attempt == 1 and "without sending a response" in str(exc):
+                outcome.retried = True
+                continue
+            outcome.detail = repr(exc)
+            return
+        except httpx.HTTPError as exc:
+            outcome.detail = repr(exc)
+            return
+        outcome.status = response.status_code
+        outcome.retry_after = response.headers.get("retry-after")
+        if response.status_code != 200:
+            with contextlib.suppress(ValueError):
+                outcome.detail = str(response.json().get("detail", ""))
+        return
 
 
 @dataclass
@@ -168,18 +197,7 @@ class Load:
             while not self._stop.is_set():
                 prompt = f"{self.label} {uuid.uuid4().hex[:12]}"
                 outcome = Outcome(user, prompt, 0)
-                try:
-                    response = client.post(
-                        "/ask", json={"prompt": prompt, "max_tokens": 8}, headers=user.headers
-                    )
-                except httpx.HTTPError as exc:
-                    outcome.detail = repr(exc)
-                else:
-                    outcome.status = response.status_code
-                    outcome.retry_after = response.headers.get("retry-after")
-                    if response.status_code != 200:
-                        with contextlib.suppress(ValueError):
-                            outcome.detail = str(response.json().get("detail", ""))
+                post(client, outcome, {"prompt": prompt, "max_tokens": 8})
                 with self._lock:
                     self.outcomes.append(outcome)
                 time.sleep(self.pause_s)
