@@ -168,6 +168,10 @@ class Engine:
         if volumes:
             self.docker("volume", "rm", "-f", *volumes, check=False)
         self.docker("network", "prune", "-f", check=False)
+        # The kept data root must not grow run after run: images replaced by a newer build, and build
+        # cache beyond a bound (least recently used first; the llama.cpp compile is used every run).
+        self.docker("image", "prune", "-f", check=False)
+        self.docker("builder", "prune", "-f", "--keep-storage", "8GB", check=False, timeout=300)
 
     def leftovers(self) -> dict[str, list[str]]:
         networks = self.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
