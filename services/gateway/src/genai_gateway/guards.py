@@ -4,23 +4,29 @@ A sentence encoder scores "2+2?" and "2+3?", or "translate to English" and "tran
 many true paraphrases: closeness in meaning cannot tell them apart, so the similar-request layer never
 relies on it alone. Before two requests may share an answer, these details of their texts must agree:
 
-| detail            | taken from                                                  | must be             |
-|-------------------|-------------------------------------------------------------|---------------------|
-| script            | Cyrillic or Latin letters, whichever the text has more of   | equal (the answer's language) |
-| numbers           | digits (with the word after them: "5 MB"), number words     | equal, in order     |
-| operators         | + - * / ^ % x and their words ("plus", "умножить")          | equal, in order     |
-| time              | month and weekday names, today/tomorrow/...                  | equal as a set      |
-| quoted            | text in "..", '..', «..», „..“, `..`, and fenced code       | equal, in order     |
-| identifiers       | tokens with digits, _ . / \\ @ : or inner capitals; code     | equal as a set      |
-| negation          | not, n't, no, never, without, не, нет, без, ни, нельзя, ... | present in both or neither |
-| direction         | enable/disable, add/remove, включить/выключить, ...          | equal as a set      |
-| languages         | names of languages ("German", "на немецкий"), in order      | equal, in order     |
-| names             | capitalised words, acronyms, Latin words in Russian text,   | each one's name found among |
-|                   | and a list of product names however written                 | the other's words   |
+| detail      | taken from                                                    | must be                      |
+|-------------|---------------------------------------------------------------|------------------------------|
+| script      | Russian words outside quotes, else Latin letters              | equal (the answer's language)|
+| numbers     | digits (with the word after them: "5 MB"), number words       | equal, in order              |
+| operators   | + - * / ^ % x and their words ("plus", "умножить")            | equal, in order              |
+| time        | month and weekday names, today/tomorrow, morning/evening      | equal as a set               |
+| time units  | day, week, year, hour ... ("per year" / "annual")             | equal where both name some   |
+| quoted      | text in "..", '..', «..», „..“, `..`, and fenced code         | equal, in order              |
+| identifiers | tokens with digits, _ . / \\ @ : = or inner capitals          | equal as a set               |
+| negation    | not, n't, no, never, without, не, нет, без, ни, нельзя, ...   | present in both or neither   |
+| languages   | names of languages ("German", "на немецкий"), in order        | equal, in order              |
+| order       | the words of substance, when a text asks to convert one thing | equal, in order              |
+|             | into another ("a string to an integer")                       |                              |
+| directions  | enable/disable, merge/unmerge, ascending/descending, ...      | never opposite sides; an     |
+|             |                                                               | action unnamed is its "+"    |
+| names       | capitalised words, acronyms, Latin words in Russian text,     | each one's found among the   |
+|             | and a list of product names however written                   | other's words                |
+| substance   | words not in FILLERS                                          | neither text is the other    |
+|             |                                                               | with 2+ words added          |
 
 `Details.exact` holds every detail compared for equality; it becomes part of the index's partition key,
-so a request only ever meets entries that agree on all of them. Names are compared per candidate
-(`names_agree`), loosely enough that "Outlook не запускается" and "не запускается Outlook" agree.
+so a request only ever meets entries that agree on all of them. The rest are compared per candidate
+(`agree`), loosely enough that "Outlook не запускается" and "не запускается Outlook" agree.
 Everything errs the same way: a detail that cannot be read surely makes two requests differ (a miss,
 which costs a generation), never agree (a wrong answer).
 """
