@@ -181,7 +181,7 @@ class FakeBotApi:
 
     def already_shown(self, times: int = 1) -> None:
         """The next `times` edits answer "message is not modified", as when an edit's answer was lost and
-        the same edit comes again: the message keeps its text."""
+        the same edit came again: its first attempt landed, so the message shows the edit's text."""
         with self._lock:
             self._not_modified += times
 
@@ -345,7 +345,10 @@ class FakeBotApi:
                 return _error(400, "Bad Request: message to edit not found")
             sent = found[0]
             if sent.text == text and sent.entities == entities or self._not_modified:
-                self._not_modified = max(0, self._not_modified - 1)
+                if self._not_modified:
+                    # The same edit's first attempt landed (its answer was lost): the message shows it.
+                    self._not_modified -= 1
+                    sent.text, sent.entities, sent.edits = text, entities, sent.edits + 1
                 self.not_modified += 1
                 return _error(400, NOT_MODIFIED)
             sent.text, sent.entities, sent.edits = text, entities, sent.edits + 1
