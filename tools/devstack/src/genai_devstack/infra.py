@@ -12,6 +12,7 @@ import glob
 import logging
 import os
 import pwd
+import random
 import shutil
 import socket
 import subprocess
@@ -23,7 +24,35 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 
+# Ports handed out by this process, never handed out twice.
+_GIVEN: set[int] = set()
+# Below the kernel's ephemeral range: a port taken from inside it can be given to an outgoing connection
+# (any client socket) between the moment it is picked and the moment its server binds it, and then the
+# server cannot start. Out of that range only another server can take it.
+_LISTEN_PORTS = range(20000, 32768)
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now, for a server about to start."""
+    start = _ephemeral_start()
+    candidates = [port for port in _LISTEN_PORTS if port < start and port not in _GIVEN]
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    # No such range on this machine: whatever the kernel picks.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
