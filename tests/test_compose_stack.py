@@ -422,7 +422,7 @@ def test_production_stack_end_to_end(deployment: Deployment) -> None:
 
     # 2. Images, then the stack, waiting for every health check.
     assert d.setting("COMPOSE_PROFILES") == "cpu"
-    d.timed("docker compose build", "build")
+    build_images(d)
     d.timed("docker compose up -d --wait", "up", "-d", "--wait", "--wait-timeout", str(UP_TIMEOUT_S))
     d.assert_all_healthy()
     record_sizes_and_memory(d)
@@ -577,6 +577,25 @@ def restore_into_fresh_volume(d: Deployment, dump: str) -> None:
     finally:
         engine.docker("rm", "-f", "-v", name, check=False)
         engine.docker("volume", "rm", "-f", name, check=False)
+
+
+# What a build says when a registry's name failed to resolve for a moment (the host's resolver, asked by
+# several image builds at once): such a build is tried again; any other failure fails at once.
+TRANSIENT_BUILD_ERRORS = ("Temporary failure in name resolution", "Connection reset by peer")
+BUILD_ATTEMPTS = 3
+
+
+def build_images(d: Deployment) -> None:
+    started = time.monotonic()
+    for attempt in range(1, BUILD_ATTEMPTS + 1):
+        result = d.compose("build", timeout=1800, check=False)
+        if result.returncode == 0:
+            break
+        output = result.stdout + result.stderr
+        if attempt == BUILD_ATTEMPTS or not any(error in output for error in TRANSIENT_BUILD_ERRORS):
+            raise AssertionError(f"docker compose build failed:\n{result.stdout}\n{result.stderr}")
+        d.note(f"docker compose build: attempt {attempt} failed on the network, tried again")
+    d.note(f"docker compose build: {time.monotonic() - started:.0f} s")
 
 
 def record_sizes_and_memory(d: Deployment) -> None:
