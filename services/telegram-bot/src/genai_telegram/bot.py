@@ -189,6 +189,13 @@ class ChatBot:
         assert update.effective_user is not None
         return self._store.get(update.effective_user.id)
 
+    async def _linked(self, update: Update, lang: str) -> Link | None:
+        """The account's link; without one, tells the user how to link and returns None."""
+        link = self._link(update)
+        if link is None:
+            await self._say(update, text(lang, "not_linked", page=self._settings.link_page))
+        return link
+
     async def _ended(self, update: Update, lang: str) -> None:
         assert update.effective_user is not None
         self._store.delete(update.effective_user.id)
@@ -209,9 +216,7 @@ class ChatBot:
         lang = await self._admitted(update)
         if lang is None:
             return
-        if self._link(update) is None:
-            await self._say(update, text(lang, "not_linked", page=self._settings.link_page))
-        else:
+        if await self._linked(update, lang) is not None:
             await self._say(update, text(lang, "help"))
 
     async def help(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -246,9 +251,8 @@ class ChatBot:
         lang = await self._admitted(update)
         if lang is None:
             return
-        link = self._link(update)
+        link = await self._linked(update, lang)
         if link is None:
-            await self._say(update, text(lang, "not_linked", page=self._settings.link_page))
             return
         try:
             await self._gateway.unlink(link.api_key, link.link_id)
@@ -264,9 +268,8 @@ class ChatBot:
         lang = await self._admitted(update)
         if lang is None:
             return
-        link = self._link(update)
+        link = await self._linked(update, lang)
         if link is None:
-            await self._say(update, text(lang, "not_linked", page=self._settings.link_page))
             return
         async with self._locks[link.telegram_user_id]:
             self._store.set_conversation(link.telegram_user_id, "")
@@ -276,9 +279,8 @@ class ChatBot:
         lang = await self._admitted(update)
         if lang is None:
             return
-        link = self._link(update)
+        link = await self._linked(update, lang)
         if link is None:
-            await self._say(update, text(lang, "not_linked", page=self._settings.link_page))
             return
         try:
             conversations = await self._gateway.conversations(link.api_key, self._settings.history_size)
@@ -312,9 +314,8 @@ class ChatBot:
         lang = await self._admitted(update)
         if lang is None:
             return
-        link = self._link(update)
+        link = await self._linked(update, lang)
         if link is None:
-            await self._say(update, text(lang, "not_linked", page=self._settings.link_page))
             return
         conversation_id = (query.data or "").removeprefix(CONVERSATION_BUTTON)
         try:
@@ -340,14 +341,12 @@ class ChatBot:
         message = update.effective_message
         if lang is None or message is None or not message.text:
             return
-        if self._link(update) is None:
-            await self._say(update, text(lang, "not_linked", page=self._settings.link_page))
+        if await self._linked(update, lang) is None:
             return
         assert update.effective_user is not None and update.effective_chat is not None
         async with self._locks[update.effective_user.id]:
-            link = self._link(update)  # again: the conversation the previous question made
+            link = await self._linked(update, lang)  # again: the conversation the previous question made
             if link is None:
-                await self._say(update, text(lang, "not_linked", page=self._settings.link_page))
                 return
             await self._answer(update, context.bot, link, message.text, lang)
 
