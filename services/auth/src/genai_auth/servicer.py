@@ -330,6 +330,18 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this operation requires the admin role")
         return caller.user
 
+    async def _listed_owner(
+        self, caller: Caller, owner_username: str, context: grpc.aio.ServicerContext, what: str
+    ) -> uuid.UUID | None:
+        """Whose `what` a listing shows: every user's (ALL_OWNERS, admins only, None) or one owner's."""
+        if owner_username != ALL_OWNERS:
+            return (await self._key_owner(caller, owner_username, context)).id
+        if not caller.is_admin:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"only an admin can list every user's {what}"
+            )
+        return None
+
     async def _key_owner(self, caller: Caller, username: str, context: grpc.aio.ServicerContext) -> User:
         """The user whose keys `username` names: the caller when empty; anyone else for an admin only."""
         if not username or username.lower() == caller.user.username.lower():
@@ -663,15 +675,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.ListApiKeysRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.ListApiKeysResponse:
         caller = await self._caller(context)
-        owner_id: uuid.UUID | None
-        if request.owner_username == ALL_OWNERS:
-            if not caller.is_admin:
-                await context.abort(
-                    grpc.StatusCode.PERMISSION_DENIED, "only an admin can list every user's API keys"
-                )
-            owner_id = None
-        else:
-            owner_id = (await self._key_owner(caller, request.owner_username, context)).id
+        owner_id = await self._listed_owner(caller, request.owner_username, context, "API keys")
         if request.page_size < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_size must not be negative")
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
@@ -793,15 +797,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.ListTelegramLinksRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.ListTelegramLinksResponse:
         caller = await self._caller(context)
-        owner_id: uuid.UUID | None
-        if request.owner_username == ALL_OWNERS:
-            if not caller.is_admin:
-                await context.abort(
-                    grpc.StatusCode.PERMISSION_DENIED, "only an admin can list every user's Telegram links"
-                )
-            owner_id = None
-        else:
-            owner_id = (await self._key_owner(caller, request.owner_username, context)).id
+        owner_id = await self._listed_owner(caller, request.owner_username, context, "Telegram links")
         links = await self._telegram.list(owner_id, include_revoked=request.include_revoked)
         return auth_pb2.ListTelegramLinksResponse(links=[_telegram_link_message(link) for link in links])
 
