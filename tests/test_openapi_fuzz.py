@@ -41,9 +41,10 @@ from pydantic import TypeAdapter, ValidationError
 from schemathesis.checks import negative_data_rejection
 from schemathesis.config import SchemathesisConfig
 
-from genai_devstack import databases, infra
+from genai_devstack import infra
 from genai_gateway.app import create_app
 from genai_gateway.settings import GatewaySettings
+from tests.conftest import _own_database
 from tests.harness import RunningStack, User, launch
 
 pytestmark = pytest.mark.slow
@@ -59,8 +60,7 @@ LOGOUT = "/api/v1/auth/logout"
 
 @pytest.fixture(scope="module")
 def fuzz_stack(work_dir: Path, postgres_server: infra.Service, redis_url: str) -> Iterator[RunningStack]:
-    database = databases.create_database(postgres_server.url)
-    try:
+    with _own_database(postgres_server) as database:
         running = launch(
             work_dir,
             database,
@@ -79,8 +79,6 @@ def fuzz_stack(work_dir: Path, postgres_server: infra.Service, redis_url: str) -
             yield running
         finally:
             running.stop_all()
-    finally:
-        databases.drop_database(postgres_server.url, database.rsplit("/", 1)[1].split("?")[0])
 
 
 class Callers:

@@ -26,8 +26,9 @@ import asyncpg
 import httpx
 import pytest
 
-from genai_devstack import databases, infra
+from genai_devstack import infra
 from genai_telegram.render import render
+from tests.conftest import _own_database
 from tests.fake_bot_api import LIMIT, FakeBotApi, Sent, TelegramUser, utf16_len
 from tests.harness import ARTIFACTS, RunningStack, User, launch
 
@@ -497,8 +498,7 @@ def test_the_bot_api_is_reached_through_the_sites_proxy(live: RunningStack, tmp_
 
 @pytest.fixture(scope="module")
 def long_stack(work_dir: Path, postgres_server: infra.Service, redis_url: str) -> Iterator[RunningStack]:
-    database = databases.create_database(postgres_server.url)
-    try:
+    with _own_database(postgres_server) as database:
         running = launch(
             work_dir,
             database,
@@ -511,8 +511,6 @@ def long_stack(work_dir: Path, postgres_server: infra.Service, redis_url: str) -
             yield running
         finally:
             running.stop_all()
-    finally:
-        databases.drop_database(postgres_server.url, database.rsplit("/", 1)[1].split("?")[0])
 
 
 @pytest.fixture(scope="module")
