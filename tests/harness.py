@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from genai_devstack import infra, stack
+from genai_devstack import databases, infra, stack
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -268,6 +268,9 @@ def launch(
             "GENAI_AUTH_ARGON2_MEMORY_COST": "8192",
             **(overrides or {}),
         },
+        # Auth and history as roles of their own, as in production; one password per role for the whole
+        # test session (the roles are the server's, shared by every stack's database).
+        service_database_urls=databases.service_database_urls(postgres_url, work_dir),
     )
     admin_username, admin_password = f"admin{uuid.uuid4().hex[:6]}", secrets.token_urlsafe(16)
     env = {

@@ -26,6 +26,7 @@ from genai_common.roles import ProvisioningError, ServiceRole, provision, scram_
 from genai_devstack import databases, infra
 from genai_history.store import COMPONENT as HISTORY
 from genai_history.store import MIGRATIONS_DIR as HISTORY_MIGRATIONS
+from tests.harness import RunningStack
 
 AUTH_TABLES = [
     "api_keys",
@@ -387,3 +388,37 @@ def test_role_passwords_are_real_and_rotate(password_server: str) -> None:
 
     asyncio.run(check())
 
+
+# --- the running stack -------------------------------------------------------------------------------------
+
+
+def test_the_stack_services_connect_as_their_own_roles(sim_stack: RunningStack) -> None:
+    env = sim_stack.env
+    user = sim_stack.new_user()  # auth writes the user; history is read through the gateway below
+    with sim_stack.client() as client:
+        listed = client.get("/api/v1/history", headers=user.headers)
+    assert listed.status_code == 200, listed.text
+    auth_url, history_url = env["GENAI_AUTH_DATABASE_URL"], env["GENAI_HISTORY_DATABASE_URL"]
+    assert ServiceRole.from_url(AUTH, auth_url).role == "genai_auth"
+    assert ServiceRole.from_url(HISTORY, history_url).role == "genai_history"
+
+    async def check() -> None:
+        assert await refused(history_url, "SELECT password_hash FROM genai_auth.users") is (
+            asyncpg.InsufficientPrivilegeError
+        )
+        assert await refused(auth_url, "SELECT prompt FROM genai_history.messages") is (
+            asyncpg.InsufficientPrivilegeError
+        )
+        conn = await asyncpg.connect(sim_stack.cfg.database_url)
+        try:
+            owner = await conn.fetchval(
+                "SELECT tableowner FROM pg_tables WHERE schemaname = 'genai_auth' AND tablename = 'users'"
+            )
+            assert await conn.fetchval(
+                "SELECT count(*) FROM genai_auth.users WHERE username = $1", user.username
+            )
+        finally:
+            await conn.close()
+        assert owner == "genai_auth"
+
+    asyncio.run(check())

@@ -230,7 +230,7 @@ async def _expire_codes(stack: RunningStack, user: User) -> None:
     conn = await asyncpg.connect(stack.cfg.database_url)
     try:
         await conn.execute(
-            "UPDATE telegram_link_codes SET expires_at = now() - interval '1 second' WHERE user_id = $1",
+            "UPDATE genai_auth.telegram_link_codes SET expires_at = now() - interval '1 second' WHERE user_id = $1",
             uuid.UUID(user.id),
         )
     finally:

@@ -37,10 +37,11 @@ Serve = Callable[[AuthServicer], AbstractAsyncContextManager[auth_pb2_grpc.AuthS
 
 
 @pytest.fixture(scope="session")
-def settings(postgres_dsn: str, redis_url: str) -> AuthSettings:
+def settings(service_dsns: dict[str, str], redis_url: str) -> AuthSettings:
+    # As auth's own PostgreSQL role (genai_common.roles), never the administrator: what production runs as.
     return AuthSettings(
         GENAI_ENV="dev",
-        database_url=postgres_dsn,
+        database_url=service_dsns["auth"],
         redis_url=redis_url,
         jwt_secret=SecretStr("auth-unit-tests-" + uuid.uuid4().hex),
         login_max_failures=3,

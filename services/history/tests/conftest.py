@@ -16,9 +16,10 @@ from .support import Stub, make_settings, running_server
 
 
 @pytest.fixture(scope="session")
-async def history_dsn(postgres_dsn: str) -> str:
-    await migrate(postgres_dsn, COMPONENT, MIGRATIONS_DIR)
-    return postgres_dsn
+async def history_dsn(service_dsns: dict[str, str]) -> str:
+    """History's own PostgreSQL role (genai_common.roles), migrated: what production runs as."""
+    await migrate(service_dsns["history"], COMPONENT, MIGRATIONS_DIR)
+    return service_dsns["history"]
 
 
 @pytest.fixture(scope="session")

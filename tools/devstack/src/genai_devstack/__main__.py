@@ -1,7 +1,8 @@
 """`python -m genai_devstack run`: the whole stack on this machine, no Docker, no GPU (the README's `make run`).
 
 Reuses PostgreSQL and Redis when they answer on their standard ports (or at GENAI_POSTGRES_ADMIN_URL /
-GENAI_REDIS_URL), otherwise starts them into the work folder; then migrations and the first admin, then
+GENAI_REDIS_URL), otherwise starts them into the work folder; then auth's and history's own PostgreSQL
+roles (genai_common.roles; their passwords kept in the work folder), migrations and the first admin, then
 the model server, the four services and nginx under honcho. Ctrl-C stops everything.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import secrets
 import shlex
 import subprocess
 import sys
@@ -27,13 +27,7 @@ from genai_devstack.tls import ensure_certificates
 
 def _dev_secret(work_dir: Path) -> str:
     """The JWT signing secret of this work folder: random, made once, kept with mode 0600."""
-    path = work_dir / "jwt-secret"
-    if not path.exists():
-        work_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(48))
-    return path.read_text().strip()
+    return databases.kept_secret(work_dir / "jwt-secret")
 
 
 def _announce_when_ready(cfg: stack.StackConfig, stop: threading.Event) -> None:
@@ -76,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
             tls=ensure_certificates(work_dir / "tls"),
             ports=ports,
             upstream=args.upstream,
+            # Auth and history as roles of their own (passwords kept beside the JWT secret), as in production.
+            service_database_urls=databases.service_database_urls(database_url, work_dir),
         )
         env = {**os.environ, **stack.environment(cfg)}
         commands = stack.processes(cfg)

@@ -44,6 +44,15 @@ def new_database_dsn(postgres_server: infra.Service) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def service_dsns(work_dir: Path, postgres_server: infra.Service) -> Iterator[dict[str, str]]:
+    """A database of this session's own where auth and history have roles and schemas of their own, as in
+    production (genai_common.roles): component -> the URL of its role. A database apart: provisioning moves
+    the tables that tests migrating as the administrator leave in `public` of `postgres_dsn`."""
+    for url in _fresh_database(postgres_server):
+        yield databases.service_database_urls(url, work_dir)
+
+
+@pytest.fixture(scope="session")
 def redis_server(work_dir: Path) -> Iterator[infra.Service]:
     with infra.started(infra.redis_for_tests(work_dir / "redis")) as service:
         yield service

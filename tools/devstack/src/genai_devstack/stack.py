@@ -49,6 +49,7 @@ class Ports:
 @dataclass
 class StackConfig:
     work_dir: Path
+    # An administrator's URL of the stack's database: provisioning and tests that look inside only.
     database_url: str
     redis_url: str
     jwt_secret: str
@@ -60,6 +61,8 @@ class StackConfig:
     log_level: str = "INFO"
     # Extra settings for any service, e.g. {"GENAI_GATEWAY_RATE_LIMIT_PER_MINUTE": "5"}.
     overrides: dict[str, str] = field(default_factory=dict)
+    # Component -> the URL of its own PostgreSQL role (databases.service_database_urls); never the admin's.
+    service_database_urls: dict[str, str] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -77,11 +80,11 @@ def environment(cfg: StackConfig) -> dict[str, str]:
         "GENAI_ENV": "dev",
         "GENAI_LOG_LEVEL": cfg.log_level,
         "GENAI_AUTH_LISTEN": f"127.0.0.1:{p.auth}",
-        "GENAI_AUTH_DATABASE_URL": cfg.database_url,
+        "GENAI_AUTH_DATABASE_URL": cfg.service_database_urls["auth"],
         "GENAI_AUTH_REDIS_URL": cfg.redis_url,
         "GENAI_AUTH_JWT_SECRET": cfg.jwt_secret,
         "GENAI_HISTORY_LISTEN": f"127.0.0.1:{p.history}",
-        "GENAI_HISTORY_DATABASE_URL": cfg.database_url,
+        "GENAI_HISTORY_DATABASE_URL": cfg.service_database_urls["history"],
         "GENAI_ADAPTER_LISTEN": f"127.0.0.1:{p.adapter}",
         "GENAI_ADAPTER_UPSTREAM_URL": f"http://127.0.0.1:{p.upstream}/v1",
         "GENAI_GATEWAY_HOST": "127.0.0.1",
