@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 
 from genai_common import request_id
+from genai_common.mtls import MtlsFiles, channel_credentials
 
 _CHANNEL_OPTIONS: Sequence[tuple[str, int]] = (
     ("grpc.keepalive_time_ms", 30_000),
@@ -56,8 +57,18 @@ class RequestIdInterceptor(
 
 
 def create_channel(
-    target: str, interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None
+    target: str,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+    *,
+    mtls: MtlsFiles | None = None,
+    server_identity: str = "",
 ) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(
-        target, options=list(_CHANNEL_OPTIONS), interceptors=[RequestIdInterceptor(), *(interceptors or ())]
-    )
+    """A channel to `target`; with `mtls`, mutual TLS that accepts only a server whose certificate is
+    `server_identity`'s (e.g. "history"), whatever address `target` names."""
+    chained = [RequestIdInterceptor(), *(interceptors or ())]
+    if mtls is None:
+        return grpc.aio.insecure_channel(target, options=list(_CHANNEL_OPTIONS), interceptors=chained)
+    if not server_identity:
+        raise ValueError("an mTLS channel needs the identity of the server it expects")
+    options: list[tuple[str, Any]] = [*_CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", server_identity)]
+    return grpc.aio.secure_channel(target, channel_credentials(mtls), options=options, interceptors=chained)

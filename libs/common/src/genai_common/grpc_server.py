@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import Counter, Gauge, Histogram
 
 from genai_common import request_id
-from genai_common.metrics import LATENCY_BUCKETS, serve_metrics
+from genai_common.metrics import LATENCY_BUCKETS, report_certificate, serve_metrics
+from genai_common.mtls import CallerPolicy, MtlsFiles, caller_identity, server_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -55,17 +56,31 @@ class DependencyErrors:
     on_error: Callable[[BaseException], None] | None = None
 
 
+@dataclass(frozen=True)
+class _Call:
+    """What every RPC of a server is wrapped with: who may call it, and how a dependency's outage shows."""
+
+    path: str  # "/package.Service/Method"
+    dependency: DependencyErrors | None
+    policy: CallerPolicy | None
+
+    @property
+    def method(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+
 @contextlib.asynccontextmanager
-async def _observed(
-    method: str, context: grpc.aio.ServicerContext, dependency: DependencyErrors | None = None
-) -> AsyncIterator[None]:
+async def _observed(call: _Call, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
     """One RPC's bookkeeping: its request id, count and time, and the answer to an unexpected error."""
+    method, dependency = call.method, call.dependency
     token = request_id.current_request_id.set(_incoming_request_id(context))
     started = time.perf_counter()
     code = grpc.StatusCode.OK
     in_flight = RPC_IN_FLIGHT.labels(method)
     in_flight.inc()
     try:
+        if call.policy is not None:
+            await _authorize(call, context)
         yield
     except grpc.aio.AbortError:
         code = context.code() or grpc.StatusCode.UNKNOWN
@@ -111,21 +126,29 @@ async def _observed(
         request_id.current_request_id.reset(token)
 
 
-def _wrap_unary(
-    method: str, behavior: Callable[..., Awaitable[Any]], dependency: DependencyErrors | None
-) -> Callable[..., Awaitable[Any]]:
+async def _authorize(call: _Call, context: grpc.aio.ServicerContext) -> None:
+    """Refuse a caller whose certificate's identity may not call this method (mTLS servers only)."""
+    identity = caller_identity(context)
+    if identity is None:
+        logger.warning("%s refused: the caller presented no certificate", call.method)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
+    assert call.policy is not None and identity is not None
+    if not call.policy.allows(call.path, identity):
+        logger.warning("%s refused: %r may not call it", call.method, identity, extra={"caller": identity})
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{identity!r} may not call {call.method}")
+
+
+def _wrap_unary(call: _Call, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def wrapper(req: Any, context: grpc.aio.ServicerContext) -> Any:
-        async with _observed(method, context, dependency):
+        async with _observed(call, context):
             return await behavior(req, context)
 
     return wrapper
 
 
-def _wrap_stream(
-    method: str, behavior: Callable[..., Any], dependency: DependencyErrors | None
-) -> Callable[..., Any]:
+def _wrap_stream(call: _Call, behavior: Callable[..., Any]) -> Callable[..., Any]:
     async def wrapper(req: Any, context: grpc.aio.ServicerContext) -> Any:
-        async with _observed(method, context, dependency):
+        async with _observed(call, context):
             async for item in behavior(req, context):
                 yield item
 
@@ -144,11 +167,16 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     Expected failures are raised by servicers with `await context.abort(code, message)`; a dependency's
     outage (`DependencyErrors`) is answered UNAVAILABLE with a message that names it; anything else is
-    logged here with its traceback and answered with a generic message.
+    logged here with its traceback and answered with a generic message. With a `policy` (mTLS servers),
+    a caller whose certificate's identity may not call a method is refused before it runs; a method the
+    server cannot wrap (client-streaming) is then refused to everyone rather than left unchecked.
     """
 
-    def __init__(self, dependency: DependencyErrors | None = None) -> None:
+    def __init__(
+        self, dependency: DependencyErrors | None = None, policy: CallerPolicy | None = None
+    ) -> None:
         self._dependency = dependency
+        self._policy = policy
 
     async def intercept_service(
         self,
@@ -158,19 +186,21 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method = handler_call_details.method.rsplit("/", 1)[-1]
+        call = _Call(handler_call_details.method, self._dependency, self._policy)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method, handler.unary_unary, self._dependency),
+                _wrap_unary(call, handler.unary_unary),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(method, handler.unary_stream, self._dependency),
+                _wrap_stream(call, handler.unary_stream),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
+        if self._policy is not None:
+            return None  # UNIMPLEMENTED: nothing here is client-streaming, and nothing passes unchecked
         return handler
 
 
@@ -201,6 +231,8 @@ async def serve(
     grace_s: float = 10.0,
     dependency_errors: DependencyErrors | None = None,
     dependencies: Mapping[str, Callable[[], bool]] | None = None,
+    mtls: MtlsFiles | None = None,
+    callers: Mapping[str, Iterable[str]] | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting, let RPCs in flight finish, and clean up.
 
@@ -211,9 +243,16 @@ async def serve(
     (e.g. "postgres": SERVING or NOT_SERVING), beside the server's own status (""), which stays SERVING
     while the process serves: a service whose database is down still answers what it can, and restarting
     it would not bring the database back.
+
+    With `mtls`, the server speaks only TLS, asks every caller for a certificate of the internal CA, and
+    lets each identity call only what `callers` allows (see `genai_common.mtls.CallerPolicy`; the health
+    service is open to every identity of the CA); the certificate's expiry date is the metric
+    genai_tls_certificate_expiry_timestamp_seconds{certificate="internal"}. Without it (dev mode only,
+    `genai_common.mtls.files_from_settings`), plaintext and no caller checks.
     """
+    policy = CallerPolicy(callers or {}) if mtls is not None else None
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(dependency_errors)],
+        interceptors=[ServiceInterceptor(dependency_errors, policy)],
         options=[
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
@@ -223,7 +262,14 @@ async def serve(
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(listen)
+    if mtls is not None:
+        port = server.add_secure_port(listen, server_credentials(mtls))
+        report_certificate("internal", str(mtls.cert))
+    else:
+        logger.warning(
+            "%s listens in plaintext and believes every caller (dev mode without MTLS files)", name
+        )
+        port = server.add_insecure_port(listen)
     if port == 0:
         raise RuntimeError(f"{name}: cannot listen on {listen}")
     serve_metrics(metrics_port, listen.rsplit(":", 1)[0].strip("[]") or "0.0.0.0")

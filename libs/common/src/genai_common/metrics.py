@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -96,6 +96,22 @@ class CertificateExpiry(Collector):
         for name, path in self.files.items():
             family.add_metric([name], _not_after(path))
         yield family
+
+
+_reported: CertificateExpiry | None = None
+
+
+def report_certificate(name: str, path: str) -> None:
+    """Report `path`'s expiry date as genai_tls_certificate_expiry_timestamp_seconds{certificate=name}.
+
+    One collector per process, registered on first use: a process that serves twice (tests) or reports
+    several certificates (the gateway: "public" and "internal") never registers the metric twice.
+    """
+    global _reported
+    if _reported is None:
+        _reported = CertificateExpiry({})
+        REGISTRY.register(_reported)
+    _reported.files[name] = path
 
 
 def _not_after(path: str) -> float:

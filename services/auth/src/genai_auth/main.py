@@ -15,6 +15,7 @@ from genai_common import runner
 from genai_common.db import DATABASE_ERRORS, DatabaseState, create_pool, watch_pool
 from genai_common.grpc_server import DependencyErrors, serve
 from genai_common.logs import setup_logging
+from genai_common.mtls import files_from_settings
 from genai_common.redis_client import create_redis
 from genai_common.settings import load_settings
 
@@ -28,6 +29,7 @@ DATABASE_DOWN = (
 
 
 async def run(settings: AuthSettings) -> None:
+    mtls = files_from_settings(settings)  # before anything starts: bad settings stop here
     if settings.migrate_on_start:
         await apply_migrations(settings.database_url)
     pool = await create_pool(settings.database_url)
@@ -65,6 +67,9 @@ async def run(settings: AuthSettings) -> None:
         register=lambda server: auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server),
         service_names=[SERVICE_NAME],
         metrics_port=settings.metrics_port,
+        # Only the gateway calls this service; over mTLS, every other identity is refused.
+        mtls=mtls,
+        callers={SERVICE_NAME: {"gateway"}},
         on_stop=close,
         # The streams of WatchCredentials last as long as the feed does.
         on_draining=stop_relay.set,

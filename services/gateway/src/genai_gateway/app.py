@@ -10,9 +10,9 @@ from importlib import resources
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import REGISTRY, Gauge
+from prometheus_client import Gauge
 
-from genai_common.metrics import CertificateExpiry, serve_metrics
+from genai_common.metrics import report_certificate, serve_metrics
 from genai_common.redis_guard import RedisGuard
 from genai_gateway.backends import Backends
 from genai_gateway.cache import AnswerCache
@@ -50,10 +50,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         app.state.redis_guard = guard
         FEED_HEARD.set_function(lambda: float(backends.credentials.trusted))
         REDIS_POLICY_ACTIVE.labels(settings.redis_failure_policy).set_function(lambda: float(guard.degraded))
-        certificates = None
-        if settings.tls_cert_file:
-            certificates = CertificateExpiry({"public": settings.tls_cert_file})
-            REGISTRY.register(certificates)
+        # The public certificate nginx serves, and the gateway's own for mTLS to the internal services.
+        for name, path in (("public", settings.tls_cert_file), ("internal", settings.mtls_cert_file)):
+            if path:
+                report_certificate(name, path)
         metrics_server = serve_metrics(settings.metrics_port, settings.host)
         recorder = HistoryRecorder(
             backends.history, backends.redis, guard=guard, max_spooled=settings.spool_max_exchanges
@@ -122,8 +122,6 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             if metrics_server is not None:
                 metrics_server.shutdown()
                 metrics_server.server_close()
-            if certificates is not None:
-                REGISTRY.unregister(certificates)
 
     app = FastAPI(
         title="On-Premise GenAI API",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import redis.asyncio as redis
 
 from genai_common.grpc_client import create_channel
+from genai_common.mtls import files_from_settings
 from genai_common.redis_client import create_redis
 from genai_gateway.clients import AuthClient, HistoryClient, ModelClient
 from genai_gateway.credentials import CredentialCache, ForgetOnChange
@@ -17,11 +18,16 @@ class Backends:
     def __init__(self, settings: GatewaySettings) -> None:
         # Who recently presented which token: most requests skip Authenticate (genai_gateway.credentials).
         self.credentials = CredentialCache(settings.auth_cache_ttl_s, settings.auth_cache_max_entries)
+        # Mutual TLS with the gateway's own certificate; each channel accepts only the service it expects.
+        mtls = files_from_settings(settings)
         self.auth_channel = create_channel(
-            settings.auth_target, interceptors=[ForgetOnChange(self.credentials)]
+            settings.auth_target,
+            interceptors=[ForgetOnChange(self.credentials)],
+            mtls=mtls,
+            server_identity="auth",
         )
-        self.history_channel = create_channel(settings.history_target)
-        self.adapter_channel = create_channel(settings.adapter_target)
+        self.history_channel = create_channel(settings.history_target, mtls=mtls, server_identity="history")
+        self.adapter_channel = create_channel(settings.adapter_target, mtls=mtls, server_identity="adapter")
         self.auth = AuthClient(self.auth_channel, self.credentials, settings.auth_timeout_s)
         self.history = HistoryClient(
             self.history_channel, settings.history_timeout_s, settings.export_timeout_s

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uvicorn
 
 from genai_common.logs import setup_logging
+from genai_common.mtls import files_from_settings
 from genai_common.settings import load_settings
 from genai_gateway.app import create_app
 from genai_gateway.settings import GatewaySettings
@@ -13,6 +14,7 @@ from genai_gateway.settings import GatewaySettings
 def main() -> None:
     settings = load_settings(GatewaySettings)
     setup_logging("gateway", settings.log_level)
+    files_from_settings(settings)  # internal calls are mTLS: missing certificate settings stop here
     uvicorn.run(
         create_app(settings),
         host=settings.host,

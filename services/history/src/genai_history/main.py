@@ -13,6 +13,7 @@ from genai_common import runner
 from genai_common.db import DATABASE_ERRORS, DatabaseState, create_pool, migrate, watch_pool
 from genai_common.grpc_server import DependencyErrors, serve
 from genai_common.logs import setup_logging
+from genai_common.mtls import files_from_settings
 from genai_common.settings import load_settings
 from genai_history import retention
 from genai_history.servicer import DATABASE_UNAVAILABLE, SERVICE_NAME, HistoryServicer
@@ -25,6 +26,7 @@ POOL_CLOSE_TIMEOUT_S = 5.0
 
 
 async def run(settings: HistorySettings) -> None:
+    mtls = files_from_settings(settings)  # before anything starts: bad settings stop here
     dsn = settings.database_url.get_secret_value()
     if settings.migrate_on_start:
         applied = await migrate(dsn, COMPONENT, MIGRATIONS_DIR)
@@ -69,6 +71,9 @@ async def run(settings: HistorySettings) -> None:
             register=register,
             service_names=[SERVICE_NAME],
             metrics_port=settings.metrics_port,
+            # Only the gateway calls this service; over mTLS, every other identity is refused.
+            mtls=mtls,
+            callers={SERVICE_NAME: {"gateway"}},
             on_stop=close_pool,
             # A database outage is UNAVAILABLE with a message for the caller, never an internal error.
             dependency_errors=DependencyErrors(DATABASE_ERRORS, DATABASE_UNAVAILABLE, database.failed),

@@ -16,12 +16,14 @@ from genai_adapter.upstream import Upstream
 from genai_common import runner
 from genai_common.grpc_server import serve
 from genai_common.logs import setup_logging
+from genai_common.mtls import files_from_settings
 from genai_common.settings import load_settings
 
 logger = logging.getLogger(__name__)
 
 
 async def run(settings: AdapterSettings) -> None:
+    mtls = files_from_settings(settings)  # before anything starts: bad settings stop here
     upstream = Upstream(settings)
     scheduler = FairScheduler(settings.max_concurrent, settings.queue_max, settings.queue_timeout_s)
     servicer = InferenceServicer(upstream, scheduler, settings.model)
@@ -45,6 +47,9 @@ async def run(settings: AdapterSettings) -> None:
             register=register,
             service_names=[SERVICE_NAME],
             metrics_port=settings.metrics_port,
+            # Only the gateway calls this service; over mTLS, every other identity is refused.
+            mtls=mtls,
+            callers={SERVICE_NAME: {"gateway"}},
             on_stop=upstream.aclose,
         )
     finally:

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 import redis.asyncio as aioredis
 from genai.auth.v1 import auth_pb2, auth_pb2_grpc
@@ -29,6 +28,8 @@ from genai_bench.load import MODEL, Clients, Outcome, StreamTiming, Target, chat
 from genai_bench.procs import ProcessSet, cpu_delta, rss_bytes
 from genai_bench.rig import Rig, repo_root
 from genai_bench.stats import Step, Summary, gaps, summarize, sustained
+from genai_common import mtls
+from genai_common.grpc_client import create_channel
 
 MAX_TOKENS = 16
 SEQ = "seq"
@@ -330,9 +331,15 @@ class Bench:
                 outcome = await _http_run(gateway, concurrency, plan.run_s, plan.max_requests)
                 self._record_layer(PEEL_GATEWAY, concurrency, outcome)
 
-        adapter_channel = grpc.aio.insecure_channel(f"127.0.0.1:{ports.adapter}")
-        auth_channel = grpc.aio.insecure_channel(f"127.0.0.1:{ports.auth}")
-        history_channel = grpc.aio.insecure_channel(f"127.0.0.1:{ports.history}")
+        # As the gateway calls them: mutual TLS with the gateway's certificate.
+        gateway_mtls = mtls.files_in(rig.running.cfg.work_dir / "mtls", "gateway")
+        adapter_channel = create_channel(
+            f"127.0.0.1:{ports.adapter}", mtls=gateway_mtls, server_identity="adapter"
+        )
+        auth_channel = create_channel(f"127.0.0.1:{ports.auth}", mtls=gateway_mtls, server_identity="auth")
+        history_channel = create_channel(
+            f"127.0.0.1:{ports.history}", mtls=gateway_mtls, server_identity="history"
+        )
         redis_client = aioredis.Redis.from_url(rig.redis.url, socket_timeout=5)
         try:
             adapter = inference_pb2_grpc.InferenceServiceStub(adapter_channel)

@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from genai_common import mtls
 from genai_devstack import nginx
 from genai_devstack.tls import TlsFiles
 
@@ -104,6 +105,14 @@ def environment(cfg: StackConfig) -> dict[str, str]:
         # The certificate nginx serves: its expiry date is a metric of the gateway's.
         "GENAI_GATEWAY_TLS_CERT_FILE": str(cfg.tls.cert),
     }
+    # Internal calls are mutual TLS here as in production: a certificate per service from a CA of the stack.
+    for identity, files in mtls.ensure_all(cfg.work_dir / "mtls").items():
+        prefix = f"GENAI_{identity.upper()}_MTLS"
+        env[f"{prefix}_CA_FILE"], env[f"{prefix}_CERT_FILE"], env[f"{prefix}_KEY_FILE"] = (
+            str(files.ca),
+            str(files.cert),
+            str(files.key),
+        )
     if cfg.upstream == "llama":
         env["GENAI_ADAPTER_MODEL"] = SMOLLM2_NAME
         # llama.cpp's server does not say how long its context is: the gateway fits conversations to this.
