@@ -8,6 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as redis
 
+from genai_common.redis_client import create_redis
+from genai_common.redis_guard import RedisGuard
+from genai_gateway import similar as similar_module
 from genai_gateway.similar import Embedder, SimilarLayer, eligible
 
 PARAMS = {"max_tokens": 64}
@@ -103,6 +106,52 @@ async def test_an_entry_whose_record_is_gone_leaves_its_buckets(
     assert await find(layer, "Why is my laptop so slow?") is None
     # Emptied sets are deleted by Redis.
     assert [k async for k in redis_client.scan_iter(match=f"{layer.prefix}b:*")] == []
+
+
+async def test_the_admins_settings_live_with_the_state_and_outlast_its_outage(
+    redis_client: redis.Redis,
+    redis_url: str,
+    key_prefix: str,
+    embedder: Embedder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Another database of the test Redis stands for the state Redis; the index stays on the cache's.
+    state = create_redis(redis_url.rsplit("/", 1)[0] + "/3", timeout_s=10)
+    state_guard = RedisGuard(cooldown_s=60)
+    layer = SimilarLayer(
+        redis_client,
+        60,
+        threshold=0.95,
+        word_threshold=0.88,
+        embedder=embedder,
+        prefix=f"{key_prefix}:sim:",
+        guard=RedisGuard(),
+        settings_client=state,
+        settings_guard=state_guard,
+    )
+    dead = create_redis("redis://127.0.0.1:1/0", timeout_s=0.2)
+    try:
+        await layer.configure(enabled=False)
+        assert await state.hget(layer.config_key, "enabled") == b"0"
+        assert not await redis_client.exists(layer.config_key)
+        assert await layer.probe("How do I clear the cache in Chrome?", "m", PARAMS, "") is None
+        await layer.configure(enabled=True)
+        await remember(layer, "How do I clear the cache in Chrome?", "cache:v1:hhh")
+        assert [k async for k in redis_client.scan_iter(match=f"{layer.prefix}e:*")]
+        assert not [k async for k in state.scan_iter(match=f"{layer.prefix}e:*")]
+
+        # The state Redis fails: look-ups go on with the settings last read; the cache's guard stays clear.
+        layer.settings_client = dead
+        monkeypatch.setattr(similar_module, "CONFIG_REFRESH_S", 0.0)
+        assert await find(layer, "How can I clear Chrome's browser cache?") is not None
+        assert state_guard.degraded and not layer.guard.degraded
+        # While it cools off it is not asked: still found.
+        assert await find(layer, "How can I clear Chrome's browser cache?") is not None
+    finally:
+        await layer.purge()
+        await state.delete(layer.config_key)
+        await state.aclose()
+        await dead.aclose()
 
 
 def test_only_a_lone_user_question_is_eligible() -> None:

@@ -35,20 +35,33 @@ REDIS_UP = Gauge("genai_redis_up", "1 while this process can use Redis, 0 during
 class RedisGuard:
     """Tracks whether Redis is usable and spaces out the attempts to reach it during an outage.
 
-    `degraded_note` says what an outage means for the service; it goes into the outage warning.
+    `degraded_note` says what an outage means for the service; it goes into the outage warning. `name`
+    says which Redis, where a process uses two (the gateway's cache Redis). `up` is the gauge that follows
+    the outages (None: none; the gateway reads its cache Redis's state through `degraded` instead).
     """
 
     def __init__(
-        self, cooldown_s: float = 2.0, *, degraded_note: str = "running degraded until it answers again"
+        self,
+        cooldown_s: float = 2.0,
+        *,
+        degraded_note: str = "running degraded until it answers again",
+        name: str = "Redis",
+        up: Gauge | None = REDIS_UP,
     ) -> None:
         self.cooldown_s = cooldown_s
         self.degraded_note = degraded_note
+        self.name = name
+        self._up = up
         self._down_until = 0.0
         self._down = False
         # When the current probe went out, during an outage; None when none is out.
         self._probe_at: float | None = None
         self._outages = 0
-        REDIS_UP.set(1)
+        self._set_up(1)
+
+    def _set_up(self, value: int) -> None:
+        if self._up is not None:
+            self._up.set(value)
 
     @property
     def available(self) -> bool:
@@ -79,16 +92,18 @@ class RedisGuard:
     def failed(self, exc: BaseException) -> None:
         if not self._down:
             self._outages += 1
-            logger.warning("Redis unavailable (%s: %s); %s", type(exc).__name__, exc, self.degraded_note)
+            logger.warning(
+                "%s unavailable (%s: %s); %s", self.name, type(exc).__name__, exc, self.degraded_note
+            )
         self._down = True
         self._probe_at = None
         self._down_until = time.monotonic() + self.cooldown_s
-        REDIS_UP.set(0)
+        self._set_up(0)
 
     def succeeded(self) -> None:
         if self._down:
-            logger.warning("Redis is back; no longer degraded")
+            logger.warning("%s is back; no longer degraded", self.name)
             self._down = False
             self._down_until = 0.0
             self._probe_at = None
-            REDIS_UP.set(1)
+            self._set_up(1)

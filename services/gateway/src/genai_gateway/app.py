@@ -15,7 +15,7 @@ from prometheus_client import Gauge
 from genai_common.metrics import report_certificate, serve_metrics
 from genai_common.redis_guard import RedisGuard
 from genai_gateway.backends import Backends
-from genai_gateway.cache import AnswerCache
+from genai_gateway.cache import AnswerCache, cache_redis_guard
 from genai_gateway.errors import install_handlers
 from genai_gateway.grpc_api import start_server
 from genai_gateway.middleware import MetricsMiddleware, RequestIdMiddleware
@@ -69,21 +69,25 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             slot_ttl_s=settings.generate_timeout_s + 30,
             failure_policy=settings.redis_failure_policy,
         )
+        cache_guard = cache_redis_guard(guard, separate=backends.cache_redis is not backends.redis)
         app.state.cache = cache = AnswerCache(
-            backends.redis,
+            backends.cache_redis,
             settings.cache_ttl_s,
             settings.cache_enabled,
-            guard=guard,
+            guard=cache_guard,
             max_entry_chars=settings.cache_max_entry_chars,
         )
         similar = None
         if settings.similar_enabled and settings.cache_enabled:
             similar = SimilarLayer(
-                backends.redis,
+                backends.cache_redis,
                 settings.cache_ttl_s,
                 threshold=settings.similar_threshold,
                 word_threshold=settings.similar_word_threshold,
-                guard=guard,
+                guard=cache_guard,
+                # The admin's settings for the layer are state: the state Redis's.
+                settings_client=backends.redis,
+                settings_guard=guard,
             )
             similar.embedder.threads = settings.similar_threads
             # The model loads in a thread while the gateway starts serving; until then the layer is bypassed.

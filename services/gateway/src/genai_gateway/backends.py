@@ -34,8 +34,14 @@ class Backends:
         )
         self.model = ModelClient(self.adapter_channel, settings.generate_timeout_s)
         self.redis: redis.Redis = create_redis(settings.redis_url, settings.redis_timeout_s)
+        # Cached answers and the similar-request index: a Redis of their own when one is set, else this one.
+        self.cache_redis: redis.Redis = self.redis
+        if settings.cache_redis_url and settings.cache_redis_url != settings.redis_url:
+            self.cache_redis = create_redis(settings.cache_redis_url, settings.redis_timeout_s)
 
     async def close(self) -> None:
         for channel in (self.auth_channel, self.history_channel, self.adapter_channel):
             await channel.close()
         await self.redis.aclose()
+        if self.cache_redis is not self.redis:
+            await self.cache_redis.aclose()

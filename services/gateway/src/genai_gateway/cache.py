@@ -4,6 +4,11 @@ Requests that differ only in whitespace share an entry, and, with the case-insen
 that differ only in letter case ("identical or similar requests", as the seeds put it). The same question in
 other words is the similar-request layer's (similar.py), which looks the answer up here by its key: meaning
 alone would answer questions that were not asked, so that layer first checks every decisive detail.
+
+The cache is best-effort: its Redis (GENAI_GATEWAY_CACHE_REDIS_URL, in production a Redis of its own that
+evicts the least recently used keys when full) failing, refusing a write or losing entries costs cache misses,
+never a request. It has a guard of its own (`cache_redis_guard`), so that a cache outage is never taken for an
+outage of the state Redis (whose failure policy may refuse requests).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis.asyncio as redis
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
 
 from genai_common.redis_guard import RedisGuard
@@ -33,6 +38,24 @@ LOOKUPS = Counter(
 )
 for _result in ("hit", "miss", "error", "bypassed"):
     LOOKUPS.labels(LAYER, _result)
+CACHE_REDIS_UP = Gauge(
+    "genai_gateway_cache_redis_up",
+    "1 while the gateway can use the Redis holding its answer cache (the state Redis unless "
+    "GENAI_GATEWAY_CACHE_REDIS_URL names another), 0 during an outage",
+)
+CACHE_DEGRADED = (
+    "answers are neither looked up in nor added to the cache until it answers again; asking goes on"
+)
+
+
+def cache_redis_guard(state: RedisGuard, separate: bool) -> RedisGuard:
+    """The guard of the Redis holding the cache: the state Redis's own when it is the same server, otherwise
+    one of its own (which leaves genai_redis_up to the state Redis). CACHE_REDIS_UP follows it either way."""
+    guard = state
+    if separate:
+        guard = RedisGuard(state.cooldown_s, degraded_note=CACHE_DEGRADED, name="cache Redis", up=None)
+    CACHE_REDIS_UP.set_function(lambda: float(not guard.degraded))
+    return guard
 
 
 @dataclass
@@ -73,7 +96,7 @@ def cache_key(
 
 
 class AnswerCache:
-    """Exact-match cache. Redis trouble is a miss, never an error for the caller."""
+    """Exact-match cache. Redis trouble is a miss, or an answer not stored, never an error for the caller."""
 
     def __init__(
         self,

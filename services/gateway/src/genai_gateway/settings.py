@@ -24,7 +24,13 @@ class GatewaySettings(CommonSettings):
     auth_target: str = "127.0.0.1:50051"
     history_target: str = "127.0.0.1:50052"
     adapter_target: str = "127.0.0.1:50053"
+    # State: rate limits and quotas, the history spool, the similar layer's run-time settings. Must not
+    # evict (production: maxmemory-policy noeviction).
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Cached answers and the similar-request index, which may be evicted (production: a Redis of their own
+    # with allkeys-lru, so that a full cache never takes the state's memory). Empty: the state Redis.
+    cache_redis_url: str = ""
+    # Each command's deadline, on both.
     redis_timeout_s: float = 0.5
 
     # Model asked for when a request names none; empty: the first one the adapter lists.

@@ -15,14 +15,19 @@ is served only when every one of these holds, in this order:
 4. each word of substance that one text has and the other lacks has a counterpart in the other whose own
    embedding is at least `word_threshold` close: "picture" / "image" pass, "picture" / "video" do not.
 
-The index lives in Redis, shared by every gateway: an entry per answered request (its vector as float16,
-what step 3 and 4 need, and the key of its answer in the exact cache, which holds the text; an entry whose
-answer has expired is dead), and for each of `TABLES` random-hyperplane hashes of `BITS` bits a set of the
-entries in that bucket. A look-up is one round trip (a Lua script, `LOOKUP_SCRIPT`): its `TABLES`
-buckets, the entries that share most of them with it (at most `MAX_CANDIDATES`) and their records; the
-gateway then compares exactly. No Redis module is needed (the RediSearch vector index is not in Debian's
-Redis 7), but a single Redis server is (not a cluster). Entries and buckets expire
-with the exact cache's TTL; a bucket's member whose entry expired is removed when a look-up meets it.
+The index lives in the cache Redis, beside the exact cache, shared by every gateway: an entry per answered
+request (its vector as float16, what step 3 and 4 need, and the key of its answer in the exact cache, which
+holds the text; an entry whose answer has expired or was evicted is dead), and for each of `TABLES`
+random-hyperplane hashes of `BITS` bits a set of the entries in that bucket. A look-up is one round trip (a
+Lua script, `LOOKUP_SCRIPT`): its `TABLES` buckets, the entries that share most of them with it (at most
+`MAX_CANDIDATES`) and their records; the gateway then compares exactly. No Redis module is needed (the
+RediSearch vector index is not in Debian's Redis 7), but a single Redis server is (not a cluster). Entries
+and buckets expire with the exact cache's TTL; a bucket's member whose entry expired is removed when a
+look-up meets it.
+
+The admin's run-time settings (on or off, the threshold) are state, not cache: they live in the state Redis,
+which never evicts, so a full cache cannot turn back on a layer the admin turned off. While that Redis fails,
+look-ups go on with the settings last read.
 
 The hyperplanes come from a fixed seed and pass through the mean of the model's vectors over fixed texts,
 so every replica computes the same buckets. The model loads in a thread at start-up; until it has, the
@@ -48,7 +53,7 @@ from prometheus_client import Gauge, Histogram
 from redis.exceptions import RedisError
 
 from genai_common.metrics import LATENCY_BUCKETS
-from genai_common.redis_guard import RedisGuard
+from genai_common.redis_guard import REDIS_ERRORS, RedisGuard
 from genai_gateway import guards
 from genai_gateway.cache import LOOKUPS
 
@@ -291,7 +296,11 @@ class SimilarLayer:
         guard: RedisGuard | None = None,
         embedder: Embedder | None = None,
         prefix: str = PREFIX,
+        settings_client: redis.Redis | None = None,
+        settings_guard: RedisGuard | None = None,
     ) -> None:
+        # The index (entries and buckets), on the cache Redis; the admin's settings on the state Redis
+        # (`settings_client`, by default the same). Each with its own guard.
         self.client = client
         # Every key starts with this (tests and benchmarks use their own).
         self.prefix = prefix
@@ -300,6 +309,8 @@ class SimilarLayer:
         self.threshold = threshold
         self.word_threshold = word_threshold
         self.guard = guard or RedisGuard()
+        self.settings_client = settings_client or client
+        self.settings_guard = settings_guard or self.guard
         self.embedder = embedder or Embedder()
         self._hasher: Hasher | None = None
         self._config = LayerConfig(True, threshold)
@@ -319,9 +330,10 @@ class SimilarLayer:
     # --- settings the admin changes at run time, shared by every gateway ----------------------------
 
     async def config(self) -> LayerConfig:
+        """The settings, read again once they are CONFIG_REFRESH_S old; Redis errors are the caller's."""
         if time.monotonic() - self._config_at < CONFIG_REFRESH_S:
             return self._config
-        raw = await self.client.hgetall(self.config_key)
+        raw = await self.settings_client.hgetall(self.config_key)
         values = {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
         enabled = values.get("enabled", b"1") in (b"1", "1")
         try:
@@ -338,7 +350,7 @@ class SimilarLayer:
         if threshold is not None:
             fields["threshold"] = repr(float(threshold))
         if fields:
-            await self.client.hset(self.config_key, mapping=fields)
+            await self.settings_client.hset(self.config_key, mapping=fields)
         self._config_at = -CONFIG_REFRESH_S
         return await self.config()
 
@@ -350,7 +362,7 @@ class SimilarLayer:
             LOOKUPS.labels(LAYER, "bypassed").inc()
             return None
         try:
-            if not (await self.config()).enabled:
+            if not (await self._settings_for_lookup()).enabled:
                 LOOKUPS.labels(LAYER, "bypassed").inc()
                 return None
         except (RedisError, OSError) as exc:
@@ -369,6 +381,22 @@ class SimilarLayer:
             return None
         partition = hashlib.sha256(material.encode()).hexdigest()[:32]
         return Probe(partition, details, vector, guards.surface_words(text))
+
+    async def _settings_for_lookup(self) -> LayerConfig:
+        """The settings for a look-up. On one Redis with the index, a failure to read them is the index's
+        failure too (raised: the look-up is an error). On a Redis of their own, its outage keeps the settings
+        last read, and while it cools off it is not asked (no request pays its timeout)."""
+        if time.monotonic() - self._config_at < CONFIG_REFRESH_S or self.settings_guard is self.guard:
+            return await self.config()
+        if not self.settings_guard.available:
+            return self._config
+        try:
+            config = await self.config()
+        except REDIS_ERRORS as exc:
+            self.settings_guard.failed(exc)
+            return self._config
+        self.settings_guard.succeeded()
+        return config
 
     def _bucket(self, partition: str, table: int, code: int) -> str:
         return f"{self.prefix}b:{partition}:{table}:{code:x}"
@@ -389,7 +417,8 @@ class SimilarLayer:
         return match
 
     async def _lookup(self, probe: Probe) -> Match | None:
-        config = await self.config()
+        # As read by the probe a moment ago.
+        config = self._config
         buckets = [self._bucket(probe.partition, t, c) for t, c in enumerate(self.hasher.codes(probe.vector))]
         rows = await self._lookup_script(keys=buckets, args=[MAX_CANDIDATES, self.prefix + "e:"])
         found: list[tuple[float, dict[str, Any], str]] = []

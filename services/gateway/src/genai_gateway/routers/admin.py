@@ -213,7 +213,8 @@ async def purge_cache(_: AdminUser, request: Request) -> dict[str, int]:
         if request.app.state.similar is not None:
             deleted += await request.app.state.similar.purge()
     except (RedisError, OSError) as exc:
-        request.app.state.redis_guard.failed(exc)
+        # Both live in the cache's Redis.
+        request.app.state.cache.guard.failed(exc)
         raise ApiError(503, "the cache cannot be purged right now (Redis is unavailable)") from None
     return {"deleted": deleted}
 
@@ -277,5 +278,5 @@ async def purge_similar_layer(_: AdminUser, request: Request) -> dict[str, int]:
     try:
         return {"deleted": await similar.purge()}
     except (RedisError, OSError) as exc:
-        request.app.state.redis_guard.failed(exc)
+        similar.guard.failed(exc)
         raise ApiError(503, "the similar-request layer cannot be purged (Redis is unavailable)") from None
