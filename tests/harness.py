@@ -17,6 +17,8 @@ import httpx
 from genai_devstack import databases, infra, stack
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+# An admin's access token lives 30 minutes (GENAI_AUTH_ACCESS_TTL_S); the harness signs in again after this.
+ADMIN_TOKEN_RENEW_S = 600.0
 
 
 @dataclass
@@ -43,6 +45,9 @@ class RunningStack:
     # Processes beyond the stack's own (extra gateways): their settings and port.
     extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
     extra_ports: dict[str, int] = field(default_factory=dict)
+    # The admin's access token for /health's details (`admin_headers`), and when it was taken (monotonic).
+    _admin_token: str = ""
+    _admin_token_at: float = 0.0
 
     # --- processes ----------------------------------------------------------------------------------
 
@@ -116,7 +121,8 @@ class RunningStack:
         raise RuntimeError(f"{name} not ready within {timeout_s} s; see {self.log_dir / (name + '.log')}")
 
     def wait_healthy(self, timeout_s: float = 30) -> None:
-        """Until the gateway sees every dependency again (its channels reconnect with a backoff)."""
+        """Until the gateway sees every dependency again (its channels reconnect with a backoff). The public
+        status says so: it is "ok" only while every dependency is."""
         deadline = time.monotonic() + timeout_s
         body: object = None
         with self.client(timeout=5) as client:
@@ -201,6 +207,20 @@ class RunningStack:
             response = client.post("/token", json={"username": username, "password": password})
         response.raise_for_status()
         return str(response.json()["access_token"])
+
+    def admin_headers(self) -> dict[str, str]:
+        """An admin's bearer header, which makes GET /health show every dependency (anyone else gets the status
+        only). Kept and reused, and renewed after ADMIN_TOKEN_RENEW_S when signing in works: a fault that
+        stops sign-ins (PostgreSQL down) leaves a token taken before it valid, so take one before a fault."""
+        stale = time.monotonic() - self._admin_token_at > ADMIN_TOKEN_RENEW_S
+        if not self._admin_token or stale:
+            try:
+                self._admin_token = self.login(self.admin_username, self.admin_password)
+                self._admin_token_at = time.monotonic()
+            except httpx.HTTPError:
+                if not self._admin_token:
+                    raise
+        return {"Authorization": f"Bearer {self._admin_token}"}
 
     def set_limits(self, user: User, **limits: int) -> None:
         admin = {"Authorization": f"Bearer {self.login(self.admin_username, self.admin_password)}"}

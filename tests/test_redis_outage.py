@@ -58,6 +58,8 @@ def test_hung_then_dead_redis_then_recovery(outage: tuple[RunningStack, infra.Se
         assert _ask(client, user, prompt).json()["source"] == "model"
         assert _ask(client, user, prompt).json()["source"] == "cache"
 
+    # Taken before the outage, as monitoring would hold one: /health shows its details to admins only.
+    admin = stack.admin_headers()
     pid = redis_server.process.pid  # type: ignore[attr-defined]
     os.kill(pid, signal.SIGSTOP)
     try:
@@ -70,8 +72,12 @@ def test_hung_then_dead_redis_then_recovery(outage: tuple[RunningStack, infra.Se
             # A fresh login and a fresh token work too (auth falls back to PostgreSQL).
             token = stack.login(user.username, user.password)
             assert client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"}).status_code == 200
-            health = client.get("/health").json()
+            health = client.get("/health", headers=admin).json()
             assert health["status"] == "degraded" and health["dependencies"]["redis"].startswith("down")
+            # Anyone else hears only that: degraded here, down on the fail-closed gateway.
+            assert client.get("/health").json() == {"status": "degraded"}
+            refusing = closed.get("/health")
+            assert (refusing.status_code, refusing.json()) == (503, {"status": "down"})
             # Fail-closed: a clear 503 instead.
             refused = _ask(closed, user, prompt)
             assert refused.status_code == 503

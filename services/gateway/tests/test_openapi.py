@@ -19,9 +19,10 @@ PUBLIC = {
     "POST /token",
     "POST /api/v1/auth/refresh",
     "POST /api/v1/auth/logout",
-    "GET /health",
     "POST /api/v1/telegram/links",
 }
+# Anyone may call; an admin's credential adds to the answer, any other is never refused.
+OPTIONAL_AUTH = {"GET /health"}
 GENERATION = ("POST /ask", "POST /v1/chat/completions", "POST /v1/completions")
 
 
@@ -75,6 +76,10 @@ def test_protected_operations_declare_bearer_security_and_401(document: dict[str
     for key, operation in _operations(document):
         if key in PUBLIC:
             assert "security" not in operation, key
+            continue
+        if key in OPTIONAL_AUTH:
+            assert operation["security"] == [{}, {"accessToken": []}, {"apiKey": []}], key
+            assert not {401, 403, 504} & set(_errors(operation)), key
             continue
         assert operation["security"] == [{"accessToken": []}, {"apiKey": []}], key
         assert {401, 503, 504} <= set(_errors(operation)), key
@@ -160,3 +165,11 @@ def test_the_reference_and_reflection_can_be_turned_off() -> None:
     on = TestClient(create_app(GatewaySettings(public_api_docs=True)))
     assert on.get("/openapi.json").status_code == 200
     assert on.get("/docs").status_code == 200
+
+
+def test_health_documents_the_public_and_the_admin_answer(document: dict[str, Any]) -> None:
+    schema = document["components"]["schemas"]["HealthOut"]
+    # Only `status` is always there: the details are sent to admins alone, and left out (never null) for others.
+    assert schema["required"] == ["status"]
+    assert {"reasons", "dependencies", "history_spool", "credential_cache"} <= set(schema["properties"])
+    assert not any("default" in field for field in schema["properties"].values())

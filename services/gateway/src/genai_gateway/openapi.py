@@ -10,6 +10,7 @@ that the routers stay thin:
 | needs a token or API key (`CurrentUser`)      | 401; 503 / 504: auth unavailable / too slow        |
 | needs the admin role (`AdminUser`)            | 403                                                |
 | needs a token, beyond `CHAT_SCOPE_ROUTES`     | 403: a chat-scoped API key (a Telegram link's)     |
+| is in `OPTIONAL_AUTH_ROUTES`                  | security that anonymous callers satisfy too (`{}`) |
 | has a path parameter                          | 404                                                |
 | has query parameters or a body                | 422, in the service's one error shape              |
 | has a request body                            | 413: larger than nginx's body limit                |
@@ -69,20 +70,34 @@ class Error(BaseModel):
     detail: str = Field(description="the same message as error.message")
 
 
+def _absent_unless_sent(schema: dict[str, Any]) -> None:
+    # Left out of the answer rather than null: a default in the schema would say a value that never comes.
+    schema.pop("default", None)
+
+
+def _admin_only(description: str) -> Any:
+    """A field of GET /health sent to admins only."""
+    return Field(None, description=f"admins only: {description}", json_schema_extra=_absent_unless_sent)
+
+
 class HealthOut(BaseModel):
+    """GET /health: `status` for anyone; the other fields for an admin's credential only (absent otherwise)."""
+
     status: Literal["ok", "degraded", "down"] = Field(
         description="down (503): nobody gets answers; degraded: answers go on, something is missing"
     )
-    reasons: list[str] = Field(description="what users cannot do now, one line per failing dependency")
-    model: str | None = Field(description="the default model, once known")
-    dependencies: dict[str, str] = Field(
-        description="per dependency (auth, history, inference_adapter, model, redis, and PostgreSQL as "
-        'postgres_auth and postgres_history see it): "ok", "down: <why>", or "unknown: <why>" when the '
-        "service that would say is down itself"
+    reasons: list[str] = _admin_only("what users cannot do now, one line per failing dependency")
+    model: str | None = _admin_only("the default model, once known")
+    dependencies: dict[str, str] = _admin_only(
+        "per dependency (auth, history, inference_adapter, model, redis, and PostgreSQL as postgres_auth "
+        'and postgres_history see it): "ok", "down: <why>", or "unknown: <why>" when the service that would '
+        "say is down itself"
     )
-    history_spool: int = Field(description="exchanges waiting for the history service")
-    redis_failure_policy: Literal["open", "closed"]
-    credential_cache: str
+    history_spool: int = _admin_only("exchanges waiting for the history service")
+    redis_failure_policy: Literal["open", "closed"] = _admin_only(
+        "what a Redis outage means: per-process limits (open) or 503s (closed)"
+    )
+    credential_cache: str = _admin_only("whether token checks are answered from the gateway's cache")
 
 
 class ModelOut(BaseModel):
@@ -313,7 +328,10 @@ ROUTE_ERRORS: dict[str, Reasons] = {
         503: "Redis is unavailable",
     },
     "DELETE /api/v1/admin/cache/similar": {503: "Redis is unavailable"},
-    "GET /health": {503: "auth, the inference adapter or the model is down (with the health body)"},
+    "GET /health": {
+        503: "auth, the inference adapter or the model is down (with the health body: the status only, or "
+        "an admin's report)"
+    },
 }
 
 # What the services check of a parameter beyond its declared type, by operation and name.
@@ -370,6 +388,8 @@ SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
     },
 }
 SECURITY = [{"accessToken": []}, {"apiKey": []}]
+# Routes that answer anyone and an admin with more (never a 401 or 403): a credential is optional.
+OPTIONAL_AUTH_ROUTES = frozenset({"GET /health"})
 
 SSE_DESCRIPTIONS = {
     "POST /ask": "With `stream: true`: server-sent events, each `data: {json}`: "
@@ -560,6 +580,8 @@ def _complete(operation: dict[str, Any], key: str, route: APIRoute) -> None:
         responses[str(status)] = _error_response(key, status, reasons[status])
     if _depends_on(route, current_principal):
         operation["security"] = copy.deepcopy(SECURITY)
+    elif key in OPTIONAL_AUTH_ROUTES:
+        operation["security"] = [{}, *copy.deepcopy(SECURITY)]
     if _depends_on(route, admin_principal):
         operation["x-required-role"] = "admin"
     for parameter in operation.get("parameters", ()):

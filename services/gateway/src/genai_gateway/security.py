@@ -58,6 +58,19 @@ async def admin_principal(
     return principal
 
 
+async def admin_or_anonymous(request: Request) -> auth_pb2.Principal | None:
+    """The caller if the request carries an admin's credential, else None; never an error. For a route that
+    answers anyone and admins with more (GET /health): a missing, invalid, expired or non-admin credential,
+    or auth not answering, makes an anonymous caller, so that the route keeps working through an auth
+    outage. Without an Authorization header auth is not asked at all."""
+    if not request.headers.get("authorization"):
+        return None
+    try:
+        return await admin_principal(await current_principal(request))
+    except ApiError:
+        return None
+
+
 CurrentUser = Annotated[auth_pb2.Principal, Depends(current_principal)]
 AdminUser = Annotated[auth_pb2.Principal, Depends(admin_principal)]
 # The caller's own credential, for calls that auth authorises by it (API keys, user administration).

@@ -1,11 +1,17 @@
-"""GET /health (status of each dependency) and GET /metrics (Prometheus).
+"""GET /health (up or down for anyone, each dependency's status for admins) and GET /metrics (Prometheus).
 
 `status` says what users can still do: "down" (503) when nobody can get an answer (auth, the adapter or
 the model is down, or Redis is down under the "closed" failure policy), "degraded" (200) when answers go
 on but something is missing (history, Redis under "open", PostgreSQL as seen by auth or history), else
 "ok". `reasons` says, per failing dependency, what users see; docs/operations.md has the same table with
-what to do. The whole report is built by `report()`, so that a route for admins can show it all and a
-public one only the status.
+what to do. The whole report is built by `report()`; GET /health shows it all to an admin (an admin's
+access token or admin-scope API key) and only `status` to everyone else, since which parts run, which
+model and why something fails is a map of the inside for whoever can reach the public address.
+
+Who the caller is never turns /health into an error: no credential, an invalid or expired one, a user's,
+or one that auth cannot check now (auth down or hung) all get the public answer. An anonymous request
+costs auth nothing, so an auth outage is reported as `down` at once; a credential is checked while the
+report is made, so the answer takes no longer than the slower of the two (auth's deadline, 3 s).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from redis.exceptions import RedisError
 
 from genai_gateway.errors import ApiError
+from genai_gateway.security import admin_or_anonymous
 
 router = APIRouter(tags=["health"])
 
@@ -110,8 +117,11 @@ async def report(request: Request) -> tuple[dict[str, Any], int]:
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
-    body, code = await report(request)
-    return JSONResponse(body, status_code=code)
+    """Anyone: `{"status": "ok" | "degraded" | "down"}` only (503 when down). With an admin's access token
+    or admin-scope API key: every dependency's status, `reasons` and the rest. A missing, invalid or
+    non-admin credential is never refused here: it gets the status only."""
+    (body, code), admin = await asyncio.gather(report(request), admin_or_anonymous(request))
+    return JSONResponse(body if admin is not None else {"status": body["status"]}, status_code=code)
 
 
 @router.get("/metrics", include_in_schema=False)
