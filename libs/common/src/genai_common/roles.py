@@ -286,7 +286,8 @@ async def provision(admin_dsn: str, services: Sequence[ServiceRole]) -> list[Pro
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
             # PUBLIC may connect to and make temporary tables in a new database, and use `public`.
             await conn.execute(f"REVOKE ALL ON DATABASE {database} FROM PUBLIC")
-            await conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
+            if await conn.fetchval("SELECT to_regnamespace('public')") is not None:
+                await conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
             for service, result in zip(services, done, strict=True):
                 role = _ident(service.role)
                 await conn.execute(f"GRANT CONNECT ON DATABASE {database} TO {role}")
