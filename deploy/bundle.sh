@@ -61,6 +61,8 @@ image_file() {
 # runs with them, and an .env in deploy/ still decides GENAI_VERSION, the *_IMAGE settings and so on.
 compose() {
     POSTGRES_PASSWORD="${POSTGRES_PASSWORD:-listing-only}" \
+        POSTGRES_AUTH_PASSWORD="${POSTGRES_AUTH_PASSWORD:-listing-only}" \
+        POSTGRES_HISTORY_PASSWORD="${POSTGRES_HISTORY_PASSWORD:-listing-only}" \
         REDIS_PASSWORD="${REDIS_PASSWORD:-listing-only}" \
         GENAI_AUTH_JWT_SECRET="${GENAI_AUTH_JWT_SECRET:-listing-only}" \
         GENAI_UPSTREAM_API_KEY="${GENAI_UPSTREAM_API_KEY:-listing-only}" \

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -20,8 +21,9 @@ from genai_devstack.nginx import repo_root
 BACKUP = repo_root() / "deploy" / "backup" / "backup.sh"
 RESTORE = repo_root() / "deploy" / "backup" / "restore.sh"
 
-# Tables of the real schema plus one with awkward values: every type the services store, and a
-# sequence whose position must survive.
+# The services' own schemas (each owned by its role, as genai_common.roles makes them) plus a table of the
+# administrator's with awkward values: every type the services store, and a sequence whose position must
+# survive.
 SEED = """
 CREATE TABLE backup_probe (
     id bigserial PRIMARY KEY,
@@ -34,7 +36,7 @@ INSERT INTO backup_probe (body, raw, meta) VALUES
     ('Как исправить ошибку Permission denied?', '\\x00ff10', '{"tokens": 12, "cached": false}'),
     (repeat('long answer ', 5000), NULL, NULL),
     ('quote '' and backslash \\ and tab \t', '\\x', '[]');
-INSERT INTO users (username, password_hash, role) VALUES
+INSERT INTO genai_auth.users (username, password_hash, role) VALUES
     ('alice', '$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA', 'admin'),
     ('bob', '$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA', 'user');
 """
@@ -58,30 +60,43 @@ def run(script: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedPr
 
 
 async def snapshot(dsn: str) -> dict[str, list[tuple[object, ...]]]:
-    """Every row of every table in public, in a stable order, plus where each sequence stands."""
+    """Every row of every table of every schema but PostgreSQL's own ("schema.table"), in a stable order,
+    plus where each sequence stands."""
     conn = await asyncpg.connect(dsn)
     try:
         tables = [
-            row["tablename"]
+            (row["schemaname"], row["tablename"])
             for row in await conn.fetch(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
+                "SELECT schemaname, tablename FROM pg_tables "
+                "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2"
             )
         ]
         result = {}
-        for table in tables:
-            rows = await conn.fetch(f'SELECT * FROM "{table}"')  # noqa: S608 (names from pg_tables)
-            result[table] = sorted((tuple(row.values()) for row in rows), key=repr)
-        sequences = await conn.fetch("SELECT sequencename, last_value FROM pg_sequences ORDER BY 1")
+        for schema, table in tables:
+            rows = await conn.fetch(f'SELECT * FROM "{schema}"."{table}"')  # noqa: S608 (names from pg_tables)
+            result[f"{schema}.{table}"] = sorted((tuple(row.values()) for row in rows), key=repr)
+        sequences = await conn.fetch(
+            "SELECT schemaname, sequencename, last_value FROM pg_sequences ORDER BY 1, 2"
+        )
         result["<sequences>"] = [tuple(row.values()) for row in sequences]
         return result
     finally:
         await conn.close()
 
 
-async def seed(dsn: str) -> None:
+def seed(dsn: str, work_dir: Path) -> dict[str, str]:
+    """The production layout: each service's role and schema, migrated as that role; then the SEED rows."""
+    urls = databases.service_database_urls(dsn, work_dir)
+    asyncio.run(_seed(dsn, urls))
+    return urls
+
+
+async def _seed(dsn: str, urls: dict[str, str]) -> None:
     root = repo_root()
-    await migrate(dsn, "auth", root / "services" / "auth" / "src" / "genai_auth" / "migrations")
-    await migrate(dsn, "history", root / "services" / "history" / "src" / "genai_history" / "migrations")
+    await migrate(urls["auth"], "auth", root / "services" / "auth" / "src" / "genai_auth" / "migrations")
+    await migrate(
+        urls["history"], "history", root / "services" / "history" / "src" / "genai_history" / "migrations"
+    )
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(SEED)
@@ -107,13 +122,32 @@ def empty_database(postgres_server: infra.Service) -> Iterator[str]:
         databases.drop_database(postgres_server.url, url.rsplit("/", 1)[1].split("?")[0])
 
 
+async def role_counts(urls: dict[str, str]) -> tuple[int, int]:
+    """Users as auth's role sees them, conversations as history's: what the services can read."""
+    auth, history = await asyncpg.connect(urls["auth"]), await asyncpg.connect(urls["history"])
+    try:
+        return int(await auth.fetchval("SELECT count(*) FROM users")), int(
+            await history.fetchval("SELECT count(*) FROM conversations")
+        )
+    finally:
+        await auth.close()
+        await history.close()
+
+
+# A statement of a --no-owner restore that names a service's role: it would fail on a server without it.
+_ROLE_IN_ACL = re.compile(
+    r"^(GRANT|REVOKE|ALTER DEFAULT PRIVILEGES)\b.*\b(TO|FROM) genai_(auth|history)\b", re.M
+)
+
+
 def test_backup_then_restore_into_an_empty_database(
-    new_database_dsn: str, empty_database: str, tmp_path: Path
+    new_database_dsn: str, empty_database: str, tmp_path: Path, work_dir: Path
 ) -> None:
     env = pg_tools_env()
-    asyncio.run(seed(new_database_dsn))
+    seed(new_database_dsn, work_dir)
     before = asyncio.run(snapshot(new_database_dsn))
-    assert len(before["backup_probe"]) == 3 and len(before["users"]) == 2 and before["schema_migrations"]
+    assert len(before["public.backup_probe"]) == 3 and len(before["genai_auth.users"]) == 2
+    assert before["genai_auth.schema_migrations"] and before["genai_history.schema_migrations"]
 
     # An old dump past retention, one within it, and a file that is not a dump of ours.
     backups = tmp_path / "backups"
@@ -147,12 +181,25 @@ def test_backup_then_restore_into_an_empty_database(
     assert not list(backups.glob(".*partial")), "no half-written file left"
 
     # The source changes after the dump: the restore must bring back the state at dump time.
-    asyncio.run(execute(new_database_dsn, "DELETE FROM backup_probe; DELETE FROM users"))
+    asyncio.run(execute(new_database_dsn, "DELETE FROM backup_probe; DELETE FROM genai_auth.users"))
 
     restored = run(RESTORE, str(new[0]), empty_database, env=env)
     assert restored.returncode == 0, restored.stderr
     after = asyncio.run(snapshot(empty_database))
     assert after == before
+    # The restored objects belong to whoever restored them (--no-owner): the roles job hands each service's
+    # schema back to its role, as `docker compose up -d` runs it after a restore.
+    urls = databases.service_database_urls(empty_database, work_dir)
+    assert asyncio.run(role_counts(urls)) == (2, 0)
+    # Nothing in the dump needs the services' roles to exist: it restores into a server that has none yet.
+    script = subprocess.run(
+        ["pg_restore", "--no-owner", "--file=-", str(new[0])],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "CREATE SCHEMA genai_auth;" in script and not _ROLE_IN_ACL.search(script)
 
     # The sequence continues where it stood: new rows do not collide with restored ones.
     async def next_id() -> int:
@@ -165,9 +212,11 @@ def test_backup_then_restore_into_an_empty_database(
     assert asyncio.run(next_id()) == 4
 
 
-def test_restore_refuses_a_database_with_tables_unless_clean(new_database_dsn: str, tmp_path: Path) -> None:
+def test_restore_refuses_a_database_with_tables_unless_clean(
+    new_database_dsn: str, tmp_path: Path, work_dir: Path
+) -> None:
     env = pg_tools_env()
-    asyncio.run(seed(new_database_dsn))
+    urls = seed(new_database_dsn, work_dir)
     before = asyncio.run(snapshot(new_database_dsn))
     made = run(BACKUP, env={**env, "BACKUP_DIR": str(tmp_path), "BACKUP_DATABASE_URL": new_database_dsn})
     assert made.returncode == 0, made.stderr
@@ -177,7 +226,8 @@ def test_restore_refuses_a_database_with_tables_unless_clean(new_database_dsn: s
     asyncio.run(
         execute(
             new_database_dsn,
-            "DELETE FROM users WHERE username = 'bob'; UPDATE backup_probe SET body = 'changed' WHERE id = 1",
+            "DELETE FROM genai_auth.users WHERE username = 'bob'; "
+            "UPDATE backup_probe SET body = 'changed' WHERE id = 1",
         )
     )
 
@@ -191,6 +241,9 @@ def test_restore_refuses_a_database_with_tables_unless_clean(new_database_dsn: s
     replaced = run(RESTORE, "--clean", "--if-exists", str(dump), new_database_dsn, env=env)
     assert replaced.returncode == 0, replaced.stderr
     assert asyncio.run(snapshot(new_database_dsn)) == before
+    # The schemas were made again by the restoring administrator; the roles job hands them back.
+    assert databases.service_database_urls(new_database_dsn, work_dir) == urls
+    assert asyncio.run(role_counts(urls)) == (2, 0)
 
 
 def test_failed_backup_leaves_no_file_and_says_so(tmp_path: Path) -> None:

@@ -47,8 +47,15 @@ ENGINE_ROOT = Path(os.environ.get("GENAI_TEST_DOCKER_ROOT", "/var/lib/genai-test
 BRIDGE = "genaitest0"
 BRIDGE_ADDRESS = os.environ.get("GENAI_TEST_DOCKER_BRIDGE", "172.31.254.1/24")
 MODEL = "smollm2-135m-instruct"
-# The four secrets compose requires (the first admin's password is left empty: generated, printed once).
-SECRETS = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "GENAI_AUTH_JWT_SECRET", "GENAI_UPSTREAM_API_KEY")
+# The six secrets compose requires (the first admin's password is left empty: generated, printed once).
+SECRETS = (
+    "POSTGRES_PASSWORD",
+    "POSTGRES_AUTH_PASSWORD",
+    "POSTGRES_HISTORY_PASSWORD",
+    "REDIS_PASSWORD",
+    "GENAI_AUTH_JWT_SECRET",
+    "GENAI_UPSTREAM_API_KEY",
+)
 # Services of the CPU profile that keep running, and the one-shot jobs.
 LONG_RUNNING = {
     "nginx",
@@ -61,7 +68,7 @@ LONG_RUNNING = {
     "redis",
     "backup",
 }
-JOBS = {"migrate-auth", "migrate-history"}
+JOBS = {"postgres-roles", "migrate-auth", "migrate-history"}
 UP_TIMEOUT_S = 600
 
 pytestmark = pytest.mark.slow
@@ -567,12 +574,14 @@ def restore_into_fresh_volume(d: Deployment, dump: str) -> None:
             "--entrypoint", "/opt/genai/backup/restore.sh", "backup", f"/backups/{dump}",
         )  # fmt: skip
         users = engine.docker(
-            "exec", name, "psql", "-U", user, "-d", "genai", "-tAc", "SELECT username FROM users ORDER BY 1"
-        ).stdout.split()
+            "exec", name, "psql", "-U", user, "-d", "genai", "-tAc",
+            "SELECT username FROM genai_auth.users ORDER BY 1",
+        ).stdout.split()  # fmt: skip
         assert users == ["admin", "alice"], users
         messages = engine.docker(
-            "exec", name, "psql", "-U", user, "-d", "genai", "-tAc", "SELECT count(*) FROM messages"
-        ).stdout.strip()
+            "exec", name, "psql", "-U", user, "-d", "genai", "-tAc",
+            "SELECT count(*) FROM genai_history.messages",
+        ).stdout.strip()  # fmt: skip
         assert int(messages) >= 2, messages
     finally:
         engine.docker("rm", "-f", "-v", name, check=False)

@@ -17,6 +17,7 @@ import tomllib
 import typing
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -50,7 +51,8 @@ SERVICE_SETTINGS: dict[str, type[CommonSettings]] = {
     "telegram-bot": TelegramSettings,
 }
 JOB_SETTINGS: dict[str, type[CommonSettings]] = {"migrate-auth": CliSettings}
-JOBS = {"migrate-auth", "migrate-history"}
+# One-shot jobs: the PostgreSQL roles first, then the migrations as those roles.
+JOBS = {"postgres-roles", "migrate-auth", "migrate-history"}
 # Every Python service of services/ is built from one Dockerfile; a build argument picks the service.
 PYTHON_DOCKERFILE = "services/Dockerfile"
 # Built from this repository: compose service -> Dockerfile.
@@ -315,6 +317,8 @@ def test_every_setting_of_a_long_running_service_is_in_compose(name: str) -> Non
 # What an operator puts in .env for the required variables (values of the right shape).
 FILLED_ENV = {
     "POSTGRES_PASSWORD": "0123456789abcdef" * 4,
+    "POSTGRES_AUTH_PASSWORD": "13579bdf02468ace" * 4,
+    "POSTGRES_HISTORY_PASSWORD": "2468ace013579bdf" * 4,
     "REDIS_PASSWORD": "fedcba9876543210" * 4,
     "GENAI_AUTH_JWT_SECRET": "a1b2c3d4" * 8,
     "GENAI_UPSTREAM_API_KEY": "9f8e7d6c" * 8,
@@ -432,7 +436,14 @@ def test_secret_variables_are_required_everywhere_never_defaulted() -> None:
                 assert operator == ":?" and argument.strip(), (
                     f"{var} must be ${{{var}:?message}}, got {text!r}"
                 )
-    assert {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "GENAI_AUTH_JWT_SECRET", "GENAI_UPSTREAM_API_KEY"} <= seen
+    assert {
+        "POSTGRES_PASSWORD",
+        "POSTGRES_AUTH_PASSWORD",
+        "POSTGRES_HISTORY_PASSWORD",
+        "REDIS_PASSWORD",
+        "GENAI_AUTH_JWT_SECRET",
+        "GENAI_UPSTREAM_API_KEY",
+    } <= seen
 
 
 def test_internal_addresses_point_at_the_services_listening_there() -> None:
@@ -482,6 +493,57 @@ def test_migrate_jobs_run_the_real_migrations() -> None:
     assert migrations_dir(options["--package"]) == history_store.MIGRATIONS_DIR.resolve()
     assert options["--database-url-env"] in environment(svc["migrate-history"])
     assert "0001_conversations.sql" in {p.name for p in migrations_dir(options["--package"]).iterdir()}
+
+
+def test_services_connect_as_their_own_postgres_roles_made_before_the_migrations() -> None:
+    # Least privilege in PostgreSQL (genai_common.roles; tests/test_roles.py tries the roles for real): auth and
+    # history, and their migration jobs, connect as roles of their own; only the roles job and the backup hold
+    # the administrator's password.
+    svc = services()
+    urls = {
+        name: urlsplit(resolve(environment(svc[name])[key], FILLED_ENV))
+        for name, key in (
+            ("auth", "GENAI_AUTH_DATABASE_URL"),
+            ("migrate-auth", "GENAI_AUTH_DATABASE_URL"),
+            ("history", "GENAI_HISTORY_DATABASE_URL"),
+            ("migrate-history", "GENAI_HISTORY_DATABASE_URL"),
+        )
+    }
+    expected = {
+        "auth": ("genai_auth", "POSTGRES_AUTH_PASSWORD"),
+        "migrate-auth": ("genai_auth", "POSTGRES_AUTH_PASSWORD"),
+        "history": ("genai_history", "POSTGRES_HISTORY_PASSWORD"),
+        "migrate-history": ("genai_history", "POSTGRES_HISTORY_PASSWORD"),
+    }
+    for name, (role, password) in expected.items():
+        assert (urls[name].username, urls[name].password) == (role, FILLED_ENV[password]), name
+        assert urls[name].hostname == "postgres" and urls[name].path == "/genai", name
+    admin = resolve("${POSTGRES_USER:-genai}")
+    assert admin not in {"genai_auth", "genai_history"}
+    holders = {
+        name
+        for name, spec in svc.items()
+        if any("POSTGRES_PASSWORD:" in value for value in environment(spec).values())
+    }
+    assert holders == {"postgres", "postgres-roles", "backup"}
+
+    roles = svc["postgres-roles"]
+    assert "build" not in roles and roles["image"] == svc["auth"]["image"]
+    command = roles["command"]
+    assert command[:3] == ["python", "-m", "genai_common.roles"]
+    options = [(flag, value) for flag, value in zip(command[3::2], command[4::2], strict=True)]
+    env = environment(roles)
+    admin_url = urlsplit(resolve(env[dict(options)["--admin-url-env"]], FILLED_ENV))
+    assert (admin_url.username, admin_url.password) == (admin, FILLED_ENV["POSTGRES_PASSWORD"])
+    provisioned = dict(value.split("=", 1) for flag, value in options if flag == "--service")
+    # Each role is provisioned from the very URL its service and migration job use.
+    assert provisioned == {"auth": "GENAI_AUTH_DATABASE_URL", "history": "GENAI_HISTORY_DATABASE_URL"}
+    assert env["GENAI_AUTH_DATABASE_URL"] == environment(svc["auth"])["GENAI_AUTH_DATABASE_URL"]
+    assert env["GENAI_HISTORY_DATABASE_URL"] == environment(svc["history"])["GENAI_HISTORY_DATABASE_URL"]
+    assert "GENAI_ENV" not in env, "outside dev mode the roles job refuses short passwords"
+    assert set(roles["depends_on"]) == {"postgres"}
+    for job in ("migrate-auth", "migrate-history"):
+        assert svc[job]["depends_on"]["postgres-roles"] == {"condition": "service_completed_successfully"}
 
 
 # --- compose: topology ------------------------------------------------------------------------------------

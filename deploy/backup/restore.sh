@@ -12,7 +12,8 @@
 #   --if-exists  with --clean: use DROP ... IF EXISTS, so objects missing from the target are no error
 #   --jobs N     restore with N parallel jobs (large databases); without it, the whole restore is one
 #                transaction: it either completes or leaves the target as it was
-# Objects are owned by the user restoring (--no-owner), so a dump moves between servers and users.
+# Objects are owned by the user restoring (--no-owner), so a dump moves between servers and users; the
+# postgres-roles job (`docker compose up -d` runs it) then hands each service's schema back to its role.
 set -euo pipefail
 
 clean=0
