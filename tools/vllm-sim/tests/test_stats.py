@@ -100,18 +100,20 @@ async def test_client_giving_up_on_whole_answer_cancels_generation(sim: Simulato
 
 def test_metrics_of_the_dashboard_use_vllm_names(sim: SimulatorProcess) -> None:
     headers = {"x-sim-itl-ms": "5", "x-request-id": "rid-123"}
+    # 40 words: two whole blocks of 16 tokens, and a partial one that is never cached.
+    messages = [{"role": "user", "content": " ".join(f"w{i}" for i in range(40))}]
     streamed = httpx.post(
-        sim.url + "/chat/completions", json={"messages": MESSAGES, "stream": True}, headers=headers
+        sim.url + "/chat/completions", json={"messages": messages, "stream": True}, headers=headers
     )
-    whole = httpx.post(sim.url + "/chat/completions", json={"messages": MESSAGES}, headers=headers)
+    whole = httpx.post(sim.url + "/chat/completions", json={"messages": messages}, headers=headers)
     # The caller's request id comes back, as vLLM's does.
     assert streamed.headers["x-request-id"] == whole.headers["x-request-id"] == "rid-123"
     text = httpx.get(sim.base_url + "/metrics").text
     # 8 tokens each: 7 gaps per answer, streamed or not.
     assert metric(text, "vllm:inter_token_latency_seconds_count") == 14
     assert metric(text, "vllm:time_per_output_token_seconds_count") == 14
-    # The second identical prompt is served from the (simulated) prefix cache: 2 tokens queried each time.
-    assert metric(text, "vllm:prefix_cache_queries_total") == 4
-    assert metric(text, "vllm:prefix_cache_hits_total") == 2
+    # The second identical prompt finds the first one's two whole blocks in the (simulated) prefix cache.
+    assert metric(text, "vllm:prefix_cache_queries_total") == 80
+    assert metric(text, "vllm:prefix_cache_hits_total") == 32
     assert metric(text, "vllm:kv_cache_usage_perc") == 0
     assert "# TYPE vllm:kv_cache_usage_perc gauge" in text

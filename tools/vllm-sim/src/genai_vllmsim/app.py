@@ -5,8 +5,12 @@ releases answered `{"object": "error", "message", "type", "param", "code"}`. The
 first by default and the second with `--error-format legacy` (or header `x-sim-error-format`), so
 clients can be tested against both. A missing or wrong API key gets vLLM's `{"error": "Unauthorized"}`.
 
-Per-request headers override the flags: `x-sim-ttft-ms`, `x-sim-itl-ms`, `x-sim-output-tokens`,
-`x-sim-error` (500|429|400|reset|none) and `x-sim-error-format` (nested|legacy).
+Per-request headers override the flags: `x-sim-ttft-ms`, `x-sim-itl-ms`, `x-sim-prefill-ms-per-1k-tokens`,
+`x-sim-output-tokens`, `x-sim-error` (500|429|400|reset|none) and `x-sim-error-format` (nested|legacy).
+
+Time to first token, counted from when a request gets one of the `--max-num-seqs` slots: `--ttft-ms`, plus
+`--prefill-ms-per-1k-tokens` for each prompt token not found in the prefix cache (see `prefix_cache`); the
+lookup happens when the request is scheduled, and its prompt's blocks are cached once its prefill is done.
 
 Structured output (`response_format`) and tool calls (`tools`, `tool_choice`) follow vLLM's shapes,
 finish reasons and refusals (see `structured`); `POST /tokenize` counts with the same words-as-tokens
@@ -34,6 +38,7 @@ from starlette.types import Receive, Scope, Send
 
 from genai_vllmsim import structured, text
 from genai_vllmsim.config import ERROR_FORMATS, ERROR_KINDS, SimConfig
+from genai_vllmsim.prefix_cache import PrefixCache, cache_tokens
 from genai_vllmsim.slots import Slots
 from genai_vllmsim.stats import Stats
 
@@ -82,6 +87,7 @@ class Knobs:
 
     ttft_s: float
     itl_s: float
+    prefill_s_per_token: float
     output_tokens: int
     fault: str | None
     error_format: str
@@ -116,6 +122,8 @@ class Job:
     tool_call: ToolCallPlan | None = None
     # The caller's X-Request-Id, echoed in the answer's headers as vLLM does.
     request_id: str = ""
+    # The chained hashes of the prompt's full blocks, for the prefix cache.
+    block_hashes: list[bytes] | None = None
 
     def headers(self, base: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         return [*base, (b"x-request-id", self.request_id.encode())] if self.request_id else base
@@ -128,12 +136,13 @@ class Job:
 
 
 class Simulator:
-    """State shared by all requests: configuration, the concurrency slots and the counters."""
+    """State shared by all requests: configuration, the concurrency slots, the prefix cache and the counters."""
 
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         self.slots = Slots(config.max_num_seqs)
         self.stats = Stats(config.model, self.slots)
+        self.prefix_cache = PrefixCache(config.block_size, config.prefix_cache_blocks)
         self.created = int(time.time())
         self._rng = random.Random(config.seed)  # noqa: S311 - fault dice, not cryptography
         self._id_prefix = os.urandom(4).hex()
@@ -155,6 +164,7 @@ class Simulator:
     def knobs(self, scope: Scope) -> Knobs:
         cfg = self.config
         ttft_ms, itl_ms, output_tokens = cfg.ttft_ms, cfg.itl_ms, cfg.output_tokens
+        prefill_ms = cfg.prefill_ms_per_1k_tokens
         fault: str | None = None
         fault_given = False
         error_format = cfg.error_format
@@ -167,6 +177,8 @@ class Simulator:
                     ttft_ms = _non_negative(float(value))
                 elif name == b"itl-ms":
                     itl_ms = _non_negative(float(value))
+                elif name == b"prefill-ms-per-1k-tokens":
+                    prefill_ms = _non_negative(float(value))
                 elif name == b"output-tokens":
                     output_tokens = int(_non_negative(int(value)))
                 elif name == b"error":
@@ -178,7 +190,9 @@ class Simulator:
                 raise Rejected(400, f"invalid header x-sim-{name.decode()}: {exc}") from exc
         if not fault_given and cfg.error_rate > 0 and self._rng.random() < cfg.error_rate:
             fault = cfg.error_kind
-        return Knobs(ttft_ms / 1000.0, itl_ms / 1000.0, output_tokens, fault, error_format)
+        return Knobs(
+            ttft_ms / 1000.0, itl_ms / 1000.0, prefill_ms / 1_000_000.0, output_tokens, fault, error_format
+        )
 
     def plan(self, body: Any, chat: bool, knobs: Knobs, arrival: float) -> Job:
         """Validate like vLLM does (cheaply) and decide the whole output up front."""
@@ -276,6 +290,8 @@ class Simulator:
             knobs=knobs,
             arrival=arrival,
         )
+        if self.config.prefix_caching:
+            job.block_hashes = self.prefix_cache.block_hashes(cache_tokens(prompt, chat))
         # A model left to choose answers a tool's result in words rather than calling again.
         if tool is not None and not (tool.mode == "auto" and prompt[-1].get("role") == "tool"):
             arguments = structured.pieces(structured.dumps(structured.value_for(tool.parameters, seed)))
@@ -295,6 +311,20 @@ class Simulator:
             job.indices, stopped = text.plan(seed, count, stop_words)
             job.finish_reason = "length" if not stopped and count < knobs.output_tokens else "stop"
         return job
+
+    def prefill_s(self, job: Job) -> float:
+        """Count a scheduled request's prefix-cache lookup; its prefill time, for the tokens not cached."""
+        cached = 0
+        if job.block_hashes is not None:
+            cached = self.prefix_cache.lookup(job.block_hashes, job.prompt_tokens)
+            self.stats.prefix_queries += job.prompt_tokens
+            self.stats.prefix_hits += cached
+        return (job.prompt_tokens - cached) * job.knobs.prefill_s_per_token
+
+    def prefilled(self, job: Job) -> None:
+        """The prompt's blocks are computed: later requests sharing them skip their prefill."""
+        if job.block_hashes:
+            self.prefix_cache.insert(job.block_hashes)
 
     def next_tool_call_id(self) -> str:
         return f"chatcmpl-tool-{self._id_prefix}{next(self._ids):x}"
@@ -324,7 +354,6 @@ class Simulator:
         logger.info(
             "Received request", extra={"request_id": job.request_id, "prompt_tokens": job.prompt_tokens}
         )
-        self.stats.prefix_lookup(body.get("messages") if chat else body.get("prompt"), job.prompt_tokens)
         if knobs.fault in ERROR_MESSAGES:
             self.stats.errors += 1
             return error_response(int(knobs.fault), ERROR_MESSAGES[knobs.fault], error_format)
@@ -429,10 +458,11 @@ class Generation(Response):
             acquired = True
             sim.stats.prompt_tokens += job.prompt_tokens
             start = asyncio.get_running_loop().time()
+            first_at = start + job.knobs.ttft_s + sim.prefill_s(job)
             if job.stream:
-                await self._stream(send, start)
+                await self._stream(send, first_at)
             else:
-                await self._whole(send, start)
+                await self._whole(send, first_at)
         except asyncio.CancelledError:
             sim.stats.cancelled += 1
             raise
@@ -446,7 +476,7 @@ class Generation(Response):
         stats.success_by_reason[self.job.finish_reason] += 1
         stats.e2e.observe(loop.time() - self.job.arrival)
 
-    async def _stream(self, send: Send, start: float) -> None:
+    async def _stream(self, send: Send, first_at: float) -> None:
         sim, job = self.sim, self.job
         stats = sim.stats
         loop = asyncio.get_running_loop()
@@ -475,8 +505,8 @@ class Generation(Response):
         knobs = job.knobs
         count = job.output_tokens
         reset_at = min(RESET_AFTER_CHUNKS, count) if knobs.fault == "reset" else -1
-        first_at = start + knobs.ttft_s
         await _sleep_until(loop, first_at)
+        sim.prefilled(job)
         stats.ttft.observe(loop.time() - job.arrival)
         sent_at = loop.time()
         if job.chat:
@@ -525,13 +555,15 @@ class Generation(Response):
         await send({"type": "http.response.body", "body": DONE, "more_body": False})
         self._finished(loop)
 
-    async def _whole(self, send: Send, start: float) -> None:
+    async def _whole(self, send: Send, first_at: float) -> None:
         sim, job = self.sim, self.job
         loop = asyncio.get_running_loop()
         knobs = job.knobs
         count = job.output_tokens
-        await _sleep_until(loop, start + knobs.ttft_s + max(count - 1, 0) * knobs.itl_s)
-        sim.stats.ttft.observe(start + knobs.ttft_s - job.arrival)
+        await _sleep_until(loop, first_at)
+        sim.prefilled(job)
+        await _sleep_until(loop, first_at + max(count - 1, 0) * knobs.itl_s)
+        sim.stats.ttft.observe(first_at - job.arrival)
         if count > 1:
             sim.stats.itl.observe(knobs.itl_s, count - 1)
         if knobs.fault == "reset":
@@ -633,6 +665,13 @@ def create_app(config: SimConfig) -> FastAPI:
     @app.post("/sim/reset")
     async def sim_reset() -> Response:
         sim.stats.reset()
+        sim.prefix_cache.clear()
         return JSONResponse(sim.stats.as_json())
+
+    @app.post("/reset_prefix_cache")
+    async def reset_prefix_cache() -> Response:
+        # vLLM's (in its development mode): forget every cached block, keep the counters.
+        sim.prefix_cache.clear()
+        return Response(status_code=200)
 
     return app

@@ -34,11 +34,19 @@ class SimConfig:
     # False mimics OpenAI-compatible servers without vLLM's /tokenize (it answers 404).
     tokenize: bool = True
     seed: int = 0
+    # Automatic prefix caching, as vLLM's v1 engine has it on by default (see `prefix_cache`).
+    prefix_caching: bool = True
+    # Tokens per KV-cache block (vLLM's --block-size), and the blocks the prefix cache keeps.
+    block_size: int = 16
+    prefix_cache_blocks: int = 16384
+    # Prefill time per 1000 prompt tokens not found in the prefix cache, added to the time to first token.
+    # 0 keeps the time to first token at --ttft-ms whatever the prompt and the cache.
+    prefill_ms_per_1k_tokens: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.model:
             raise ValueError("model must not be empty")
-        if self.ttft_ms < 0 or self.itl_ms < 0:
+        if self.ttft_ms < 0 or self.itl_ms < 0 or self.prefill_ms_per_1k_tokens < 0:
             raise ValueError("latencies must not be negative")
         if self.output_tokens < 0:
             raise ValueError("output_tokens must not be negative")
@@ -50,6 +58,8 @@ class SimConfig:
             raise ValueError(f"error_kind must be one of {', '.join(ERROR_KINDS)}")
         if self.error_format not in ERROR_FORMATS:
             raise ValueError(f"error_format must be one of {', '.join(ERROR_FORMATS)}")
+        if self.block_size < 1 or self.prefix_cache_blocks < 1:
+            raise ValueError("block_size and prefix_cache_blocks must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -154,6 +164,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="no POST /tokenize, like OpenAI-compatible servers without a tokenizer endpoint",
     )
     add("--seed", type=int, default=_env("SEED", int, d.seed), help="seed of the error-rate dice")
+    add(
+        "--prefill-ms-per-1k-tokens",
+        type=float,
+        default=_env("PREFILL_MS_PER_1K_TOKENS", float, d.prefill_ms_per_1k_tokens),
+        help="added to the time to first token per 1000 prompt tokens not in the prefix cache",
+    )
+    add(
+        "--no-prefix-caching",
+        action="store_true",
+        default=_env("NO_PREFIX_CACHING", _flag, False),
+        help="no prefix cache (as vLLM's --no-enable-prefix-caching): every prompt token is prefilled, "
+        "no prefix-cache queries or hits are counted",
+    )
+    add(
+        "--block-size",
+        type=int,
+        default=_env("BLOCK_SIZE", int, d.block_size),
+        help="tokens per KV-cache block: only whole blocks of a prompt are cached",
+    )
+    add(
+        "--prefix-cache-blocks",
+        type=int,
+        default=_env("PREFIX_CACHE_BLOCKS", int, d.prefix_cache_blocks),
+        help="blocks the prefix cache keeps; the least recently used go first",
+    )
     return parser
 
 
@@ -176,6 +211,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimConfig, ServerOpti
             auto_tool_choice=not args.no_auto_tool_choice,
             tokenize=not args.no_tokenize,
             seed=args.seed,
+            prefix_caching=not args.no_prefix_caching,
+            block_size=args.block_size,
+            prefix_cache_blocks=args.prefix_cache_blocks,
+            prefill_ms_per_1k_tokens=args.prefill_ms_per_1k_tokens,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -7,15 +7,14 @@ vLLM read the simulator alike: `vllm:num_requests_running`/`waiting`, `vllm:kv_c
 `vllm:e2e_request_latency_seconds`, `vllm:prompt_tokens_total`, `vllm:generation_tokens_total`,
 `vllm:request_success_total`. The simulator's own counts are `genai_sim_*`.
 
-Simulated, not measured: KV-cache usage is the share of the engine's sequences in use, and a prefix-cache
-hit is a prompt seen before in full (all its tokens hit), which is how repeated questions look to vLLM.
+Simulated, not measured: KV-cache usage is the share of the engine's sequences in use; prefix-cache
+queries and hits are counted in tokens as vLLM counts them, by the simulated cache of `prefix_cache`.
 """
 
 from __future__ import annotations
 
 import bisect
-import hashlib
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,8 +28,6 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0)
 LAST_REQUESTS = 20
-# Prompts remembered for the simulated prefix cache.
-PREFIX_CACHE_PROMPTS = 4096
 
 
 class Histogram:
@@ -88,19 +85,6 @@ class Stats(Collector):
         self.last_requests: deque[Any] = deque(maxlen=LAST_REQUESTS)
         # X-Request-Id of the last requests ("" when none came), as last_requests.
         self.last_request_ids: deque[str] = deque(maxlen=LAST_REQUESTS)
-        self._prompts: OrderedDict[bytes, None] = OrderedDict()
-
-    def prefix_lookup(self, prompt: Any, tokens: int) -> None:
-        """Count a prompt's tokens as prefix-cache queries, and as hits when the same prompt came before."""
-        key = hashlib.blake2b(repr(prompt).encode(), digest_size=16).digest()
-        self.prefix_queries += tokens
-        if key in self._prompts:
-            self.prefix_hits += tokens
-            self._prompts.move_to_end(key)
-            return
-        self._prompts[key] = None
-        if len(self._prompts) > PREFIX_CACHE_PROMPTS:
-            self._prompts.popitem(last=False)
 
     def as_json(self) -> dict[str, Any]:
         return {
