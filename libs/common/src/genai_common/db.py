@@ -140,7 +140,10 @@ async def watch_pool(
         await asyncio.sleep(interval_s)
 
 
-# One lock for every component: they share the bookkeeping table, whose creation must not race.
+# One lock for every component. Each service's role keeps its own `schema_migrations` in its own schema
+# (genai_common.roles); components that share a schema (the administrator's `public`, as releases before the
+# roles had it) share the table, whose creation must not race. genai_common.roles holds it while it moves
+# tables, so that no migration runs half-way through a move.
 MIGRATION_LOCK_ID = int.from_bytes(hashlib.sha256(b"genai-migrations").digest()[:8], "big", signed=True)
 
 
