@@ -1,9 +1,11 @@
 """`python -m genai_devstack run`: the whole stack on this machine, no Docker, no GPU (the README's `make run`).
 
 Reuses PostgreSQL and Redis when they answer on their standard ports (or at GENAI_POSTGRES_ADMIN_URL /
-GENAI_REDIS_URL), otherwise starts them into the work folder; then auth's and history's own PostgreSQL
-roles (genai_common.roles; their passwords kept in the work folder), migrations and the first admin, then
-the model server, the four services and nginx under honcho. Ctrl-C stops everything.
+GENAI_REDIS_URL; a Redis that evicts gets a warning), otherwise starts them into the work folder: the
+state Redis with noeviction and beside it a cache Redis with allkeys-lru (GENAI_CACHE_REDIS_URL: your
+own). Then auth's and history's own PostgreSQL roles (genai_common.roles; their passwords kept in the
+work folder), migrations and the first admin, then the model server, the four services and nginx under
+honcho. Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
         started.append(postgres)
         redis = infra.redis_for_run(work_dir)
         started.append(redis)
+        # Answers in a Redis that may evict them, apart from the state that must never be (production's split).
+        cache_redis = infra.cache_redis_for_run(work_dir, redis)
+        if cache_redis is not None:
+            started.append(cache_redis)
         database_url = databases.create_database(postgres.url, args.database, exist_ok=True)
         ports = stack.Ports(https=args.port)
         cfg = stack.StackConfig(
@@ -72,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
             upstream=args.upstream,
             # Auth and history as roles of their own (passwords kept beside the JWT secret), as in production.
             service_database_urls=databases.service_database_urls(database_url, work_dir),
+            overrides={"GENAI_GATEWAY_CACHE_REDIS_URL": cache_redis.url} if cache_redis else {},
         )
         env = {**os.environ, **stack.environment(cfg)}
         commands = stack.processes(cfg)

@@ -221,7 +221,19 @@ def database_url(server_url: str, database: str) -> str:
 # --- Redis ------------------------------------------------------------------------------------------
 
 
-def start_local_redis(work_dir: Path, port: int) -> Service:
+# Eviction policies (docs/operations.md, "Redis"). State (limits, revoked tokens, the history spool) must
+# never be evicted: at its maxmemory its Redis refuses writes, which the services treat as an outage. The
+# answer cache may lose any entry: its Redis makes room by dropping the least recently used.
+STATE_POLICY = "noeviction"
+CACHE_POLICY = "allkeys-lru"
+# The embedded stack's cache Redis: plenty for a developer's answers, a bound all the same.
+CACHE_MAXMEMORY = "128mb"
+
+
+def start_local_redis(
+    work_dir: Path, port: int, *, maxmemory: str = "0", policy: str = STATE_POLICY
+) -> Service:
+    """A redis-server process of our own; `maxmemory` "0" is no limit (then the policy never acts)."""
     binary = find_binary("redis-server")
     if not binary:
         raise RuntimeError("Redis is not reachable and redis-server is not installed")
@@ -237,6 +249,10 @@ def start_local_redis(work_dir: Path, port: int) -> Service:
             "",
             "--appendonly",
             "no",
+            "--maxmemory",
+            maxmemory,
+            "--maxmemory-policy",
+            policy,
             "--dir",
             str(work_dir),
             "--logfile",
@@ -258,6 +274,24 @@ def start_local_redis(work_dir: Path, port: int) -> Service:
 
     service._cleanup.append(stop)
     return service
+
+
+def evicting_policy(url: str) -> str | None:
+    """The eviction policy of the Redis at `url` if it may evict keys (a memory limit and a policy other
+    than noeviction), else None; None too when it will not say (CONFIG renamed away, as managed Redis do)."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        config = client.config_get("maxmemory*")
+    except (redis.RedisError, OSError):
+        return None
+    finally:
+        client.close()
+    policy = str(config.get("maxmemory-policy", STATE_POLICY))
+    if int(config.get("maxmemory", 0) or 0) > 0 and policy != STATE_POLICY:
+        return policy
+    return None
 
 
 def redis_for_tests(work_dir: Path) -> Service:
@@ -282,12 +316,45 @@ def redis_for_tests(work_dir: Path) -> Service:
 
 
 def redis_for_run(work_dir: Path) -> Service:
+    """The state Redis of the embedded stack: GENAI_REDIS_URL, a server on 6379, or one started (noeviction).
+    One we did not start is only checked: its policy is its owner's, so an evicting one gets a warning."""
     given = os.environ.get("GENAI_REDIS_URL")
+    service = None
+    if given:
+        service = Service(url=given, host="", port=0)
+    elif port_open("127.0.0.1", 6379):
+        service = Service(url="redis://127.0.0.1:6379/0", host="127.0.0.1", port=6379)
+    if service is None:
+        return start_local_redis(
+            work_dir / "redis", 6380 if not port_open("127.0.0.1", 6380) else free_port()
+        )
+    policy = evicting_policy(service.url)
+    if policy:
+        logger.warning(
+            "the Redis at %s evicts keys when full (maxmemory-policy %s): limits, revoked tokens and "
+            "answers waiting for history may be dropped; set maxmemory-policy noeviction there "
+            '(docs/operations.md, "Redis")',
+            "GENAI_REDIS_URL" if given else "127.0.0.1:6379",
+            policy,
+        )
+    return service
+
+
+def cache_redis_for_run(work_dir: Path, state: Service) -> Service | None:
+    """The answer cache's Redis of the embedded stack: GENAI_CACHE_REDIS_URL, or, beside a state Redis we
+    started, another one started (allkeys-lru, CACHE_MAXMEMORY), as in production. None: the state Redis
+    holds the cache too (it is someone else's, and so is its memory)."""
+    given = os.environ.get("GENAI_CACHE_REDIS_URL")
     if given:
         return Service(url=given, host="", port=0)
-    if port_open("127.0.0.1", 6379):
-        return Service(url="redis://127.0.0.1:6379/0", host="127.0.0.1", port=6379)
-    return start_local_redis(work_dir / "redis", 6380 if not port_open("127.0.0.1", 6380) else free_port())
+    if getattr(state, "process", None) is None:
+        return None
+    return start_local_redis(
+        work_dir / "redis-cache",
+        6381 if not port_open("127.0.0.1", 6381) else free_port(),
+        maxmemory=CACHE_MAXMEMORY,
+        policy=CACHE_POLICY,
+    )
 
 
 @contextlib.contextmanager
