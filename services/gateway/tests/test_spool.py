@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as redis
 from genai.history.v1 import history_pb2
 
+from genai_common import mtls
 from genai_common.grpc_client import create_channel
 from genai_devstack.infra import free_port, wait_for_port
 from genai_gateway.clients import HistoryClient
@@ -20,11 +21,17 @@ from genai_gateway.spool import SPOOL_KEY, HistoryRecorder
 
 
 @pytest.fixture(scope="module")
-def history_address(postgres_dsn: str) -> Iterator[str]:
-    """The real history service, as a process."""
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, mtls.MtlsFiles]:
+    return mtls.ensure_all(tmp_path_factory.mktemp("mtls"))
+
+
+@pytest.fixture(scope="module")
+def history_address(postgres_dsn: str, pki: dict[str, mtls.MtlsFiles]) -> Iterator[str]:
+    """The real history service, as a process, on mutual TLS as in production."""
     port = free_port()
     env = {
         **os.environ,
+        **mtls.settings_env("history", pki["history"]),
         "GENAI_HISTORY_DATABASE_URL": postgres_dsn,
         "GENAI_HISTORY_LISTEN": f"127.0.0.1:{port}",
         "GENAI_LOG_LEVEL": "WARNING",
@@ -50,11 +57,13 @@ def _exchange(owner: str, prompt: str) -> history_pb2.AppendExchangeRequest:
     )
 
 
-async def test_outage_spools_and_replay_writes_once(history_address: str, redis_client: redis.Redis) -> None:
+async def test_outage_spools_and_replay_writes_once(
+    history_address: str, pki: dict[str, mtls.MtlsFiles], redis_client: redis.Redis
+) -> None:
     await redis_client.delete(SPOOL_KEY)
     owner = str(uuid.uuid4())
     down_channel = create_channel(f"127.0.0.1:{free_port()}")
-    up_channel = create_channel(history_address)
+    up_channel = create_channel(history_address, mtls=pki["gateway"], server_identity="history")
     try:
         down = HistoryRecorder(HistoryClient(down_channel, 1, 1), redis_client)
         assert await down.record(_exchange(owner, "first")) == ""
@@ -76,12 +85,14 @@ async def test_outage_spools_and_replay_writes_once(history_address: str, redis_
         await up_channel.close()
 
 
-async def test_redis_and_history_both_down_keeps_exchanges_in_memory(history_address: str) -> None:
+async def test_redis_and_history_both_down_keeps_exchanges_in_memory(
+    history_address: str, pki: dict[str, mtls.MtlsFiles]
+) -> None:
     from genai_common.redis_client import create_redis
 
     dead_redis = create_redis(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2)
     down_channel = create_channel(f"127.0.0.1:{free_port()}")
-    up_channel = create_channel(history_address)
+    up_channel = create_channel(history_address, mtls=pki["gateway"], server_identity="history")
     owner = str(uuid.uuid4())
     try:
         recorder = HistoryRecorder(HistoryClient(down_channel, 1, 1), dead_redis)
@@ -100,12 +111,12 @@ async def test_redis_and_history_both_down_keeps_exchanges_in_memory(history_add
 
 
 async def test_a_full_spool_asks_for_a_wait_and_drops_nothing(
-    history_address: str, redis_client: redis.Redis
+    history_address: str, pki: dict[str, mtls.MtlsFiles], redis_client: redis.Redis
 ) -> None:
     await redis_client.delete(SPOOL_KEY)
     owner = str(uuid.uuid4())
     down_channel = create_channel(f"127.0.0.1:{free_port()}")
-    up_channel = create_channel(history_address)
+    up_channel = create_channel(history_address, mtls=pki["gateway"], server_identity="history")
     try:
         recorder = HistoryRecorder(HistoryClient(down_channel, 1, 1), redis_client, max_spooled=3)
         assert not await recorder.full()  # history has not failed yet

@@ -56,6 +56,16 @@ def files_in(directory: Path, identity: str) -> MtlsFiles:
     return MtlsFiles(directory / "ca.pem", directory / f"{identity}.pem", directory / f"{identity}.key")
 
 
+def settings_env(identity: str, files: MtlsFiles) -> dict[str, str]:
+    """The environment that hands `files` to the service of `identity` (what `files_from_settings` reads)."""
+    prefix = f"GENAI_{identity.upper()}_MTLS"
+    return {
+        f"{prefix}_CA_FILE": str(files.ca),
+        f"{prefix}_CERT_FILE": str(files.cert),
+        f"{prefix}_KEY_FILE": str(files.key),
+    }
+
+
 def files_from_settings(settings: Any) -> MtlsFiles | None:
     """The mTLS files a service's settings name (`GENAI_<SERVICE>_MTLS_CA_FILE`, `_CERT_FILE`, `_KEY_FILE`).
 

@@ -22,8 +22,13 @@ class CommonSettings(BaseSettings):
     log_level: str = Field("INFO", validation_alias="GENAI_LOG_LEVEL")
     # Port of the Prometheus /metrics HTTP endpoint of a gRPC service; 0 turns it off.
     metrics_port: int = 0
-    # Mutual TLS between the internal services (genai_common.mtls): the internal CA's certificate, and this
-    # service's own certificate and key (PEM). Required outside dev mode by the services that use them.
+
+
+class InternalServiceSettings(CommonSettings):
+    """A service inside the stack (gateway, auth, history, adapter): internal calls are mutual TLS."""
+
+    # The internal CA's certificate, and this service's own certificate and key (PEM); genai_common.mtls
+    # makes them. Required outside dev mode.
     mtls_ca_file: str = ""
     mtls_cert_file: str = ""
     mtls_key_file: str = ""

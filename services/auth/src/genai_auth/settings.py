@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from genai_auth.directory import DirectoryConfig, GroupGrant
-from genai_common.settings import CommonSettings, check_secret
+from genai_common.settings import InternalServiceSettings, check_secret
 
 # OWASP's lowest recommended argon2id cost (19 MiB, 2 passes). Cheaper settings exist so that tests run
 # fast; outside dev mode they are refused, so a test value pasted into production cannot weaken hashes.
@@ -18,7 +18,7 @@ MIN_ARGON2_MEMORY_COST_KIB = 19_456
 MIN_ARGON2_TIME_COST = 2
 
 
-class UserStoreSettings(CommonSettings):
+class UserStoreSettings(InternalServiceSettings):
     """What both the service and the admin CLI need: the database and the cost of password hashing."""
 
     model_config = SettingsConfigDict(env_prefix="GENAI_AUTH_", extra="ignore")

@@ -7,13 +7,13 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from genai_common.settings import CommonSettings
+from genai_common.settings import InternalServiceSettings
 from genai_gateway.quota import LimitSet
 
 DEFAULT_PDF_FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 
 
-class GatewaySettings(CommonSettings):
+class GatewaySettings(InternalServiceSettings):
     model_config = SettingsConfigDict(env_prefix="GENAI_GATEWAY_", env_nested_delimiter="__", extra="ignore")
 
     host: str = "127.0.0.1"

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from genai_common.settings import CommonSettings
+from genai_common.settings import InternalServiceSettings
 
 
-class HistorySettings(CommonSettings):
+class HistorySettings(InternalServiceSettings):
     """Where the service listens, its database, and the caps it enforces on every call."""
 
     model_config = SettingsConfigDict(env_prefix="GENAI_HISTORY_", extra="ignore")

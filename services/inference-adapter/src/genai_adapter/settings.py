@@ -5,10 +5,10 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from genai_common.settings import CommonSettings
+from genai_common.settings import InternalServiceSettings
 
 
-class AdapterSettings(CommonSettings):
+class AdapterSettings(InternalServiceSettings):
     """Where the adapter listens, which model server it talks to, and the limits on each upstream call."""
 
     model_config = SettingsConfigDict(env_prefix="GENAI_ADAPTER_", extra="ignore")

@@ -107,12 +107,7 @@ def environment(cfg: StackConfig) -> dict[str, str]:
     }
     # Internal calls are mutual TLS here as in production: a certificate per service from a CA of the stack.
     for identity, files in mtls.ensure_all(cfg.work_dir / "mtls").items():
-        prefix = f"GENAI_{identity.upper()}_MTLS"
-        env[f"{prefix}_CA_FILE"], env[f"{prefix}_CERT_FILE"], env[f"{prefix}_KEY_FILE"] = (
-            str(files.ca),
-            str(files.cert),
-            str(files.key),
-        )
+        env.update(mtls.settings_env(identity, files))
     if cfg.upstream == "llama":
         env["GENAI_ADAPTER_MODEL"] = SMOLLM2_NAME
         # llama.cpp's server does not say how long its context is: the gateway fits conversations to this.
