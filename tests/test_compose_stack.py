@@ -68,7 +68,7 @@ LONG_RUNNING = {
     "redis",
     "backup",
 }
-JOBS = {"postgres-roles", "migrate-auth", "migrate-history"}
+JOBS = {"pki", "postgres-roles", "migrate-auth", "migrate-history"}
 UP_TIMEOUT_S = 600
 
 pytestmark = pytest.mark.slow
@@ -498,18 +498,23 @@ def test_production_stack_end_to_end(deployment: Deployment) -> None:
         )
     assert reply.response and reply.source == "model" and reply.model == MODEL
 
-    # 9. Backups: the one made at start already holds the schema (it runs after the migrations); a dump
+    # 9. Inside the stack: a container reaches the services of its networks only, and the internal gRPC
+    # ports speak mutual TLS only.
+    check_isolation(d)
+
+    # 10. Backups: the one made at start already holds the schema (it runs after the migrations); a dump
     # now holds alice; restored into a fresh volume, she is there.
     first = sorted(d.backup_dir.glob("genai-*.dump"))
     assert first, "the backup service dumps at start"
     listing = d.compose("exec", "-T", "backup", "pg_restore", "--list", f"/backups/{first[0].name}").stdout
-    assert "TABLE public users" in listing and "TABLE public conversations" in listing, listing
+    # Each service's tables are in its role's own schema.
+    assert "TABLE genai_auth users" in listing and "TABLE genai_history conversations" in listing, listing
     d.compose("exec", "-T", "backup", "/opt/genai/backup/backup.sh")
     dumps = sorted(d.backup_dir.glob("genai-*.dump"))
     assert len(dumps) > len(first), dumps
     restore_into_fresh_volume(d, dumps[-1].name)
 
-    # 10. Down and up again (containers recreated, volumes kept): the data is still there.
+    # 11. Down and up again (containers recreated, volumes kept): the data is still there.
     with d.client() as client:
         before = client.get("/api/v1/history", headers=bearer(alice)).json()["conversations"]
         first_dialog = client.get(
@@ -539,6 +544,44 @@ def test_production_stack_end_to_end(deployment: Deployment) -> None:
         assert again.status_code == 200 and again.json()["response"].strip()
 
 
+# Opens a TCP connection to argv[1]:argv[2] from inside a container: exit 0 when it connects, 3 (and why)
+# when the name does not resolve or nothing answers.
+_CONNECT = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()
+except OSError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+def check_isolation(d: Deployment) -> None:
+    def connects(service: str, host: str, port: int) -> bool:
+        result = d.compose("exec", "-T", service, "python", "-c", _CONNECT, host, str(port), check=False)
+        assert result.returncode in (0, 3), result.stderr
+        return result.returncode == 0
+
+    # Each callee from its caller, and from a container that has no business there.
+    assert connects("inference-adapter", "llm", 8000)
+    assert connects("auth", "postgres", 5432) and connects("history", "postgres", 5432)
+    assert connects("gateway", "redis", 6379) and connects("gateway", "redis-cache", 6379)
+    for service in ("gateway", "auth", "history"):
+        assert not connects(service, "llm", 8000), f"{service} reaches the model server"
+    for service in ("gateway", "inference-adapter"):
+        assert not connects(service, "postgres", 5432), f"{service} reaches PostgreSQL"
+    assert not connects("history", "redis", 6379) and not connects("auth", "redis-cache", 6379)
+    assert not connects("inference-adapter", "auth", 50051), "the adapter reaches auth"
+    # The gateway reaches auth, but a plaintext health check there is refused (mTLS only); the probe with
+    # auth's own certificate, as its container runs it, passes.
+    plain = d.compose(
+        "exec", "-T", "gateway", "python", "-m", "genai_common.healthcheck", "grpc", "auth:50051", check=False
+    )
+    assert plain.returncode == 1, plain.stdout + plain.stderr
+    own = d.compose("exec", "-T", "auth", "/opt/genai/healthcheck", check=False)
+    assert own.returncode == 0, own.stdout + own.stderr
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -558,7 +601,7 @@ def restore_into_fresh_volume(d: Deployment, dump: str) -> None:
     engine.docker("volume", "create", name)
     try:
         engine.docker(
-            "run", "-d", "--name", name, "--network", "genai_internal",
+            "run", "-d", "--name", name, "--network", "genai_postgres",
             "-v", f"{name}:/var/lib/postgresql/data",
             "-e", f"POSTGRES_USER={user}", "-e", f"POSTGRES_PASSWORD={password}", "-e", "POSTGRES_DB=genai",
             "postgres:16",

@@ -40,6 +40,8 @@ DEPLOY = ROOT / "deploy"
 COMPOSE_FILE = DEPLOY / "docker-compose.yml"
 ENV_EXAMPLE = DEPLOY / ".env.example"
 NGINX_TEMPLATE = DEPLOY / "nginx" / "genai.conf.template"
+PROMETHEUS_CONFIG = DEPLOY / "monitoring" / "prometheus" / "prometheus.yml"
+GRAFANA_DATASOURCES = DEPLOY / "monitoring" / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 
 # Compose service -> the settings class its process builds. Long-running services must be given every
 # setting (so that .env can change any of them); one-shot jobs only what they require.
@@ -51,8 +53,15 @@ SERVICE_SETTINGS: dict[str, type[CommonSettings]] = {
     "telegram-bot": TelegramSettings,
 }
 JOB_SETTINGS: dict[str, type[CommonSettings]] = {"migrate-auth": CliSettings}
-# One-shot jobs: the PostgreSQL roles first, then the migrations as those roles.
-JOBS = {"postgres-roles", "migrate-auth", "migrate-history"}
+# One-shot jobs: the internal certificates; the PostgreSQL roles first, then the migrations as those roles.
+JOBS = {"pki", "postgres-roles", "migrate-auth", "migrate-history"}
+# The services that speak mTLS inside the stack: compose service -> (certificate identity, settings prefix).
+MTLS = {
+    "gateway": ("gateway", "GENAI_GATEWAY_"),
+    "auth": ("auth", "GENAI_AUTH_"),
+    "history": ("history", "GENAI_HISTORY_"),
+    "inference-adapter": ("adapter", "GENAI_ADAPTER_"),
+}
 # Every Python service of services/ is built from one Dockerfile; a build argument picks the service.
 PYTHON_DOCKERFILE = "services/Dockerfile"
 # Built from this repository: compose service -> Dockerfile.
@@ -66,6 +75,35 @@ BUILT = {
     "llamacpp": "deploy/llamacpp/Dockerfile",
 }
 PYTHON_SERVICE_DIRS = sorted(p.parent.name for p in (ROOT / "services").glob("*/pyproject.toml"))
+# Who can reach whom in compose: network -> the services on it. Every internal network is named after the
+# one service it exists to reach and holds that service and its callers only (prometheus is a caller of
+# metrics ports). The three with a route out hold one container each.
+NETWORKS: dict[str, set[str]] = {
+    "public": {"nginx"},
+    "grafana": {"grafana"},
+    "telegram-bot": {"telegram-bot"},
+    "gateway": {"gateway", "nginx"},
+    "auth": {"auth", "gateway", "prometheus"},
+    "history": {"history", "gateway", "prometheus"},
+    "inference-adapter": {"inference-adapter", "gateway", "prometheus"},
+    "model": {"vllm", "llamacpp", "inference-adapter"},
+    "postgres": {
+        "postgres",
+        "auth",
+        "history",
+        "postgres-roles",
+        "migrate-auth",
+        "migrate-history",
+        "backup",
+    },
+    "redis": {"redis", "gateway", "auth"},
+    "redis-cache": {"redis-cache", "gateway"},
+    "node-exporter": {"node-exporter", "prometheus"},
+    "prometheus": {"prometheus", "grafana"},
+}
+WITH_ROUTE_OUT = {"public", "grafana", "telegram-bot"}
+# One of these runs, by profile: never at once, so they are not each other's callers.
+MODEL_SERVERS = {"vllm", "llamacpp"}
 DOCKERFILES = sorted(set(BUILT.values()))
 
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?message}, ${NAME?message}; `$$` is a literal `$`.
@@ -91,6 +129,53 @@ def strings(node: Any) -> list[str]:
     if isinstance(node, list):
         return [s for item in node for s in strings(item)]
     return [node] if isinstance(node, str) else []
+
+
+def networks_of(service: dict[str, Any]) -> set[str]:
+    networks = service.get("networks") or {}
+    return set(networks if isinstance(networks, list) else networks)
+
+
+def members() -> dict[str, set[str]]:
+    """Network -> the services on it, as compose would connect them."""
+    found: dict[str, set[str]] = {name: set() for name in compose()["networks"]}
+    for name, spec in services().items():
+        for network in networks_of(spec):
+            found.setdefault(network, set()).add(name)
+    return found
+
+
+def peers(name: str) -> set[str]:
+    """Every service that shares a network with `name`: all that can open a connection to it."""
+    on = members()
+    return {other for network in networks_of(services()[name]) for other in on[network]} - {name}
+
+
+def callers(address: str) -> set[str]:
+    """Services configured to connect to the host name `address`: a URL's host, a host:port target or a bare
+    host (PGHOST) in their environment; Prometheus' scrape targets; Grafana's data source."""
+    host = re.compile(rf"(^|//|@){re.escape(address)}(:\d+|/|$)")
+    found = {
+        name
+        for name, spec in services().items()
+        if any(host.search(value) for value in environment(spec).values())
+    }
+    if address in scrape_targets():
+        found.add("prometheus")
+    for source in yaml.safe_load(GRAFANA_DATASOURCES.read_text())["datasources"]:
+        if host.search(source["url"]):
+            found.add("grafana")
+    return found
+
+
+def scrape_targets() -> set[str]:
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    return {
+        name
+        for job in config["scrape_configs"]
+        for sd in job.get("dns_sd_configs", [])
+        for name in sd["names"]
+    }
 
 
 def interpolations(text: str) -> list[tuple[str, str, str]]:
@@ -468,11 +553,13 @@ def test_internal_addresses_point_at_the_services_listening_there() -> None:
     assert gateway["GENAI_GATEWAY_HOST"] == "0.0.0.0"
 
 
-def test_forwarded_headers_are_trusted_from_the_internal_network_only() -> None:
+def test_forwarded_headers_are_trusted_from_nginx_only() -> None:
     gateway = environment(services()["gateway"])
-    subnet = compose()["networks"]["internal"]["ipam"]["config"][0]["subnet"]
+    subnet = compose()["networks"]["gateway"]["ipam"]["config"][0]["subnet"]
     assert gateway["GENAI_GATEWAY_FORWARDED_ALLOW_IPS"] == subnet
     assert "*" not in resolve(subnet)
+    # The range believed is the network that holds nginx and the gateway alone.
+    assert members()["gateway"] == {"nginx", "gateway"}
 
 
 def test_services_migrate_nothing_themselves() -> None:
@@ -562,18 +649,148 @@ def test_only_nginx_publishes_ports_443_and_80() -> None:
     assert svc["grafana"]["profiles"] == ["monitoring"]
 
 
-def test_everything_but_nginx_is_on_the_internal_network_only() -> None:
+def test_each_network_holds_one_service_and_its_callers_only() -> None:
     doc = compose()
-    assert doc["networks"]["internal"]["internal"] is True
-    assert not doc["networks"]["public"].get("internal", False)
+    assert members() == NETWORKS
+    for name, spec in doc["networks"].items():
+        if name in WITH_ROUTE_OUT:
+            assert not (spec or {}).get("internal", False), f"{name} must have a route out"
+            assert len(NETWORKS[name]) == 1, f"{name}: a network with a route out joins no two containers"
+        else:
+            assert (spec or {}).get("internal") is True, f"{name} must have no route in or out of the host"
     for name, spec in doc["services"].items():
-        networks = spec.get("networks")
-        names = set(networks if isinstance(networks, list) else (networks or {}))
-        expected = {"public", "internal"} if name in ("nginx", "grafana") else {"internal"}
-        if name == "telegram-bot":
-            # A client of nginx's public address that must reach Telegram: nothing internal.
-            expected = {"public"}
-        assert names == expected, f"{name} is on {sorted(names)}"
+        if name == "pki":
+            # Makes files in volumes and talks to nobody.
+            assert spec.get("network_mode") == "none" and not networks_of(spec)
+            continue
+        assert networks_of(spec), f"{name} names no network: it would land on compose's default one"
+        assert spec.get("network_mode") is None, name
+
+
+def test_each_service_is_reachable_by_its_configured_callers_and_no_other() -> None:
+    # Who calls whom, read from the configuration (environment, prometheus.yml, Grafana's data source),
+    # against who shares which network.
+    for network, on in NETWORKS.items():
+        if network in WITH_ROUTE_OUT:
+            continue
+        targets = MODEL_SERVERS if network == "model" else {network}
+        allowed = targets | callers("llm" if network == "model" else network)
+        assert on - allowed == set(), f"{network}: {sorted(on - allowed)} call nothing there"
+    for name in services():
+        # A model server is called by its alias (the adapter) and scraped by its name.
+        configured = callers(name) | (callers("llm") if name in MODEL_SERVERS else set())
+        unreachable = configured - peers(name)
+        if name == "vllm":
+            # Decided: vLLM is scraped only when the operator opts in (the test below says why).
+            assert unreachable == {"prometheus"}
+            continue
+        assert not unreachable, f"{sorted(unreachable)} are configured to call {name} but cannot reach it"
+
+
+def test_the_model_server_is_reachable_from_the_adapter_alone() -> None:
+    # The issue's criterion. vLLM's API key guards /v1 only: /metrics, /tokenize, /invocations and others
+    # answer anyone who reaches it. Prometheus therefore does not scrape it unless the operator attaches
+    # both to a network of their own (docs/operations.md, "Monitoring"), which this file does not do.
+    for server in MODEL_SERVERS:
+        assert networks_of(services()[server]) == {"model"}, server
+        assert peers(server) - MODEL_SERVERS == {"inference-adapter"}, server
+    assert members()["model"] - MODEL_SERVERS == {"inference-adapter"}
+
+
+def test_postgres_and_each_redis_are_reachable_by_their_users_only() -> None:
+    assert peers("postgres") == {
+        "auth",
+        "history",
+        "postgres-roles",
+        "migrate-auth",
+        "migrate-history",
+        "backup",
+    }
+    assert peers("redis") == {"gateway", "auth"}
+    assert peers("redis-cache") == {"gateway"}
+    # Only the gateway's cache setting points at the cache Redis.
+    assert {key for key, value in environment(services()["gateway"]).items() if "@redis-cache:" in value} == {
+        "GENAI_GATEWAY_CACHE_REDIS_URL"
+    }
+
+
+def test_prometheus_reaches_what_it_scrapes_and_nothing_else() -> None:
+    # The gateway's /metrics is reached over the networks of auth, history and the adapter, where the
+    # gateway is a caller too: never over the `gateway` network, whose range the gateway believes
+    # X-Forwarded-For from. vLLM's job is in prometheus.yml but finds no target unless opted in.
+    assert "gateway" not in networks_of(services()["prometheus"])
+    assert peers("prometheus") == (scrape_targets() - {"vllm"}) | {"grafana"}
+    assert "vllm" in scrape_targets()
+
+
+def test_the_telegram_bot_reaches_the_service_through_its_public_address_only() -> None:
+    bot = services()["telegram-bot"]
+    assert networks_of(bot) == {"telegram-bot"} and not peers("telegram-bot")
+    assert environment(bot)["GENAI_TELEGRAM_GATEWAY_URL"] == "${GENAI_TELEGRAM_GATEWAY_URL:-}"
+
+
+def test_embedded_stack_listens_on_loopback_only(tmp_path: Path) -> None:
+    # `make run`: every internal port on 127.0.0.1 (nginx's HTTPS and HTTP ports are the stack's public
+    # entry). The gRPC services serve /metrics on their listen address's host; the gateway on its host.
+    files = stack.TlsFiles(ca=tmp_path / "ca.pem", cert=tmp_path / "server.pem", key=tmp_path / "server.key")
+    cfg = stack.StackConfig(
+        work_dir=tmp_path,
+        database_url="postgresql://genai@127.0.0.1:5432/genai",
+        redis_url="redis://127.0.0.1:6379/0",
+        jwt_secret="x" * 64,
+        tls=files,
+        service_database_urls={
+            "auth": "postgresql://genai_auth@127.0.0.1:5432/genai",
+            "history": "postgresql://genai_history@127.0.0.1:5432/genai",
+        },
+    )
+    env = stack.environment(cfg)
+    listens = {key: value for key, value in env.items() if key.endswith(("_LISTEN", "_HOST"))}
+    assert {"GENAI_AUTH_LISTEN", "GENAI_HISTORY_LISTEN", "GENAI_ADAPTER_LISTEN", "GENAI_GATEWAY_HOST"} <= set(
+        listens
+    )
+    for key, value in listens.items():
+        assert value == "127.0.0.1" or value.startswith("127.0.0.1:"), f"{key}={value}"
+    for upstream in ("sim", "llama"):
+        command = stack.upstream_command(dataclasses.replace(cfg, upstream=upstream))
+        assert command[command.index("--host") + 1] == "127.0.0.1", upstream
+
+
+def test_each_service_mounts_its_own_internal_certificate_and_no_other() -> None:
+    # The pki job alone holds the CA's key (volume `pki`); each service gets one volume with its own key
+    # and certificate and the CA certificate, read-only, and its settings point at those files.
+    svc = services()
+    pki = svc["pki"]
+    assert pki["command"][:5] == ["python", "-m", "genai_common.mtls", "issue", "/pki"]
+    assert (
+        "--per-service" in pki["command"] and pki["command"][pki["command"].index("--owner") + 1] == "10001"
+    )
+    assert set(pki["cap_add"]) == {"CHOWN", "DAC_OVERRIDE", "FOWNER"} and pki["cap_drop"] == ["ALL"]
+    assert pki["volumes"] == ["pki:/pki"] + [
+        f"pki_{identity}:/pki/{identity}" for identity, _ in MTLS.values()
+    ]
+    holders: dict[str, set[str]] = {}
+    for name, spec in svc.items():
+        for volume in spec.get("volumes") or []:
+            source = volume.split(":")[0]
+            if source.startswith("pki"):
+                holders.setdefault(source, set()).add(name)
+    assert holders == {"pki": {"pki"}} | {
+        f"pki_{identity}": {"pki", name} for name, (identity, _) in MTLS.items()
+    }
+    for name, (identity, prefix) in MTLS.items():
+        assert f"pki_{identity}:/run/genai/mtls:ro" in svc[name]["volumes"], name
+        env = environment(svc[name])
+        assert {key: env[f"{prefix}MTLS_{key}_FILE"] for key in ("CA", "CERT", "KEY")} == {
+            "CA": "/run/genai/mtls/ca.pem",
+            "CERT": "/run/genai/mtls/cert.pem",
+            "KEY": "/run/genai/mtls/key.pem",
+        }, name
+        assert svc[name]["depends_on"]["pki"] == {"condition": "service_completed_successfully"}, name
+        if name != "gateway":
+            # The image's health probe: gRPC health over mTLS with the container's own files.
+            port = svc[name]["build"]["args"]["PORT"]
+            assert svc[name]["build"]["args"]["PROBE"] == f"grpc 127.0.0.1:{port} --mtls-env {prefix}", name
 
 
 def test_every_service_has_a_health_check() -> None:
@@ -600,7 +817,9 @@ def test_dependencies_wait_for_health_or_completion() -> None:
             assert rule.get("condition") == expected, f"{name} -> {dependency}"
     assert {"migrate-auth", "postgres", "redis"} <= set(svc["auth"]["depends_on"])
     assert {"migrate-history", "postgres"} <= set(svc["history"]["depends_on"])
-    assert {"auth", "history", "inference-adapter", "redis"} <= set(svc["gateway"]["depends_on"])
+    assert {"auth", "history", "inference-adapter", "redis", "redis-cache"} <= set(
+        svc["gateway"]["depends_on"]
+    )
     assert set(svc["nginx"]["depends_on"]) == {"gateway"}
 
 
@@ -629,7 +848,7 @@ def test_gpu_profile_runs_vllm_and_cpu_profile_runs_llama_cpp() -> None:
     # sets gpu. The GPU profile differs from the CPU one by its model server alone (checked above).
     assert active.get("COMPOSE_PROFILES") == "cpu", "the example's .env must start on a host without a GPU"
     for server in ("vllm", "llamacpp"):
-        assert svc[server]["networks"]["internal"]["aliases"] == ["llm"]
+        assert svc[server]["networks"]["model"]["aliases"] == ["llm"]
         assert svc["inference-adapter"]["depends_on"][server] == {
             "condition": "service_healthy",
             "required": False,
@@ -674,6 +893,36 @@ def test_data_lives_in_volumes() -> None:
     assert "pgdata:/var/lib/postgresql/data" in doc["services"]["postgres"]["volumes"]
     assert "redisdata:/data" in doc["services"]["redis"]["volumes"]
     assert "--appendonly" in doc["services"]["redis"]["command"]
+
+
+def redis_options(name: str) -> dict[str, str]:
+    command = services()[name]["command"]
+    assert command[0] == "redis-server"
+    return {
+        flag[2:]: resolve(value, FILLED_ENV) for flag, value in zip(command[1::2], command[2::2], strict=True)
+    }
+
+
+def test_state_redis_never_evicts_and_the_cache_redis_does() -> None:
+    # State (limits, revocations, the history spool) must not make room for answers: at its limit the state
+    # Redis refuses writes (an outage the services handle), the cache Redis drops its least used keys.
+    state, cache = redis_options("redis"), redis_options("redis-cache")
+    assert state["maxmemory-policy"] == "noeviction" and state["appendonly"] == "yes"
+    assert cache["maxmemory-policy"] == "allkeys-lru" and cache["appendonly"] == "no" and cache["save"] == ""
+    for options in (state, cache):
+        assert re.fullmatch(r"\d+[kmg]b", options["maxmemory"]), options
+    svc = services()
+    assert not svc["redis-cache"].get("volumes"), "the cache Redis keeps nothing on disk"
+    assert svc["redis-cache"]["image"] == svc["redis"]["image"]
+    # The cache's container limit leaves room above its maxmemory (allocator overhead, buffers).
+    limit = resolve(svc["redis-cache"]["deploy"]["resources"]["limits"]["memory"])
+    assert int(limit[:-1]) * 1024 ** "kmg".index(limit[-1]) > int(
+        cache["maxmemory"][:-2]
+    ) * 1024 ** "kmg".index(cache["maxmemory"][-2])
+    gateway = environment(svc["gateway"])
+    assert "@redis-cache:6379/" in gateway["GENAI_GATEWAY_CACHE_REDIS_URL"]
+    assert "@redis:6379/" in gateway["GENAI_GATEWAY_REDIS_URL"]
+    assert "@redis:6379/" in environment(svc["auth"])["GENAI_AUTH_REDIS_URL"]
 
 
 def test_built_images_come_from_this_repository() -> None:
