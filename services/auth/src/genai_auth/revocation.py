@@ -11,9 +11,10 @@ PostgreSQL instead whenever Redis cannot be sure that its "not revoked" is compl
   revocations that any process made while Redis was away). A process that saw no outage at all copies
   the backlog on its next upkeep tick, within about a second of Redis coming back.
 
-The mirror is one sorted set (jti -> expiry) without a TTL, marker included, for two reasons: Redis
-evicts whole keys, so the data never goes without its marker; and the deployment's volatile-lru policy
-evicts only keys with a TTL, so under memory pressure the cache goes and the revocations stay.
+The mirror is one sorted set (jti -> expiry) without a TTL, marker included. Its Redis is the state Redis,
+which never evicts (noeviction; docs/operations.md, "Redis"): when full it refuses the ZADD, and the
+revocation waits in the backlog. Should a Redis that evicts hold it after all, it goes as a whole key, so
+the data never goes without its marker and checks ask PostgreSQL until the mirror is copied again.
 """
 
 from __future__ import annotations
