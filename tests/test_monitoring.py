@@ -150,6 +150,24 @@ CASES: dict[str, tuple[list[tuple[str, str]], int, dict[str, str], list[tuple[st
         {"job": "gateway", "instance": "a:9100"},
         [(f'genai_redis_up{{job="gateway",{A}}}', "1x10")],
     ),
+    "GenAIRedisFull": (
+        # Writes refused from minute 4 on.
+        [
+            (
+                f'genai_redis_errors_total{{command="RPUSH",error="OutOfMemoryError",job="gateway",{A}}}',
+                "0x3 1+1x10",
+            )
+        ],
+        5,
+        {"job": "gateway", "instance": "a:9100"},
+        [
+            (
+                f'genai_redis_errors_total{{command="RPUSH",error="OutOfMemoryError",job="gateway",{A}}}',
+                "0x10",
+            ),
+            (f'genai_redis_errors_total{{command="GET",error="TimeoutError",job="gateway",{A}}}', "0+1x10"),
+        ],
+    ),
     "GenAIPostgresDown": (
         [(f'genai_postgres_up{{job="history",{A}}}', "1 0x10")],
         3,
