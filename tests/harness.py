@@ -9,6 +9,7 @@ import ssl
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,16 @@ from genai_devstack import databases, infra, stack
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 # An admin's access token lives 30 minutes (GENAI_AUTH_ACCESS_TTL_S); the harness signs in again after this.
 ADMIN_TOKEN_RENEW_S = 600.0
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 10, what: str = "condition") -> None:
+    """Until `condition()` holds, or fail saying `what` did not happen within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not within {timeout_s} s")
 
 
 @dataclass

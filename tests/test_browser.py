@@ -36,7 +36,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.harness import ARTIFACTS, RunningStack
+from tests.harness import ARTIFACTS, RunningStack, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -234,15 +234,6 @@ def download(page: Page, selector: str) -> tuple[str, bytes]:
 
 def pdf_text(body: bytes) -> str:
     return "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(body)).pages)
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 10, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout_s} s")
 
 
 def stored_session(page: Page) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +36,7 @@ import pytest
 import redis
 
 from genai_devstack import databases, infra
-from tests.harness import RunningStack, User, launch
+from tests.harness import RunningStack, User, launch, wait_for
 
 SPOOL_KEY = "history:spool"
 REVOCATIONS_KEY = "auth:revocations"
@@ -119,15 +119,6 @@ def _jti(token: str) -> str:
 
 def _day_key(user: User) -> str:
     return f"quota:user:{user.id}:day:{time.strftime('%Y%m%d', time.gmtime())}"
-
-
-def _until(what: str, check: Callable[[], bool], timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"not within {timeout_s:.0f} s: {what}")
 
 
 def _titles(stack: RunningStack, user: User) -> set[str]:
@@ -252,7 +243,7 @@ def _churn(d: Deployment) -> tuple[list[str], dict[str, int]]:
         stack.start("history")
         stack.wait_healthy(60)
 
-    _until("the spool drains", lambda: _spool_drained(stack))
+    wait_for(lambda: _spool_drained(stack), 90, "the spool drains")
     spooled = _metric(stack, "genai_history_spooled_total") - spooled_before
     replayed = _metric(stack, "genai_history_replayed_total") - replayed_before
     figures["spooled"], figures["replayed"] = int(spooled), int(replayed)
@@ -304,7 +295,7 @@ def test_a_full_state_redis_is_an_outage_that_loses_nothing(apart: Deployment) -
     stack, state = apart.stack, apart.state
     closed = stack.start_extra_gateway("gateway-closed", redis_failure_policy="closed", redis_cooldown_s="30")
     try:
-        _until("the spool is empty", lambda: _spool_drained(stack, closed))
+        wait_for(lambda: _spool_drained(stack, closed), 90, "the spool is empty")
         limited = _daily_limited(stack)
         writer, leaving = stack.new_user(), stack.new_user()
         oom_before = _metric(stack, "genai_redis_errors_total", error="OutOfMemoryError")
@@ -355,11 +346,12 @@ def test_a_full_state_redis_is_an_outage_that_loses_nothing(apart: Deployment) -
 
         # Room again: every answer reaches history, the revocation reaches Redis, limits still hold.
         stack.wait_healthy(60)
-        _until("the spools drain", lambda: _spool_drained(stack, closed))
+        wait_for(lambda: _spool_drained(stack, closed), 90, "the spools drain")
         assert set(asked) <= _titles(stack, writer)
-        _until(
-            "the revocation made during the outage is copied to Redis",
+        wait_for(
             lambda: state.zscore(REVOCATIONS_KEY, _jti(leaving.token)) is not None,
+            90,
+            "the revocation made during the outage is copied to Redis",
         )
         with stack.client() as client:
             assert _ask(client, limited, f"after {uuid.uuid4().hex}").status_code == 429
@@ -375,7 +367,7 @@ def test_the_spool_stops_at_its_bound(apart: Deployment) -> None:
     stack, state = apart.stack, apart.state
     bounded = stack.start_extra_gateway("gateway-bounded", spool_max_exchanges="3")
     try:
-        _until("the spool is empty", lambda: _spool_drained(stack, bounded))
+        wait_for(lambda: _spool_drained(stack, bounded), 90, "the spool is empty")
         writer = stack.new_user()
         prompts = [f"bounded {i} {uuid.uuid4().hex}" for i in range(3)]
         stack.stop("history")
@@ -391,7 +383,7 @@ def test_the_spool_stops_at_its_bound(apart: Deployment) -> None:
         finally:
             stack.start("history")
         stack.wait_healthy(60)
-        _until("the spool drains", lambda: _spool_drained(stack, bounded))
+        wait_for(lambda: _spool_drained(stack, bounded), 90, "the spool drains")
         assert set(prompts) <= _titles(stack, writer)
         with httpx.Client(base_url=bounded, timeout=30) as client:
             assert _ask(client, writer, f"room again {uuid.uuid4().hex}").status_code == 200
