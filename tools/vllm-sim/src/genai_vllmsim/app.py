@@ -12,6 +12,12 @@ Time to first token, counted from when a request gets one of the `--max-num-seqs
 `--prefill-ms-per-1k-tokens` for each prompt token not found in the prefix cache (see `prefix_cache`); the
 lookup happens when the request is scheduled, and its prompt's blocks are cached once its prefill is done.
 
+Kill switch (a replica dying, for failover tests): `POST /sim/kill` ends the process at once, after its
+own answer; `POST /sim/kill?after_tokens=N` (or `--die-after-tokens N`) once any response has sent N tokens
+(0: once a request is scheduled, before its first token). It ends with `os._exit`, as a crash or the OOM
+killer would: nothing is flushed or closed in order, every open connection is cut where it stands (a stream
+mid-way ends without `[DONE]`), and new connections are refused until a test starts a process on the port.
+
 Structured output (`response_format`) and tool calls (`tools`, `tool_choice`) follow vLLM's shapes,
 finish reasons and refusals (see `structured`); `POST /tokenize` counts with the same words-as-tokens
 rule that prompt usage uses.
@@ -29,11 +35,12 @@ import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.background import BackgroundTask
 from starlette.types import Receive, Scope, Send
 
 from genai_vllmsim import structured, text
@@ -60,6 +67,9 @@ ERROR_MESSAGES = {
     "500": "Simulated internal server error.",
 }
 logger = logging.getLogger("genai_vllmsim")
+
+# The exit status of a process ended by the kill switch: a shell's status for a SIGKILLed one (128 + 9).
+KILLED_EXIT_CODE = 137
 
 # uvicorn logs this when a response is abandoned, which is exactly how a reset is simulated.
 ABANDONED_RESPONSE_LOG = "ASGI callable returned without completing response."
@@ -143,11 +153,18 @@ class Simulator:
         self.slots = Slots(config.max_num_seqs)
         self.stats = Stats(config.model, self.slots)
         self.prefix_cache = PrefixCache(config.block_size, config.prefix_cache_blocks)
+        # The kill switch: die once a response has sent this many tokens (None: disarmed).
+        self.die_after: int | None = config.die_after_tokens
         self.created = int(time.time())
         self._rng = random.Random(config.seed)  # noqa: S311 - fault dice, not cryptography
         self._id_prefix = os.urandom(4).hex()
         self._ids = itertools.count()
         self._expected_auth = f"Bearer {config.api_key}".encode() if config.api_key else None
+
+    def die(self, why: str) -> NoReturn:
+        """End the process abruptly, as a crashed replica does."""
+        logger.warning("Killed by the kill switch", extra={"why": why})
+        os._exit(KILLED_EXIT_CODE)
 
     def next_id(self, kind: str) -> str:
         return f"{kind}-{self._id_prefix}{next(self._ids):x}"
@@ -456,6 +473,8 @@ class Generation(Response):
                 )
             await sim.slots.acquire()
             acquired = True
+            if sim.die_after == 0:
+                sim.die("a request was scheduled")
             sim.stats.prompt_tokens += job.prompt_tokens
             start = asyncio.get_running_loop().time()
             first_at = start + job.knobs.ttft_s + sim.prefill_s(job)
@@ -540,6 +559,8 @@ class Generation(Response):
             chunk = prefix + word + (last if i == count - 1 else more)
             await send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
             stats.generation_tokens += 1
+            if sim.die_after is not None and i >= sim.die_after - 1:
+                sim.die(f"a stream sent {i + 1} tokens")
         if reset_at >= 0:
             # Returning without ending the body makes uvicorn drop the connection mid-stream.
             stats.errors += 1
@@ -562,6 +583,11 @@ class Generation(Response):
         count = job.output_tokens
         await _sleep_until(loop, first_at)
         sim.prefilled(job)
+        die_after = sim.die_after
+        if die_after is not None and count >= die_after:
+            # Generating its die_after-th token kills the process before the answer is sent.
+            await _sleep_until(loop, first_at + max(die_after - 1, 0) * knobs.itl_s)
+            sim.die(f"an answer reached {die_after} tokens")
         await _sleep_until(loop, first_at + max(count - 1, 0) * knobs.itl_s)
         sim.stats.ttft.observe(first_at - job.arrival)
         if count > 1:
@@ -666,7 +692,23 @@ def create_app(config: SimConfig) -> FastAPI:
     async def sim_reset() -> Response:
         sim.stats.reset()
         sim.prefix_cache.clear()
+        sim.die_after = config.die_after_tokens
         return JSONResponse(sim.stats.as_json())
+
+    @app.post("/sim/kill")
+    async def sim_kill(request: Request) -> Response:
+        raw = request.query_params.get("after_tokens")
+        if raw is None:
+            # After this answer has been written out: the caller learns that the kill was taken.
+            return JSONResponse({"after_tokens": None}, background=BackgroundTask(sim.die, "POST /sim/kill"))
+        try:
+            after = int(raw)
+            if after < 0:
+                raise ValueError("must not be negative")
+        except ValueError as exc:
+            return error_response(400, f"invalid after_tokens: {exc}", "nested", "after_tokens")
+        sim.die_after = after
+        return JSONResponse({"after_tokens": after})
 
     @app.post("/reset_prefix_cache")
     async def reset_prefix_cache() -> Response:

@@ -42,6 +42,8 @@ class SimConfig:
     # Prefill time per 1000 prompt tokens not found in the prefix cache, added to the time to first token.
     # 0 keeps the time to first token at --ttft-ms whatever the prompt and the cache.
     prefill_ms_per_1k_tokens: float = 0.0
+    # Kill switch armed at start: the process exits once a response has sent this many tokens.
+    die_after_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -60,6 +62,8 @@ class SimConfig:
             raise ValueError(f"error_format must be one of {', '.join(ERROR_FORMATS)}")
         if self.block_size < 1 or self.prefix_cache_blocks < 1:
             raise ValueError("block_size and prefix_cache_blocks must be at least 1")
+        if self.die_after_tokens is not None and self.die_after_tokens < 0:
+            raise ValueError("die_after_tokens must not be negative")
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("PREFIX_CACHE_BLOCKS", int, d.prefix_cache_blocks),
         help="blocks the prefix cache keeps; the least recently used go first",
     )
+    add(
+        "--die-after-tokens",
+        type=int,
+        default=_env("DIE_AFTER_TOKENS", int, d.die_after_tokens),
+        help="kill switch: the process exits abruptly once a response has sent this many tokens "
+        "(0: once a request is scheduled, before its first token)",
+    )
     return parser
 
 
@@ -215,6 +226,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimConfig, ServerOpti
             block_size=args.block_size,
             prefix_cache_blocks=args.prefix_cache_blocks,
             prefill_ms_per_1k_tokens=args.prefill_ms_per_1k_tokens,
+            die_after_tokens=args.die_after_tokens,
         )
     except ValueError as exc:
         parser.error(str(exc))
