@@ -9,10 +9,10 @@ import grpc
 import pytest
 from genai.inference.v1 import inference_pb2_grpc
 
+from genai_adapter.replicas import ReplicaSet
 from genai_adapter.scheduler import FairScheduler
 from genai_adapter.servicer import InferenceServicer
 from genai_adapter.settings import AdapterSettings
-from genai_adapter.upstream import Upstream
 from genai_common.grpc_client import create_channel
 from genai_common.grpc_server import ServiceInterceptor
 from genai_vllmsim.launcher import SimulatorPool, SimulatorProcess
@@ -35,43 +35,48 @@ def sim(simulators: Callable[..., SimulatorProcess]) -> SimulatorProcess:
 
 @dataclass
 class RunningAdapter:
-    """An in-process adapter: a stub of it, and its scheduler (to read the queue from tests)."""
+    """An in-process adapter: a stub of it, its scheduler (to read the queue from tests) and its replicas."""
 
     stub: inference_pb2_grpc.InferenceServiceStub
     scheduler: FairScheduler
+    replicas: ReplicaSet
 
 
 @pytest.fixture
 async def adapter_server() -> AsyncIterator[Callable[..., Awaitable[RunningAdapter]]]:
-    """adapter_server(upstream_url, **settings): an in-process adapter on a free port."""
-    started: list[tuple[grpc.aio.Server, grpc.aio.Channel, Upstream]] = []
+    """adapter_server(upstream_url, **settings): an in-process adapter on a free port, wired as main() wires
+    it. upstream_url may be None when the settings name the replicas (upstream_urls or upstream_urls_file)."""
+    started: list[tuple[grpc.aio.Server, grpc.aio.Channel, ReplicaSet]] = []
 
-    async def start(upstream_url: str, **settings: Any) -> RunningAdapter:
-        config = AdapterSettings(upstream_url=upstream_url, **settings)
-        upstream = Upstream(config)
+    async def start(upstream_url: str | None, **settings: Any) -> RunningAdapter:
+        if upstream_url is not None:
+            settings["upstream_url"] = upstream_url
+        config = AdapterSettings(**settings)
         scheduler = FairScheduler(config.max_concurrent, config.queue_max, config.queue_timeout_s)
+        replicas = ReplicaSet(config, on_capacity=scheduler.resize)
+        await replicas.start()
         server = grpc.aio.server(interceptors=[ServiceInterceptor()])
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(
-            InferenceServicer(upstream, scheduler, config.model), server
+            InferenceServicer(replicas, scheduler, config.model), server
         )
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         channel = create_channel(f"127.0.0.1:{port}")
-        started.append((server, channel, upstream))
-        return RunningAdapter(inference_pb2_grpc.InferenceServiceStub(channel), scheduler)
+        started.append((server, channel, replicas))
+        return RunningAdapter(inference_pb2_grpc.InferenceServiceStub(channel), scheduler, replicas)
 
     yield start
-    for server, channel, upstream in started:
+    for server, channel, replicas in started:
         await channel.close()
         await server.stop(None)
-        await upstream.aclose()
+        await replicas.aclose()
 
 
 @pytest.fixture
 def adapter(adapter_server: Callable[..., Awaitable[RunningAdapter]]) -> AdapterFactory:
     """adapter(upstream_url, **settings): a stub of an in-process adapter on a free port."""
 
-    async def start(upstream_url: str, **settings: Any) -> inference_pb2_grpc.InferenceServiceStub:
+    async def start(upstream_url: str | None, **settings: Any) -> inference_pb2_grpc.InferenceServiceStub:
         return (await adapter_server(upstream_url, **settings)).stub
 
     return start

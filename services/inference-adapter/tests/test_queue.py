@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 
 from genai_vllmsim.launcher import SimulatorProcess
 
-# The `adapter_server` fixture: adapter_server(upstream_url, **settings) -> RunningAdapter(stub, scheduler).
+# The `adapter_server` fixture: adapter_server(upstream_url, **settings) -> RunningAdapter(stub, scheduler, replicas).
 AdapterServer = Callable[..., Awaitable[Any]]
 
 MESSAGES = [inference_pb2.ChatMessage(role="user", content="tell me about foxes")]

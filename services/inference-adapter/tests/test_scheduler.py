@@ -347,3 +347,27 @@ async def test_breaking_out_of_positions_gives_up_the_place() -> None:
 def test_bad_limits_are_refused() -> None:
     with pytest.raises(ValueError, match="max_concurrent"):
         FairScheduler(0, 10, 60)
+
+
+async def test_resize_admits_waiting_requests_at_once_and_lowers_as_generations_finish() -> None:
+    # Model server replicas come and go: the cap is max_concurrent x the replicas in rotation.
+    scheduler = FairScheduler(2, 100, 60)
+    running = [await join(scheduler, "a") for _ in range(2)]
+    waiting = [await join(scheduler, user) for user in ("a", "b", "c")]
+    scheduler.resize(4)
+    assert metric("genai_adapter_concurrency_limit") == 4
+    # Two more at once, in the users' turn: a's and b's; c's still waits.
+    assert [t.admitted for t in waiting] == [True, True, False]
+    assert (scheduler.running, scheduler.waiting) == (4, 1)
+    running += waiting[:2]
+    scheduler.resize(1)
+    # Nothing is stopped; freed slots are not handed on until fewer than one run.
+    for ticket in running[:3]:
+        ticket.release()
+        assert not waiting[2].admitted
+    running[3].release()
+    assert waiting[2].admitted and scheduler.running == 1
+    waiting[2].release()
+    assert_idle(scheduler)
+    with pytest.raises(ValueError, match="max_concurrent >= 1"):
+        scheduler.resize(0)

@@ -82,7 +82,8 @@ def test_client_errors_keep_the_upstream_message_and_server_errors_do_not() -> N
 async def test_only_failed_connections_are_retried(
     adapter: AdapterFactory, dead_upstream_url: str, caplog: pytest.LogCaptureFixture, retries: int
 ) -> None:
-    stub = await adapter(dead_upstream_url, model="m", retries=retries)
+    # Health checks far apart: only the request's own connection attempts are counted here.
+    stub = await adapter(dead_upstream_url, model="m", retries=retries, health_interval_s=60)
     with caplog.at_level(logging.DEBUG, logger="httpcore.connection"):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.Generate(
@@ -107,7 +108,8 @@ async def test_connected_requests_are_not_retried(
 async def test_streams_reuse_pooled_connections(
     adapter: AdapterFactory, sim: SimulatorProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
-    stub = await adapter(sim.url, model="sim-model")
+    # Health checks (on connections of their own) far apart: only the streams' connections are counted.
+    stub = await adapter(sim.url, model="sim-model", health_interval_s=60)
     request = inference_pb2.GenerateRequest(messages=[inference_pb2.ChatMessage(role="user", content="hi")])
     with caplog.at_level(logging.DEBUG, logger="httpcore.connection"):
         for _ in range(3):

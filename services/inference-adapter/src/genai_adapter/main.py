@@ -1,18 +1,18 @@
-"""Entry point: settings, logging, the shared HTTP client to the model server, then the gRPC server."""
+"""Entry point: settings, logging, the model server replicas and the fair queue, then the gRPC server."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import signal
 
 import grpc
 from genai.inference.v1 import inference_pb2_grpc
 
+from genai_adapter.replicas import ReplicaSet
 from genai_adapter.scheduler import FairScheduler
 from genai_adapter.servicer import SERVICE_NAME, InferenceServicer
 from genai_adapter.settings import AdapterSettings
-from genai_adapter.upstream import Upstream
 from genai_common import runner
 from genai_common.grpc_server import serve
 from genai_common.logs import setup_logging
@@ -24,23 +24,31 @@ logger = logging.getLogger(__name__)
 
 async def run(settings: AdapterSettings) -> None:
     mtls = files_from_settings(settings)  # before anything starts: bad settings stop here
-    upstream = Upstream(settings)
     scheduler = FairScheduler(settings.max_concurrent, settings.queue_max, settings.queue_timeout_s)
-    servicer = InferenceServicer(upstream, scheduler, settings.model)
+    # The fair queue admits max_concurrent generations per replica in rotation: resized as replicas come
+    # and go (their health checks, a new list).
+    replicas = ReplicaSet(settings, on_capacity=scheduler.resize)
+    servicer = InferenceServicer(replicas, scheduler, settings.model)
 
     def register(server: grpc.aio.Server) -> None:
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
 
-    logger.info("upstream %s, default model %s", settings.upstream_url, settings.model or "(first listed)")
-    logger.info(
-        "at most %s generations upstream, up to %s waiting for %s s",
-        settings.max_concurrent,
-        settings.queue_max,
-        settings.queue_timeout_s,
-    )
-    # genai_adapter_upstream_up, for the "model down" alert.
-    watch = asyncio.create_task(upstream.watch())
     try:
+        await replicas.start()
+        # SIGHUP: read GENAI_ADAPTER_UPSTREAM_URLS_FILE (and resolve the names) again now.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, replicas.reload)
+        logger.info(
+            "model servers %s, default model %s",
+            ", ".join(r.name for r in replicas.replicas),
+            settings.model or "(first listed)",
+        )
+        logger.info(
+            "at most %s generations per model server (%s now), up to %s waiting for %s s",
+            settings.max_concurrent,
+            scheduler.max_concurrent,
+            settings.queue_max,
+            settings.queue_timeout_s,
+        )
         await serve(
             name="inference-adapter",
             listen=settings.listen,
@@ -50,14 +58,11 @@ async def run(settings: AdapterSettings) -> None:
             # Only the gateway calls this service; over mTLS, every other identity is refused.
             mtls=mtls,
             callers={SERVICE_NAME: {"gateway"}},
-            on_stop=upstream.aclose,
+            on_stop=replicas.aclose,
         )
     finally:
-        watch.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watch
         # A failed start never reaches on_stop; closing twice is harmless.
-        await upstream.aclose()
+        await replicas.aclose()
 
 
 def main() -> None:

@@ -144,6 +144,18 @@ class FairScheduler:
     def users_waiting(self) -> int:
         return len(self._ring)
 
+    def resize(self, max_concurrent: int) -> None:
+        """A new cap (model server replicas came or went): more room admits waiting requests at once,
+        less takes effect as the running generations finish (none is stopped)."""
+        if max_concurrent < 1:
+            raise ValueError("need max_concurrent >= 1")
+        self.max_concurrent = max_concurrent
+        CONCURRENCY_LIMIT.set(max_concurrent)
+        while self._ring and self._running < max_concurrent:
+            self._running += 1
+            RUNNING.inc()
+            self._hand_over()
+
     def slot(self, user: str, deadline: float | None = None, *, wait: bool = True) -> Ticket:
         """A ticket for one request of `user`; `deadline` is the caller's, in event-loop time."""
         return Ticket(self, user, deadline, wait)
@@ -205,8 +217,9 @@ class FairScheduler:
             self._hand_over()
 
     def _hand_over(self) -> None:
-        """Give a freed slot to the next request in turn, or count it free if nobody waits."""
-        if not self._ring:
+        """Give a freed slot to the next request in turn, or count it free if nobody waits (or the cap
+        was lowered below the generations running)."""
+        if not self._ring or self._running > self.max_concurrent:
             self._running -= 1
             RUNNING.dec()
             return

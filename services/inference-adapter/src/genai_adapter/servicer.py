@@ -21,13 +21,13 @@ import grpc
 from genai.inference.v1 import inference_pb2, inference_pb2_grpc
 from prometheus_client import Counter, Histogram
 
+from genai_adapter.replicas import ReplicaSet
 from genai_adapter.scheduler import FairScheduler, QueueFull, QueueTimeout
 from genai_adapter.upstream import (
     CHAT_PATH,
     COMPLETIONS_PATH,
     BadUpstreamResponse,
     ToolCallPiece,
-    Upstream,
     UpstreamError,
     map_error,
     read_tool_calls,
@@ -170,15 +170,16 @@ def _usage(raw: Any) -> inference_pb2.Usage:
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    """Generates text and lists models on the upstream; every upstream failure becomes a clear status.
+    """Generates text and lists models on the model servers; every upstream failure becomes a clear status.
 
     A request without a model uses GENAI_ADAPTER_MODEL, or else the first model the upstream lists
     (asked once, and again after the upstream says that model no longer exists). Generations take
     a slot from the scheduler first (validation happens before, so that a bad request never
-    waits); listing models does not.
+    waits); listing models does not. Which replica serves an admitted generation is the replica
+    set's choice (`ReplicaSet`), by load and the request's affinity_key.
     """
 
-    def __init__(self, upstream: Upstream, scheduler: FairScheduler, default_model: str = "") -> None:
+    def __init__(self, upstream: ReplicaSet, scheduler: FairScheduler, default_model: str = "") -> None:
         self._upstream = upstream
         self._scheduler = scheduler
         self._configured_model = default_model
@@ -314,7 +315,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         try:
             async with self._scheduler.slot(request.user, _caller_deadline(context)):
                 admitted = True
-                answer = await self._generate(path, payload, context)
+                answer = await self._generate(path, payload, request.affinity_key, context)
         except (QueueFull, QueueTimeout) as exc:
             await self._queue_abort(context, exc)
         except asyncio.CancelledError:
@@ -325,10 +326,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return answer
 
     async def _generate(
-        self, path: str, payload: dict[str, Any], context: grpc.aio.ServicerContext
+        self, path: str, payload: dict[str, Any], key: str, context: grpc.aio.ServicerContext
     ) -> inference_pb2.GenerateResponse:
         try:
-            answer = await self._upstream.complete(path, payload, context.time_remaining())
+            answer = await self._upstream.complete(path, payload, context.time_remaining(), key)
             choices = answer.get("choices")
             if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
                 raise map_error(BadUpstreamResponse("no choices in the answer"))
@@ -371,7 +372,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     async for position in positions:
                         yield inference_pb2.GenerateChunk(queue_position=position)
                 stage = "generating"
-                async with aclosing(self._generate_stream(path, payload, context, started)) as chunks:
+                chunks = self._generate_stream(path, payload, request.affinity_key, context, started)
+                async with aclosing(chunks):
                     async for chunk in chunks:
                         yield chunk
         except (QueueFull, QueueTimeout) as exc:
@@ -382,14 +384,20 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             raise
 
     async def _generate_stream(
-        self, path: str, payload: dict[str, Any], context: grpc.aio.ServicerContext, started: float
+        self,
+        path: str,
+        payload: dict[str, Any],
+        key: str,
+        context: grpc.aio.ServicerContext,
+        started: float,
     ) -> AsyncIterator[inference_pb2.GenerateChunk]:
         first = True
         last_at = 0.0
         generated: list[str] = []
         try:
             # aclosing: when this call ends early (caller cancelled), the HTTP stream is closed now.
-            async with aclosing(self._upstream.stream(path, payload, context.time_remaining())) as events:
+            events = self._upstream.stream(path, payload, context.time_remaining(), key)
+            async with aclosing(events):
                 async for event in events:
                     if event.last:
                         UPSTREAM_CALLS.labels("GenerateStream", "OK").inc()

@@ -28,14 +28,15 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import grpc
 import httpx
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter
+from prometheus_client.parser import text_string_to_metric_families
 
 from genai_adapter.settings import AdapterSettings
 from genai_common.request_id import current_request_id
@@ -108,13 +109,11 @@ def _error_kind(exc: Exception) -> str:
     return "invalid_response"
 
 
-UPSTREAM_UP = Gauge(
-    "genai_adapter_upstream_up",
-    "1 while the model server answered the adapter's last probe (GET /health), else 0",
-)
-# How often `watch` looks at the model server, and how long a look may take.
-PROBE_INTERVAL_S = 10.0
-PROBE_TIMEOUT_S = 5.0
+# The gauges of a replica's load that vLLM exports (the KV-cache one under its v0 name too); summed over
+# the samples, which differ by model name and, with data parallelism, by engine.
+WAITING_METRIC = "vllm:num_requests_waiting"
+KV_CACHE_METRICS = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+_LOAD_METRICS = (WAITING_METRIC, *KV_CACHE_METRICS)
 
 
 async def _send_request_id(request: httpx.Request) -> None:
@@ -122,6 +121,14 @@ async def _send_request_id(request: httpx.Request) -> None:
     rid = current_request_id.get()
     if rid:
         request.headers["X-Request-Id"] = rid
+
+
+def _sni_hook(hostname: str) -> Callable[[httpx.Request], Awaitable[None]]:
+    async def hook(request: httpx.Request) -> None:
+        # httpcore connects to the URL's address but names (and checks) this host in the TLS handshake.
+        request.extensions["sni_hostname"] = hostname
+
+    return hook
 
 
 class UpstreamError(Exception):
@@ -327,13 +334,52 @@ class _Shard:
         self.busy = 0
 
 
-class Upstream:
-    """Pooled HTTP clients to the model server, shared by all calls and closed on shutdown."""
+@dataclass(slots=True)
+class ReplicaLoad:
+    """What a model server reports of its own load on /metrics."""
 
-    def __init__(self, settings: AdapterSettings) -> None:
+    waiting: float = 0.0
+    # 0..1: the share of the KV cache in use (near 1, vLLM preempts requests).
+    kv_cache_usage: float = 0.0
+
+
+def read_load(text: str) -> ReplicaLoad | None:
+    """The load in a Prometheus text page, or None when it has none of vLLM's load gauges."""
+    # Only the few lines of interest go to the parser: vLLM's page is mostly histograms (tens of KB per
+    # model), read every second per replica on the event loop that serves the requests.
+    wanted = "\n".join(line for line in text.splitlines() if line.startswith(_LOAD_METRICS))
+    load, found = ReplicaLoad(), False
+    try:
+        for family in text_string_to_metric_families(wanted):
+            for sample in family.samples:
+                if sample.name == WAITING_METRIC:
+                    load.waiting += sample.value
+                    found = True
+                elif sample.name in KV_CACHE_METRICS:
+                    load.kv_cache_usage = max(load.kv_cache_usage, sample.value)
+                    found = True
+    except ValueError:
+        return None
+    return load if found else None
+
+
+class Upstream:
+    """Pooled HTTP clients to one model server, shared by all calls and closed on shutdown.
+
+    `url` is the server's base URL (with /v1); without it, GENAI_ADAPTER_UPSTREAM_URL. `host` is the
+    name the server answers to when `url` holds one of its addresses instead (a name that resolves to
+    several replicas): it goes in the Host header and, over https, in the TLS SNI and certificate check.
+    """
+
+    def __init__(self, settings: AdapterSettings, url: str | None = None, host: str | None = None) -> None:
+        url = url or settings.upstream_url
         headers = {"accept": "application/json"}
         if settings.upstream_api_key is not None:
             headers["authorization"] = f"Bearer {settings.upstream_api_key.get_secret_value()}"
+        hooks = [_send_request_id]
+        if host:
+            headers["host"] = host
+            hooks.append(_sni_hook(httpx.URL(f"http://{host}").host))
         timeout = httpx.Timeout(
             connect=settings.connect_timeout_s,
             read=settings.read_timeout_s,
@@ -347,10 +393,10 @@ class Upstream:
         self._shards = [
             _Shard(
                 httpx.AsyncClient(
-                    base_url=settings.upstream_url + "/",
+                    base_url=url + "/",
                     headers=headers,
                     timeout=timeout,
-                    event_hooks={"request": [_send_request_id]},
+                    event_hooks={"request": hooks},
                     # httpcore retries only failed connection attempts, which is exactly the safe case.
                     transport=httpx.AsyncHTTPTransport(
                         limits=httpx.Limits(
@@ -367,8 +413,17 @@ class Upstream:
         self._total_s = settings.total_timeout_s
         self._closed = False
         # The server's root, where tokenizer endpoints live: the upstream URL without its /v1.
-        url = settings.upstream_url
         self._root = (url[: -len("/v1")] if url.endswith("/v1") else url) + "/"
+        # Health checks on a connection of their own: behind a pool full of streams they would wait for a
+        # free connection and time out, and a busy server would be taken for a dead one.
+        self._checks = httpx.AsyncClient(
+            base_url=self._root,
+            headers=headers,
+            event_hooks={"request": hooks},
+            transport=httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(max_connections=2, keepalive_expiry=KEEPALIVE_EXPIRY_S)
+            ),
+        )
         self._tokenizer: TokenizerKind | None = None
         # Event-loop time after which a server found to have no tokenizer is probed again.
         self._no_tokenizer_until = 0.0
@@ -391,35 +446,34 @@ class Upstream:
             self._closed = True
             for shard in self._shards:
                 await shard.client.aclose()
+            await self._checks.aclose()
 
     def _budget(self, time_remaining: float | None) -> float:
         if time_remaining is None:
             return self._total_s
         return max(0.0, min(self._total_s, time_remaining))
 
-    async def probe(self) -> bool:
+    async def probe(self, timeout_s: float) -> bool:
         """Whether the model server answers at all: GET /health at its root (vLLM: 200 while its engine
         runs, 5xx when it has failed). llama-cpp-python's server has no /health and answers 404, which is
         an answer. Not /v1/models: llama-cpp-python takes the model's lock for it, and a request waiting
         for that lock makes its server end the stream in progress early."""
         try:
-            with self._client() as client:
-                response = await client.get(self._root + "health", timeout=PROBE_TIMEOUT_S)
+            response = await self._checks.get("health", timeout=timeout_s)
         except (httpx.HTTPError, OSError):
             return False
         return response.status_code < 500
 
-    async def watch(self, interval_s: float = PROBE_INTERVAL_S) -> None:
-        """Probe the model server every `interval_s` until cancelled (`genai_adapter_upstream_up`): a model
-        server that is down shows even while nobody asks for text."""
-        up = True
-        while True:
-            now_up = await self.probe()
-            UPSTREAM_UP.set(1 if now_up else 0)
-            if now_up != up:
-                logger.warning("model server %s", "answers again" if now_up else "does not answer")
-                up = now_up
-            await asyncio.sleep(interval_s)
+    async def load(self, timeout_s: float) -> ReplicaLoad | None:
+        """The server's own load from GET /metrics at its root (vLLM's), or None when it has no such page
+        (llama.cpp's server) or cannot be asked now."""
+        try:
+            response = await self._checks.get("metrics", timeout=timeout_s)
+        except (httpx.HTTPError, OSError):
+            return None
+        if response.status_code != 200:
+            return None
+        return read_load(response.text)
 
     async def list_models(self, time_remaining: float | None) -> list[dict[str, Any]]:
         with _mapped_errors():
