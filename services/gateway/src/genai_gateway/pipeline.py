@@ -480,6 +480,9 @@ class AskPipeline:
             max_tokens=generation.max_tokens or 0,
             stop=generation.stop,
             user=principal.user_id,
+            # The conversation's turns go to the model server replica that holds its earlier ones in its
+            # prefix cache (the adapter routes on it while that replica is not overloaded).
+            affinity_key=generation.conversation_id,
         )
         if generation.prompt is not None:
             request.prompt = generation.prompt
