@@ -33,6 +33,10 @@ RPC_SECONDS = Histogram(
     ["method"],
     buckets=LATENCY_BUCKETS,
 )
+# Each client connection is closed (GOAWAY) after this long, give or take 10 %: reconnecting makes the
+# client resolve the service's name again and so find replicas added since (genai_common.grpc_client).
+# Calls in flight finish on the old connection (no grace limit), new ones go to the new connections.
+MAX_CONNECTION_AGE_MS = 120_000
 # Health checks come every few seconds from probes and carry no request: counted, not logged.
 _QUIET_METHODS = frozenset({"Check", "Watch"})
 # How often the health service's dependency statuses are brought up to date.
@@ -44,6 +48,9 @@ RPC_IN_FLIGHT = Gauge("genai_grpc_server_in_flight", "RPCs being handled now, by
 CALLER_MESSAGE = ("genai-caller-message", "1")
 # What a caller is told to wait before trying again after a dependency failure.
 RETRY_AFTER_S = 5
+# Trailing metadata that tells a gRPC client not to retry this UNAVAILABLE on another replica (gRFC A6
+# pushback): the dependency that failed (PostgreSQL) is the same for every replica.
+NO_RETRY = ("grpc-retry-pushback-ms", "-1")
 
 
 @dataclass(frozen=True)
@@ -104,7 +111,7 @@ async def _observed(call: _Call, context: grpc.aio.ServicerContext) -> AsyncIter
             await context.abort(
                 code,
                 dependency.message,
-                trailing_metadata=(("retry-after", str(RETRY_AFTER_S)), CALLER_MESSAGE),
+                trailing_metadata=(("retry-after", str(RETRY_AFTER_S)), CALLER_MESSAGE, NO_RETRY),
             )
         code = grpc.StatusCode.INTERNAL
         logger.exception("unhandled error in %s", method)
@@ -257,6 +264,7 @@ async def serve(
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
         ],
     )
     register(server)
