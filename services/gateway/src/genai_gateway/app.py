@@ -17,6 +17,7 @@ from genai_common.redis_guard import RedisGuard
 from genai_gateway.backends import Backends
 from genai_gateway.cache import AnswerCache, cache_redis_guard
 from genai_gateway.errors import install_handlers
+from genai_gateway.flights import SharedFlights
 from genai_gateway.grpc_api import start_server
 from genai_gateway.middleware import MetricsMiddleware, RequestIdMiddleware
 from genai_gateway.openapi import install as install_openapi
@@ -93,8 +94,17 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             # The model loads in a thread while the gateway starts serving; until then the layer is bypassed.
             similar.start()
         app.state.similar = similar
+        shared = None
+        if settings.shared_flights:
+            shared = SharedFlights(
+                backends.redis,
+                backends.blocking_redis,
+                guard,
+                lease_s=settings.flight_lease_s,
+                follow_limit_s=settings.generate_timeout_s + 30,
+            )
         app.state.pipeline = pipeline = AskPipeline(
-            settings, backends.model, backends.history, cache, recorder, quotas, similar
+            settings, backends.model, backends.history, cache, recorder, quotas, similar, shared
         )
         drain = asyncio.create_task(recorder.drain_forever(settings.spool_drain_interval_s))
         follow = None

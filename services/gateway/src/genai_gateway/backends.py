@@ -9,6 +9,7 @@ from genai_common.mtls import files_from_settings
 from genai_common.redis_client import create_redis
 from genai_gateway.clients import AuthClient, HistoryClient, ModelClient
 from genai_gateway.credentials import CredentialCache, ForgetOnChange
+from genai_gateway.flights import FOLLOW_BLOCK_S
 from genai_gateway.settings import GatewaySettings
 
 
@@ -34,6 +35,11 @@ class Backends:
         )
         self.model = ModelClient(self.adapter_channel, settings.generate_timeout_s)
         self.redis: redis.Redis = create_redis(settings.redis_url, settings.redis_timeout_s)
+        # The same state Redis for blocking reads (followers of another gateway's generation): a socket
+        # timeout that outlasts the block, and a pool of their own, so that they never hold up the rest.
+        self.blocking_redis: redis.Redis = create_redis(
+            settings.redis_url, settings.redis_timeout_s + FOLLOW_BLOCK_S
+        )
         # Cached answers and the similar-request index: a Redis of their own when one is set, else this one.
         self.cache_redis: redis.Redis = self.redis
         if settings.cache_redis_url and settings.cache_redis_url != settings.redis_url:
@@ -43,5 +49,6 @@ class Backends:
         for channel in (self.auth_channel, self.history_channel, self.adapter_channel):
             await channel.close()
         await self.redis.aclose()
+        await self.blocking_redis.aclose()
         if self.cache_redis is not self.redis:
             await self.cache_redis.aclose()

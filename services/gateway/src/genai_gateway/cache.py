@@ -95,6 +95,11 @@ def cache_key(
     return PREFIX + hashlib.sha256(material.encode()).hexdigest()
 
 
+def _count(lookups: Counter | None, result: str) -> None:
+    if lookups is not None:
+        lookups.labels(LAYER, result).inc()
+
+
 class AnswerCache:
     """Exact-match cache. Redis trouble is a miss, or an answer not stored, never an error for the caller."""
 
@@ -112,26 +117,29 @@ class AnswerCache:
         self.guard = guard or RedisGuard()
         self.max_entry_chars = max_entry_chars
 
-    async def get(self, key: str) -> CachedAnswer | None:
+    async def get(self, key: str, *, counted: bool = True) -> CachedAnswer | None:
+        """The answer stored for `key`. `counted=False`: a second look within one request (the pipeline's,
+        after it won a generation's lease), left out of the look-up metrics so that they count requests."""
+        lookups = LOOKUPS if counted else None
         if not self.enabled or not self.guard.available:
-            LOOKUPS.labels(LAYER, "bypassed").inc()
+            _count(lookups, "bypassed")
             return None
         try:
             raw = await self.client.get(key)
         except (RedisError, OSError) as exc:
             self.guard.failed(exc)
-            LOOKUPS.labels(LAYER, "error").inc()
+            _count(lookups, "error")
             return None
         self.guard.succeeded()
         if raw is None:
-            LOOKUPS.labels(LAYER, "miss").inc()
+            _count(lookups, "miss")
             return None
         try:
             answer = CachedAnswer(**json.loads(raw))
         except (ValueError, TypeError):
             logger.warning("dropping unreadable cache entry %s", key)
             return None
-        LOOKUPS.labels(LAYER, "hit").inc()
+        _count(lookups, "hit")
         return answer
 
     async def put(self, key: str, answer: CachedAnswer, *, overwrite: bool = True) -> None:

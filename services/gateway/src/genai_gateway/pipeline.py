@@ -8,7 +8,8 @@ POST /ask, the OpenAI-compatible routes and the public gRPC API each turn their 
 2. `Ticket.events`: the conversation's earlier turns are fetched and trimmed to what the model's context
    holds, by the model server's own token count; the cache is read (unless the caller regenerates):
    exact and normalised, then, for a lone question, the similar-request layer (similar.py);
-   an identical request in flight is joined, or a generation is started (whole or streamed);
+   an identical request in flight is joined, in this process or, through the state Redis, in another
+   gateway (flights.py), or a generation is started (whole or streamed);
 3. afterwards, however the request ended: a whole answer is cached, the slot given back and the tokens
    charged (`Quotas.settle`), and the exchange recorded in history (spooled if history is down).
 
@@ -39,6 +40,7 @@ from genai_common.request_id import current_request_id
 from genai_gateway.cache import AnswerCache, CachedAnswer, cache_key
 from genai_gateway.clients import HistoryClient, ModelClient
 from genai_gateway.errors import ApiError
+from genai_gateway.flights import FLIGHTS, LeaderLost, Publisher, Record, SharedFlights, Unavailable
 from genai_gateway.quota import Admission, Quotas
 from genai_gateway.settings import GatewaySettings
 from genai_gateway.similar import Probe, SimilarLayer, eligible
@@ -62,6 +64,9 @@ TOKEN_COUNT_MEMORY = 20_000
 COUNT_TOKENS_TIMEOUT_S = 5.0
 # At most this many stop sequences (OpenAI's limit).
 MAX_STOPS = 4
+# Times a follower takes over from leaders of other gateways that stopped, before it generates alone.
+TAKEOVERS = 2
+INTERRUPTED = "the answer was interrupted: the gateway generating it stopped; ask again to get a whole answer"
 
 COALESCED = Counter("genai_gateway_coalesced_total", "Requests that shared an identical request's generation")
 TRIMMED = Counter("genai_gateway_context_trimmed_total", "Requests whose conversation context was cut to fit")
@@ -153,6 +158,11 @@ class Queued:
 Event = Delta | Queued | Answer
 
 
+class Restart:
+    """Inside a flight: its generation starts again (the other gateway generating it stopped), so what its
+    followers were given so far is void."""
+
+
 def _tool_call_piece(call: inference_pb2.ToolCall) -> dict[str, Any]:
     piece: dict[str, Any] = {"index": call.index}
     if call.id:
@@ -193,7 +203,8 @@ class Flight:
     """One generation, shared by every identical request that arrives while it runs (single-flight).
 
     The generation runs in a task of its own, not in any one request: it goes on while anybody follows
-    it, and is cancelled (freeing the GPU) when the last follower leaves.
+    it, and is cancelled (freeing the GPU) when the last follower leaves, here and, for a flight that leads
+    for other gateways too, in them.
     """
 
     def __init__(self) -> None:
@@ -203,6 +214,12 @@ class Flight:
         self.error: BaseException | None = None
         self.followers = 0
         self.task: asyncio.Task[None] | None = None
+        # Relaying what another gateway generates: every request here is charged as a joiner.
+        self.relayed = False
+        # Leading for other gateways too: what is generated here is published for them.
+        self.publisher: Publisher | None = None
+        # Counts restarts: a follower that was given pieces of an earlier start is told (`Restart`).
+        self.epoch = 0
         self._changed = asyncio.Event()
 
     @property
@@ -216,11 +233,26 @@ class Flight:
     def publish(self, delta: Delta) -> None:
         self.position = 0
         self.pieces.append(delta)
+        if self.publisher is not None:
+            self.publisher.put(Record("d", {"t": delta.text, "c": delta.tool_calls}))
         self._notify()
 
     def queued(self, position: int) -> None:
         self.position = position
+        if self.publisher is not None:
+            self.publisher.put(Record("q", {"p": position}))
         self._notify()
+
+    def restart(self) -> None:
+        self.pieces = []
+        self.position = 0
+        self.epoch += 1
+        self._notify()
+
+    def abandon(self) -> None:
+        """Cancel the generation if nobody follows it (any more)."""
+        if self.followers == 0 and not self.done and self.task is not None:
+            self.task.cancel()
 
     def finish(self, answer: Answer) -> None:
         self.answer = answer
@@ -230,12 +262,16 @@ class Flight:
         self.error = error
         self._notify()
 
-    async def follow(self) -> AsyncIterator[Event]:
+    async def follow(self) -> AsyncIterator[Event | Restart]:
         self.followers += 1
-        seen, told = 0, 0
+        seen, told, epoch = 0, 0, self.epoch
         try:
             while True:
                 changed = self._changed
+                if self.epoch != epoch:
+                    if seen:
+                        yield Restart()
+                    seen, told, epoch = 0, 0, self.epoch
                 if self.position and self.position != told and seen == 0:
                     told = self.position
                     yield Queued(self.position)
@@ -250,8 +286,12 @@ class Flight:
                 await changed.wait()
         finally:
             self.followers -= 1
-            if self.followers == 0 and not self.done and self.task is not None:
-                self.task.cancel()
+            if self.followers == 0 and not self.done:
+                if self.publisher is not None and not self.publisher.stopped:
+                    # Other gateways may follow it still: the publisher asks Redis, then abandons it or not.
+                    self.publisher.idle()
+                else:
+                    self.abandon()
 
 
 class AskPipeline:
@@ -266,9 +306,12 @@ class AskPipeline:
         recorder: HistoryRecorder,
         quotas: Quotas,
         similar: SimilarLayer | None = None,
+        shared: SharedFlights | None = None,
     ) -> None:
         self.settings = settings
         self.similar = similar
+        # Single-flight across gateway processes; None: within this process only.
+        self.shared = shared
         self.model = model
         self.history = history
         self.cache = cache
@@ -561,37 +604,54 @@ class AskPipeline:
         probe: Probe | None = None,
         regenerated: bool = False,
     ) -> tuple[Flight, bool]:
-        """The generation for `key`: the one in progress if there is one (True), otherwise a new one.
+        """The generation for `key`: the one in progress here if there is one (True), otherwise a new one,
+        which another gateway may be generating already (`_coordinated`).
 
-        A regenerated answer is stored only where no answer is (it never replaces one that others are
-        given) and is not offered to similar questions.
+        A regenerate asks for an answer of its own: it neither joins a generation in progress nor is joined,
+        here or in other gateways, and its answer is cached only where no answer is (it never replaces one
+        that others are given) and is not offered to similar questions.
         """
-        flight = self._flights.get(key)
+        flight = None if regenerated else self._flights.get(key)
         if flight is not None and not flight.done:
             COALESCED.inc()
             return flight, True
         flight = Flight()
-        self._flights[key] = flight
+        if not regenerated:
+            self._flights[key] = flight
 
         async def run() -> None:
             try:
-                if streaming:
-                    answer = await self._generate_stream(flight, request)
-                else:
-                    answer = await self._generate(flight, request)
-                # Cached before the flight ends, so that no identical request slips in between the two.
-                stored = await self._store(key, answer, overwrite=not regenerated)
-                if stored and probe is not None and self.similar is not None and not regenerated:
-                    await self.similar.add(probe, key)
+                answer = None
+                if self.shared is not None and not regenerated:
+                    answer = await self._coordinated(self.shared, key, flight)
+                if answer is None:
+                    if streaming:
+                        answer = await self._generate_stream(flight, request)
+                    else:
+                        answer = await self._generate(flight, request)
+                    # Cached before the flight ends, so that no identical request slips in between the two.
+                    stored = await self._store(key, answer, overwrite=not regenerated)
+                    if stored and probe is not None and self.similar is not None and not regenerated:
+                        await self.similar.add(probe, key)
                 flight.finish(answer)
+                if flight.publisher is not None:
+                    await flight.publisher.finish(Record("a", _answer_record(answer)))
             except ApiError as exc:
                 flight.fail(exc)
+                if flight.publisher is not None:
+                    await flight.publisher.finish(Record("e", _error_record(exc)))
             except asyncio.CancelledError:
                 flight.fail(ApiError(503, "the generation was cancelled"))
+                if flight.publisher is not None:
+                    # Other gateways' followers, if any joined since, take over.
+                    self.in_background(flight.publisher.finish(Record("x")))
                 raise
             except Exception as exc:
                 logger.exception("generation failed")
-                flight.fail(ApiError(500, "internal error"))
+                error = ApiError(500, "internal error")
+                flight.fail(error)
+                if flight.publisher is not None:
+                    self.in_background(flight.publisher.finish(Record("e", _error_record(error))))
                 raise exc from None
             finally:
                 if self._flights.get(key) is flight:
@@ -599,6 +659,47 @@ class AskPipeline:
 
         flight.task = asyncio.create_task(run())
         return flight, False
+
+    async def _coordinated(self, shared: SharedFlights, key: str, flight: Flight) -> Answer | None:
+        """Lead or follow the generation for `key` across gateways. The answer when another gateway's
+        generation (or the cache) gave it; None when this process is to generate: for every gateway (with
+        `flight.publisher` set), or alone when Redis cannot coordinate."""
+        for attempt in range(TAKEOVERS + 1):
+            try:
+                claim = await shared.claim(key)
+            except Unavailable:
+                break
+            if claim.leads:
+                flight.publisher = shared.publisher(claim, flight.abandon)
+                FLIGHTS.labels("took_over" if attempt else "led").inc()
+                # The flight before may have cached its answer and let go between our look-up and our claim.
+                cached = await self.cache.get(key, counted=False)
+                return _from_cache(cached) if cached is not None else None
+            FLIGHTS.labels("followed").inc()
+            if attempt == 0:
+                COALESCED.inc()
+            flight.relayed = True
+            try:
+                async for record in shared.follow(claim):
+                    if record.kind == "d":
+                        flight.publish(Delta(record.data.get("t", ""), record.data.get("c", [])))
+                    elif record.kind == "q":
+                        flight.queued(int(record.data.get("p", 0)))
+                    elif record.kind == "a":
+                        return _answer_from_record(record.data)
+                    elif record.kind == "e":
+                        raise _error_from_record(record.data)
+                # "x": the leader stopped without an answer.
+            except Unavailable:
+                flight.relayed = False
+                flight.restart()
+                break
+            except LeaderLost as exc:
+                logger.warning("the gateway generating an identical request stopped (%s); taking over", exc)
+            flight.relayed = False
+            flight.restart()
+        FLIGHTS.labels("alone").inc()
+        return None
 
     async def _generate(self, flight: Flight, request: inference_pb2.GenerateRequest) -> Answer:
         reply = await self.model.generate(request)
@@ -779,10 +880,18 @@ class Ticket:
         )
         pieces: list[Delta] = []
         finished: Answer | None = None
+        restarted = False
         try:
             async with contextlib.aclosing(flight.follow()) as following:
                 async for item in following:
-                    if isinstance(item, Delta):
+                    if isinstance(item, Restart):
+                        # Pieces of another gateway's generation, which stopped: a stream that showed them
+                        # cannot take them back, so it ends with an error; a whole answer is just waited for.
+                        restarted = True
+                        if streaming:
+                            raise ApiError(503, INTERRUPTED, headers={"Retry-After": "1"})
+                        pieces.clear()
+                    elif isinstance(item, Delta):
                         pieces.append(item)
                         if streaming:
                             yield item
@@ -803,17 +912,65 @@ class Ticket:
                     latency_ms=int((time.perf_counter() - started) * 1000),
                     prompt_tokens=_estimated_tokens(messages, generation.prompt),
                     completion_tokens=len(pieces),
-                    coalesced=coalesced,
+                    # Pieces relayed from another gateway cost this caller nothing, as a joiner's.
+                    coalesced=coalesced or flight.relayed or restarted,
                 )
                 self.abandoned_tokens = partial.charged_tokens
                 pipeline.in_background(pipeline._record(principal, generation, partial))
         # follow() either raises or ends with the answer.
         assert finished is not None
         answer = replace(
-            finished, coalesced=coalesced, latency_ms=int((time.perf_counter() - started) * 1000)
+            finished,
+            coalesced=coalesced or flight.relayed,
+            latency_ms=int((time.perf_counter() - started) * 1000),
         )
         answer.conversation_id = await pipeline._record(principal, generation, answer)
         yield answer
+
+
+def _answer_record(answer: Answer) -> dict[str, Any]:
+    """What followers in other gateways need of a finished answer (each adds its own latency and history)."""
+    return {
+        "text": answer.text,
+        "source": answer.source,
+        "model": answer.model,
+        "prompt_tokens": answer.prompt_tokens,
+        "completion_tokens": answer.completion_tokens,
+        "finish_reason": answer.finish_reason,
+        "tool_calls": answer.tool_calls,
+    }
+
+
+def _answer_from_record(data: dict[str, Any]) -> Answer:
+    return Answer(
+        text=str(data.get("text", "")),
+        source=str(data.get("source", "model")),
+        model=str(data.get("model", "")),
+        prompt_tokens=int(data.get("prompt_tokens", 0)),
+        completion_tokens=int(data.get("completion_tokens", 0)),
+        finish_reason=str(data.get("finish_reason", "")),
+        tool_calls=list(data.get("tool_calls", [])),
+    )
+
+
+def _error_record(error: ApiError) -> dict[str, Any]:
+    return {
+        "status": error.status,
+        "message": error.message,
+        "code": error.code,
+        "headers": error.headers,
+        "grpc": error.grpc_code.name,
+    }
+
+
+def _error_from_record(data: dict[str, Any]) -> ApiError:
+    return ApiError(
+        int(data.get("status", 500)),
+        str(data.get("message", "internal error")),
+        code=data.get("code"),
+        headers=dict(data.get("headers") or {}),
+        grpc_code=grpc.StatusCode[str(data.get("grpc", "INTERNAL"))],
+    )
 
 
 def _single_question(generation: Generation) -> bool:

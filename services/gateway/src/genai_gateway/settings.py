@@ -87,6 +87,13 @@ class GatewaySettings(InternalServiceSettings):
     # After a Redis failure, how long to answer without trying Redis again.
     redis_cooldown_s: float = Field(2.0, gt=0)
 
+    # Identical requests arriving at different gateway processes share one generation, coordinated through
+    # the state Redis (flights.py); off: within each process only.
+    shared_flights: bool = True
+    # How long a generating gateway's claim lasts unless renewed: the followers of a gateway that died take
+    # over after about this long.
+    flight_lease_s: float = Field(3.0, ge=0.5, le=60)
+
     cache_enabled: bool = True
     cache_ttl_s: int = Field(3600, ge=1)
     # "global": identical requests of different users share answers; "user": each user has their own.

@@ -1,0 +1,184 @@
+"""Single-flight across gateway processes: two pipelines ("gateways") with their own flights, sharing the rig
+of test_pipeline (fake model and history at the gRPC boundary) and the test run's real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as redis
+
+from genai_common.redis_guard import RedisGuard
+from genai_gateway.errors import ApiError
+from genai_gateway.flights import FLIGHTS, Record, SharedFlights
+from genai_gateway.pipeline import INTERRUPTED, Answer, AskPipeline, Delta, Ticket
+
+from .test_pipeline import Rig, ask, principal, rig, settings, slots_in_use, unique  # noqa: F401 (fixtures)
+
+__all__ = ["rig", "settings"]
+
+LEASE_S = 1.0
+
+
+@pytest.fixture
+async def gateways(rig: Rig, redis_client: redis.Redis) -> AsyncIterator[tuple[AskPipeline, AskPipeline]]:  # noqa: F811
+    def gateway() -> AskPipeline:
+        shared = SharedFlights(redis_client, redis_client, RedisGuard(), lease_s=LEASE_S, follow_limit_s=30)
+        p = rig.pipeline
+        return AskPipeline(p.settings, p.model, p.history, p.cache, p.recorder, p.quotas, shared=shared)
+
+    a, b = gateway(), gateway()
+    yield a, b
+    for pipeline in (a, b):
+        await pipeline.drain()
+
+
+def count(role: str) -> float:
+    return FLIGHTS.labels(role)._value.get()
+
+
+async def until(condition: object, what: str) -> None:
+    for _ in range(200):
+        if condition():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(what)
+
+
+async def streamed(ticket: Ticket) -> tuple[str, Answer]:
+    text, answer = "", None
+    async for event in ticket.events():
+        if isinstance(event, Delta):
+            text += event.text
+        elif isinstance(event, Answer):
+            answer = event
+    assert answer is not None
+    return text, answer
+
+
+async def test_identical_requests_on_two_gateways_share_one_generation(
+    rig: Rig,  # noqa: F811
+    gateways: tuple[AskPipeline, AskPipeline],
+) -> None:
+    a, b = gateways
+    prompt = unique()
+    followed = count("followed")
+    first = await a.admit(principal("user0"), ask(prompt))
+    leading = asyncio.ensure_future(streamed(first))
+    await until(lambda: len(rig.model.requests) == 1, "the first request generates")
+    others = [await (a, b)[i % 2].admit(principal(f"user{i}"), ask(prompt)) for i in range(1, 6)]
+    waiting = [asyncio.ensure_future(streamed(t) if i % 3 else t.answer()) for i, t in enumerate(others, 1)]
+    await until(lambda: count("followed") >= followed + 1, "the other gateway follows")
+    rig.model.gate.set()
+    text, answer = await leading
+    results = [await w for w in waiting]
+    answers = [answer] + [r[1] if isinstance(r, tuple) else r for r in results]
+    assert len(rig.model.requests) == 1
+    assert {x.text for x in answers} == {text} == {f"echo: {prompt}"}
+    assert all(r[0] == text for r in results if isinstance(r, tuple))
+    # Charged once, as local joiners are; each caller's exchange is recorded.
+    assert sorted(x.charged_tokens for x in answers) == [0, 0, 0, 0, 0, 12]
+    assert all(x.total_tokens == 12 and x.source == "model" for x in answers)
+    assert len(rig.history.appended) == 6
+    for i in range(6):
+        assert await slots_in_use(rig, f"user{i}") == 0
+
+
+async def test_a_follower_takes_over_from_a_leader_that_died(
+    rig: Rig,  # noqa: F811
+    gateways: tuple[AskPipeline, AskPipeline],
+    redis_client: redis.Redis,
+) -> None:
+    _, b = gateways
+    rig.model.gate.set()
+    whole = await b.admit(principal("w"), ask(prompt := unique()))
+    stream = await b.admit(principal("s"), ask(prompt))
+    key = b._key(principal(), whole.generation, whole.generation.messages or [])
+    # A leader that showed a piece and died: its lease runs out without a last record.
+    lease, record, _ = SharedFlights._names(key, "dead")
+    await redis_client.set(lease, "dead", px=int(LEASE_S * 1000))
+    await redis_client.xadd(record, {"r": Record("d", {"t": "half an ans", "c": []}).encode()})
+    took_over = count("took_over")
+    answering, streaming = asyncio.ensure_future(whole.answer()), asyncio.ensure_future(streamed(stream))
+    answer = await answering
+    with pytest.raises(ApiError) as interrupted:
+        await streaming
+    # The whole answer is the new generation's; a stream that showed the dead one's piece says so.
+    assert answer.text == f"echo: {prompt}" and answer.charged_tokens == 12
+    assert interrupted.value.status == 503 and interrupted.value.message == INTERRUPTED
+    assert len(rig.model.requests) == 1 and count("took_over") == took_over + 1
+    assert await slots_in_use(rig, "w") == 0 and await slots_in_use(rig, "s") == 0
+    await redis_client.delete(record)
+
+
+async def test_a_leader_whose_callers_left_goes_on_while_another_gateway_follows(
+    rig: Rig,  # noqa: F811
+    gateways: tuple[AskPipeline, AskPipeline],
+) -> None:
+    a, b = gateways
+    prompt = unique()
+    leader = (await a.admit(principal("a"), ask(prompt))).events()
+    await anext(leader)
+    follower = asyncio.ensure_future((await b.admit(principal("b"), ask(prompt))).answer())
+    await until(lambda: a._flights and next(iter(a._flights.values())).publisher.remote_followers, "followed")  # type: ignore[union-attr]
+    await leader.aclose()
+    await asyncio.sleep(LEASE_S)
+    assert rig.model.cancelled == 0
+    rig.model.gate.set()
+    answer = await follower
+    assert answer.text == f"echo: {prompt}" and answer.charged_tokens == 0
+    assert len(rig.model.requests) == 1
+
+
+async def test_the_generation_is_cancelled_when_its_last_follower_anywhere_leaves(
+    rig: Rig,  # noqa: F811
+    gateways: tuple[AskPipeline, AskPipeline],
+) -> None:
+    a, b = gateways
+    prompt = unique()
+    leader = (await a.admit(principal("a"), ask(prompt))).events()
+    await anext(leader)
+    follower = (await b.admit(principal("b"), ask(prompt))).events()
+    await anext(follower)  # the queue position, relayed
+    await follower.aclose()
+    await leader.aclose()
+    await until(lambda: rig.model.cancelled == 1, "the generation is cancelled")
+    assert rig.model.finished == 0 and len(rig.model.requests) == 1
+
+
+async def test_with_redis_unavailable_each_gateway_generates_alone(
+    rig: Rig,  # noqa: F811
+    gateways: tuple[AskPipeline, AskPipeline],
+) -> None:
+    a, b = gateways
+    for pipeline in (a, b):
+        assert pipeline.shared is not None
+        pipeline.shared.guard.failed(ConnectionError("down"))
+    prompt = unique()
+    tickets = [await p.admit(principal(f"u{i}"), ask(prompt)) for i, p in enumerate((a, b))]
+    answering = [asyncio.ensure_future(t.answer()) for t in tickets]
+    # Neither waits for the other: each generates, and both are answered.
+    await until(lambda: len(rig.model.requests) == 2, "each gateway generates")
+    rig.model.gate.set()
+    answers = [await x for x in answering]
+    assert {x.text for x in answers} == {f"echo: {prompt}"}
+    assert count("alone") >= 2
+
+
+async def test_a_regenerate_joins_nothing_and_is_joined_by_nothing(
+    rig: Rig,  # noqa: F811
+    gateways: tuple[AskPipeline, AskPipeline],
+) -> None:
+    a, b = gateways
+    prompt = unique()
+    normal = asyncio.ensure_future((await a.admit(principal("a"), ask(prompt))).answer())
+    await until(lambda: len(rig.model.requests) == 1, "the first generates")
+    regenerated = [
+        asyncio.ensure_future((await p.admit(principal("b"), ask(prompt, no_cache=True))).answer())
+        for p in (a, b)
+    ]
+    await until(lambda: len(rig.model.requests) == 3, "each regenerate generates")
+    rig.model.gate.set()
+    answers = [await normal, *[await r for r in regenerated]]
+    assert [x.charged_tokens for x in answers] == [12, 12, 12]
