@@ -150,7 +150,8 @@ class RunningStack:
     def metrics_port(self, name: str) -> int:
         """The port of a process's own /metrics (never nginx's): a service's, or the simulator's API port."""
         if name in self.extra_env:
-            return int(self.extra_env[name]["GENAI_GATEWAY_METRICS_PORT"])
+            (port,) = (v for k, v in self.extra_env[name].items() if k.endswith("_METRICS_PORT"))
+            return int(port)
         p = self.cfg.ports
         return {
             "gateway": p.gateway_metrics,
@@ -262,7 +263,10 @@ def launch(
     upstream_args: list[str] | None = None,
     name: str = "stack",
     overrides: dict[str, str] | None = None,
+    replicas: dict[str, int] | None = None,
 ) -> RunningStack:
+    """The whole stack, started and healthy. `replicas`: how many processes of auth, history or the adapter
+    to run (e.g. {"history": 2}); the further ones are named "history-2", ... (`RunningStack.procs`)."""
     from genai_devstack.tls import ensure_certificates
 
     ports = stack.Ports(
@@ -302,6 +306,11 @@ def launch(
         # Auth and history as roles of their own, as in production; one password per role for the whole
         # test session (the roles are the server's, shared by every stack's database).
         service_database_urls=databases.service_database_urls(postgres_url, work_dir),
+        replicas=[
+            stack.Replica(f"{service}-{n}", service, infra.free_port(), infra.free_port())
+            for service, count in (replicas or {}).items()
+            for n in range(2, count + 1)
+        ],
     )
     admin_username, admin_password = f"admin{uuid.uuid4().hex[:6]}", secrets.token_urlsafe(16)
     env = {
@@ -313,6 +322,8 @@ def launch(
     running = RunningStack(
         cfg, env, stack.processes(cfg), admin_username, admin_password, log_dir=ARTIFACTS / "logs" / name
     )
+    running.extra_env.update(stack.replica_environment(cfg))
+    running.extra_ports.update((replica.name, replica.port) for replica in cfg.replicas)
     subprocess.run(stack.init_command(), env=env, check=True, capture_output=True)
     try:
         for name in running.commands:

@@ -47,6 +47,21 @@ class Ports:
     adapter_metrics: int = 9183
 
 
+# The internal services that can run as several processes here, and the prefix of their settings.
+REPLICABLE = {"auth": "AUTH", "history": "HISTORY", "adapter": "ADAPTER"}
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One more process of an internal service beside the first (named e.g. "history-2"), on ports of its
+    own; the gateway's target for that service lists every process's address."""
+
+    name: str
+    service: str
+    port: int
+    metrics_port: int
+
+
 @dataclass
 class StackConfig:
     work_dir: Path
@@ -64,6 +79,8 @@ class StackConfig:
     overrides: dict[str, str] = field(default_factory=dict)
     # Component -> the URL of its own PostgreSQL role (databases.service_database_urls); never the admin's.
     service_database_urls: dict[str, str] = field(default_factory=dict)
+    # Further processes of auth, history or the adapter (the first of each is on `ports`).
+    replicas: list[Replica] = field(default_factory=list)
 
     @property
     def base_url(self) -> str:
@@ -91,9 +108,6 @@ def environment(cfg: StackConfig) -> dict[str, str]:
         "GENAI_GATEWAY_HOST": "127.0.0.1",
         "GENAI_GATEWAY_PORT": str(p.gateway),
         "GENAI_GATEWAY_GRPC_PORT": str(p.gateway_grpc),
-        "GENAI_GATEWAY_AUTH_TARGET": f"127.0.0.1:{p.auth}",
-        "GENAI_GATEWAY_HISTORY_TARGET": f"127.0.0.1:{p.history}",
-        "GENAI_GATEWAY_ADAPTER_TARGET": f"127.0.0.1:{p.adapter}",
         "GENAI_GATEWAY_REDIS_URL": cfg.redis_url,
         "GENAI_GATEWAY_METRICS_PORT": str(p.gateway_metrics),
         # A developer's stack shows the API reference and answers gRPC reflection (production: off).
@@ -108,6 +122,13 @@ def environment(cfg: StackConfig) -> dict[str, str]:
     # Internal calls are mutual TLS here as in production: a certificate per service from a CA of the stack.
     for identity, files in mtls.ensure_all(cfg.work_dir / "mtls").items():
         env.update(mtls.settings_env(identity, files))
+    # The gateway's target of each: every process's address (with replicas, its channel balances over them).
+    for service, port in (("auth", p.auth), ("history", p.history), ("adapter", p.adapter)):
+        addresses = [
+            f"127.0.0.1:{port}",
+            *(f"127.0.0.1:{r.port}" for r in cfg.replicas if r.service == service),
+        ]
+        env[f"GENAI_GATEWAY_{REPLICABLE[service]}_TARGET"] = ",".join(addresses)
     if cfg.upstream == "llama":
         env["GENAI_ADAPTER_MODEL"] = SMOLLM2_NAME
         # llama.cpp's server does not say how long its context is: the gateway fits conversations to this.
@@ -163,17 +184,30 @@ def upstream_command(cfg: StackConfig) -> list[str]:
 
 
 def processes(cfg: StackConfig) -> dict[str, list[str]]:
-    """Name -> command line of every long-running process, in start order."""
+    """Name -> command line of every long-running process, in start order (a replica after its first)."""
     nginx_conf = nginx.write_config(cfg.work_dir / "nginx", nginx_values(cfg))
     nginx.check_config(nginx_conf)
     python = sys.executable
-    return {
-        "upstream": upstream_command(cfg),
+    services = {
         "auth": [python, "-m", "genai_auth"],
         "history": [python, "-m", "genai_history"],
         "adapter": [python, "-m", "genai_adapter"],
-        "gateway": [python, "-m", "genai_gateway"],
-        "nginx": nginx.command(nginx_conf),
+    }
+    commands = {"upstream": upstream_command(cfg)}
+    for service, command in services.items():
+        commands[service] = command
+        commands.update((r.name, command) for r in cfg.replicas if r.service == service)
+    return {**commands, "gateway": [python, "-m", "genai_gateway"], "nginx": nginx.command(nginx_conf)}
+
+
+def replica_environment(cfg: StackConfig) -> dict[str, dict[str, str]]:
+    """Replica name -> the settings it has apart from the shared environment: its own ports."""
+    return {
+        r.name: {
+            f"GENAI_{REPLICABLE[r.service]}_LISTEN": f"127.0.0.1:{r.port}",
+            f"GENAI_{REPLICABLE[r.service]}_METRICS_PORT": str(r.metrics_port),
+        }
+        for r in cfg.replicas
     }
 
 
