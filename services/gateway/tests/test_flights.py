@@ -12,7 +12,7 @@ import redis.asyncio as redis
 from genai_common.redis_guard import RedisGuard
 from genai_gateway.errors import ApiError
 from genai_gateway.flights import FLIGHTS, Record, SharedFlights
-from genai_gateway.pipeline import INTERRUPTED, Answer, AskPipeline, Delta, Ticket
+from genai_gateway.pipeline import INTERRUPTED, Answer, AskPipeline, Delta, Event, Ticket
 
 from .test_pipeline import Rig, ask, principal, rig, settings, slots_in_use, unique  # noqa: F401 (fixtures)
 
@@ -44,6 +44,13 @@ async def until(condition: object, what: str) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(what)
+
+
+async def leading(gateway: AskPipeline, prompt: str) -> AsyncIterator[Event]:
+    """A streamed request that starts the generation for `prompt` on `gateway`, its first event read."""
+    events = (await gateway.admit(principal("a"), ask(prompt))).events()
+    await anext(events)
+    return events
 
 
 async def streamed(ticket: Ticket) -> tuple[str, Answer]:
@@ -118,8 +125,7 @@ async def test_a_leader_whose_callers_left_goes_on_while_another_gateway_follows
 ) -> None:
     a, b = gateways
     prompt = unique()
-    leader = (await a.admit(principal("a"), ask(prompt))).events()
-    await anext(leader)
+    leader = await leading(a, prompt)
     follower = asyncio.ensure_future((await b.admit(principal("b"), ask(prompt))).answer())
     await until(lambda: a._flights and next(iter(a._flights.values())).publisher.remote_followers, "followed")  # type: ignore[union-attr]
     await leader.aclose()
@@ -137,8 +143,7 @@ async def test_the_generation_is_cancelled_when_its_last_follower_anywhere_leave
 ) -> None:
     a, b = gateways
     prompt = unique()
-    leader = (await a.admit(principal("a"), ask(prompt))).events()
-    await anext(leader)
+    leader = await leading(a, prompt)
     follower = (await b.admit(principal("b"), ask(prompt))).events()
     await anext(follower)  # the queue position, relayed
     await follower.aclose()
