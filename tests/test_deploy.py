@@ -96,7 +96,7 @@ NETWORKS: dict[str, set[str]] = {
         "migrate-history",
         "backup",
     },
-    "redis": {"redis", "gateway", "auth"},
+    "redis": {"redis", "gateway", "auth", "inference-adapter"},
     "redis-cache": {"redis-cache", "gateway"},
     "node-exporter": {"node-exporter", "prometheus"},
     "prometheus": {"prometheus", "grafana"},
@@ -706,7 +706,7 @@ def test_postgres_and_each_redis_are_reachable_by_their_users_only() -> None:
         "migrate-history",
         "backup",
     }
-    assert peers("redis") == {"gateway", "auth"}
+    assert peers("redis") == {"gateway", "auth", "inference-adapter"}
     assert peers("redis-cache") == {"gateway"}
     # Only the gateway's cache setting points at the cache Redis.
     assert {key for key, value in environment(services()["gateway"]).items() if "@redis-cache:" in value} == {
@@ -1320,3 +1320,87 @@ def test_production_serves_no_api_reference_and_no_grpc_reflection() -> None:
     gateway = compose()["services"]["gateway"]["environment"]
     assert gateway["GENAI_GATEWAY_PUBLIC_API_DOCS"].endswith(":-false}")
     assert gateway["GENAI_GATEWAY_GRPC_REFLECTION"].endswith(":-false}")
+
+
+# --- scaling: replicas of the services, one vLLM per GPU ---------------------------------------------------
+
+SCALED = ("gateway", "auth", "history", "inference-adapter")
+OPERATIONS_GUIDE = ROOT / "docs" / "operations.md"
+
+
+def test_scaled_services_have_no_fixed_name_or_host_port() -> None:
+    # `docker compose up --scale history=2` refuses a container_name, and a second replica could not bind
+    # the same host port.
+    svc = services()
+    for name in SCALED:
+        assert "container_name" not in svc[name], name
+        assert not svc[name].get("ports"), name
+        assert svc[name].get("network_mode") != "host", name
+
+
+def test_the_gateway_reaches_every_replica_by_the_service_name() -> None:
+    # A bare service name: the gateway's channel resolves it to every replica (round robin over DNS), and
+    # Prometheus finds each replica's /metrics the same way.
+    gateway = environment(services()["gateway"])
+    for key in ("GENAI_GATEWAY_AUTH_TARGET", "GENAI_GATEWAY_HISTORY_TARGET", "GENAI_GATEWAY_ADAPTER_TARGET"):
+        host = gateway[key].rsplit(":", 1)[0]
+        assert host in SCALED and "," not in gateway[key], key
+    scraped = {
+        job["job_name"]: name
+        for job in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]
+        for sd in job.get("dns_sd_configs", ())
+        for name in sd["names"]
+    }
+    for name in SCALED:
+        assert scraped.get(name) == name, f"{name}: every replica scraped by its DNS name"
+
+
+def _gpu_override() -> str:
+    """The docker-compose.gpus.yml block of the operations guide ("One vLLM per GPU on a host")."""
+    blocks = re.findall(r"```yaml\n(.*?)```", OPERATIONS_GUIDE.read_text(), flags=re.S)
+    (block,) = [b for b in blocks if "docker-compose.gpus.yml" in b.splitlines()[0]]
+    return block
+
+
+def test_the_guides_one_vllm_per_gpu_override_pins_each_to_its_gpu(tmp_path: Path) -> None:
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode:
+        pytest.skip("docker compose is not installed: it merges the override as an operator's would")
+    (tmp_path / "docker-compose.yml").write_text(COMPOSE_FILE.read_text())
+    (tmp_path / "docker-compose.gpus.yml").write_text(_gpu_override())
+    merged = subprocess.run(
+        [
+            docker,
+            "compose",
+            "-f",
+            "docker-compose.yml",
+            "-f",
+            "docker-compose.gpus.yml",
+            "config",
+            "--format",
+            "json",
+        ],
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), **FILLED_ENV},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert merged.returncode == 0, merged.stderr
+    svc = yaml.safe_load(merged.stdout)["services"]
+    # No profile: neither the all-GPU vllm nor llama.cpp runs beside them.
+    assert "vllm" not in svc and "llamacpp" not in svc
+    gpus = sorted(name for name in svc if name.startswith("vllm-gpu"))
+    assert gpus == ["vllm-gpu0", "vllm-gpu1"]
+    urls = svc["inference-adapter"]["environment"]["GENAI_ADAPTER_UPSTREAM_URLS"].split(",")
+    AdapterSettings(upstream_urls=",".join(urls))  # a value the adapter takes
+    for n, name in enumerate(gpus):
+        spec = svc[name]
+        (device,) = spec["deploy"]["resources"]["reservations"]["devices"]
+        assert device["device_ids"] == [str(n)] and "count" not in device
+        assert device["capabilities"] == ["gpu"]
+        # Reached by the adapter alone, under its own name.
+        assert set(spec["networks"]) == {"model"}
+        assert f"http://{name}:8000/v1" in urls
+        assert svc["inference-adapter"]["depends_on"][name]["condition"] == "service_healthy"
+        assert "--port=8000" in spec["command"]

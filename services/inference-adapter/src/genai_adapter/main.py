@@ -13,6 +13,7 @@ from genai_adapter.replicas import ReplicaSet
 from genai_adapter.scheduler import FairScheduler
 from genai_adapter.servicer import SERVICE_NAME, InferenceServicer
 from genai_adapter.settings import AdapterSettings
+from genai_adapter.shared_queue import SharedScheduler, shared_scheduler
 from genai_common import runner
 from genai_common.grpc_server import serve
 from genai_common.logs import setup_logging
@@ -24,7 +25,13 @@ logger = logging.getLogger(__name__)
 
 async def run(settings: AdapterSettings) -> None:
     mtls = files_from_settings(settings)  # before anything starts: bad settings stop here
-    scheduler = FairScheduler(settings.max_concurrent, settings.queue_max, settings.queue_timeout_s)
+    local = FairScheduler(settings.max_concurrent, settings.queue_max, settings.queue_timeout_s)
+    scheduler: FairScheduler | SharedScheduler = local
+    if settings.redis_url:
+        # Shared with the other adapters in front of the same replicas; the local queue while Redis is away.
+        scheduler = shared_scheduler(
+            settings.redis_url, settings.redis_timeout_s, local, cooldown_s=settings.redis_cooldown_s
+        )
     # The fair queue admits max_concurrent generations per replica in rotation: resized as replicas come
     # and go (their health checks, a new list).
     replicas = ReplicaSet(settings, on_capacity=scheduler.resize)
@@ -33,8 +40,15 @@ async def run(settings: AdapterSettings) -> None:
     def register(server: grpc.aio.Server) -> None:
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
 
+    async def stop() -> None:
+        await replicas.aclose()
+        if isinstance(scheduler, SharedScheduler):
+            await scheduler.aclose()
+
     try:
         await replicas.start()
+        if isinstance(scheduler, SharedScheduler):
+            await scheduler.start()
         # SIGHUP: read GENAI_ADAPTER_UPSTREAM_URLS_FILE (and resolve the names) again now.
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, replicas.reload)
         logger.info(
@@ -58,11 +72,11 @@ async def run(settings: AdapterSettings) -> None:
             # Only the gateway calls this service; over mTLS, every other identity is refused.
             mtls=mtls,
             callers={SERVICE_NAME: {"gateway"}},
-            on_stop=replicas.aclose,
+            on_stop=stop,
         )
     finally:
         # A failed start never reaches on_stop; closing twice is harmless.
-        await replicas.aclose()
+        await stop()
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from prometheus_client import Counter, Histogram
 
 from genai_adapter.replicas import ReplicaSet
 from genai_adapter.scheduler import FairScheduler, QueueFull, QueueTimeout
+from genai_adapter.shared_queue import SharedScheduler
 from genai_adapter.upstream import (
     CHAT_PATH,
     COMPLETIONS_PATH,
@@ -179,7 +180,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     set's choice (`ReplicaSet`), by load and the request's affinity_key.
     """
 
-    def __init__(self, upstream: ReplicaSet, scheduler: FairScheduler, default_model: str = "") -> None:
+    def __init__(
+        self, upstream: ReplicaSet, scheduler: FairScheduler | SharedScheduler, default_model: str = ""
+    ) -> None:
         self._upstream = upstream
         self._scheduler = scheduler
         self._configured_model = default_model

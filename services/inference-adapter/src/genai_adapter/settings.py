@@ -60,6 +60,13 @@ class AdapterSettings(InternalServiceSettings):
     queue_max: int = Field(1000, ge=0)
     # Longest wait for a slot (the caller's deadline, if sooner, ends it first).
     queue_timeout_s: float = Field(60.0, gt=0)
+    # Several adapters in front of the same model servers share one fair queue in this Redis (the state
+    # Redis, never the evicting cache one): the cap above holds for all of them together and users take
+    # turns across them. Empty: this adapter queues alone. While Redis does not answer, each adapter
+    # queues alone (up to the whole cap) and tries it again after redis_cooldown_s.
+    redis_url: str = ""
+    redis_timeout_s: float = Field(0.5, gt=0)
+    redis_cooldown_s: float = Field(5.0, gt=0)
 
     @field_validator("upstream_url")
     @classmethod
