@@ -66,6 +66,7 @@ LONG_RUNNING = {
     "llamacpp",
     "postgres",
     "redis",
+    "redis-cache",
     "backup",
 }
 JOBS = {"pki", "postgres-roles", "migrate-auth", "migrate-history"}

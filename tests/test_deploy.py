@@ -8,6 +8,7 @@ nginx site rendered with the compose file's values through `nginx -t`.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import shutil
@@ -560,6 +561,13 @@ def test_forwarded_headers_are_trusted_from_nginx_only() -> None:
     assert "*" not in resolve(subnet)
     # The range believed is the network that holds nginx and the gateway alone.
     assert members()["gateway"] == {"nginx", "gateway"}
+    # Outside the pools Docker takes the other networks' ranges from (its defaults): a range of those could
+    # overlap it, and `up` would fail with "Pool overlaps" depending on the order the networks are made in.
+    fixed = ipaddress.ip_network(resolve(subnet))
+    pools = [ipaddress.ip_network(f"172.{n}.0.0/16") for n in range(17, 32)] + [
+        ipaddress.ip_network("192.168.0.0/16")
+    ]
+    assert not any(fixed.overlaps(pool) for pool in pools), fixed
 
 
 def test_services_migrate_nothing_themselves() -> None:
