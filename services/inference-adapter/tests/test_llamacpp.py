@@ -127,3 +127,37 @@ async def test_auto_tool_choice_answers_in_words(adapter: AdapterFactory, llamac
     reply = await stub.Generate(ask("Weather in Paris?", tools_json=json.dumps(TOOLS)), timeout=60)
     # Its default chat handler calls a tool only when the call names it.
     assert reply.text and not reply.tool_calls
+
+
+async def test_health_checks_of_a_server_without_health_and_metrics_pages(llamacpp: str) -> None:
+    """llama-cpp-python's server has neither /health nor /metrics (404): after the first look the checks
+    only open a connection, which its log does not show, and still tell when nothing listens any more."""
+    from genai_adapter.settings import AdapterSettings
+    from genai_adapter.upstream import Upstream
+
+    upstream = Upstream(AdapterSettings(upstream_url=llamacpp))
+    try:
+        assert await upstream.probe(5) and await upstream.load(5) is None
+        sent = []
+        upstream._checks.event_hooks["request"].append(lambda request: _record(sent, request))
+        for _ in range(3):
+            assert await upstream.probe(5)
+            assert await upstream.load(5) is None
+        assert sent == []
+        # Back from an outage it may be another server: both pages are asked for again.
+        upstream.forget_missing_pages()
+        await upstream.probe(5)
+        await upstream.load(5)
+        assert sent == ["/health", "/metrics"]
+    finally:
+        await upstream.aclose()
+    nowhere = Upstream(AdapterSettings(upstream_url=f"http://127.0.0.1:{free_port()}/v1"))
+    try:
+        nowhere._no_health_page = True
+        assert not await nowhere.probe(2)
+    finally:
+        await nowhere.aclose()
+
+
+async def _record(sent: list[str], request: object) -> None:
+    sent.append(request.url.path)  # type: ignore[attr-defined]

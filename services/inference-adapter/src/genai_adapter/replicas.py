@@ -418,6 +418,7 @@ class ReplicaSet:
             if not replica.up:
                 replica.up = True
                 replica.models = None
+                replica.client.forget_missing_pages()
                 REPLICA_UP.labels(replica.name).set(1)
                 logger.warning("model server replica %s answers again", replica.name)
                 self._rotation_changed()

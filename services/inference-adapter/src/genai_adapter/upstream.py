@@ -25,6 +25,7 @@ server's root (the upstream URL without its /v1).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -424,6 +425,11 @@ class Upstream:
                 limits=httpx.Limits(max_connections=2, keepalive_expiry=KEEPALIVE_EXPIRY_S)
             ),
         )
+        # Pages the server turned out not to have (404 from llama-cpp-python's server): not asked for again
+        # until it comes back from an outage (`forget_missing_pages`), so that its log is not one line a
+        # second of them.
+        self._no_health_page = False
+        self._no_metrics_page = False
         self._tokenizer: TokenizerKind | None = None
         # Event-loop time after which a server found to have no tokenizer is probed again.
         self._no_tokenizer_until = 0.0
@@ -458,20 +464,47 @@ class Upstream:
         runs, 5xx when it has failed). llama-cpp-python's server has no /health and answers 404, which is
         an answer. Not /v1/models: llama-cpp-python takes the model's lock for it, and a request waiting
         for that lock makes its server end the stream in progress early."""
+        if self._no_health_page:
+            return await self._accepts_connections(timeout_s)
         try:
             response = await self._checks.get("health", timeout=timeout_s)
         except (httpx.HTTPError, OSError):
             return False
+        if response.status_code == 404:
+            # From now on a connection it accepts is its answer (a hung process is caught by the requests'
+            # own timeouts and the breaker).
+            self._no_health_page = True
         return response.status_code < 500
+
+    async def _accepts_connections(self, timeout_s: float) -> bool:
+        url = httpx.URL(self._root)
+        try:
+            async with asyncio.timeout(timeout_s):
+                _, writer = await asyncio.open_connection(
+                    url.host, url.port or (443 if url.scheme == "https" else 80)
+                )
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
+    def forget_missing_pages(self) -> None:
+        """Ask for /health and /metrics again (the server came back: it may be another one now)."""
+        self._no_health_page = self._no_metrics_page = False
 
     async def load(self, timeout_s: float) -> ReplicaLoad | None:
         """The server's own load from GET /metrics at its root (vLLM's), or None when it has no such page
         (llama.cpp's server) or cannot be asked now."""
+        if self._no_metrics_page:
+            return None
         try:
             response = await self._checks.get("metrics", timeout=timeout_s)
         except (httpx.HTTPError, OSError):
             return None
         if response.status_code != 200:
+            self._no_metrics_page = response.status_code == 404
             return None
         return read_load(response.text)
 
