@@ -389,37 +389,40 @@ async def multi_turn(stub: inference_pb2_grpc.InferenceServiceStub, affinity: bo
 
 
 async def test_affinity_gives_a_lower_median_time_to_first_token() -> None:
-    with (
-        simulators(PREFILL, PREFILL, PREFILL) as sims,
-        adapter_process([s.url for s in sims], "affinity") as adapter,
-    ):
-        channel = create_channel(adapter.target)
-        stub = inference_pb2_grpc.InferenceServiceStub(channel)
-        figures = {}
-        for affinity in (True, False):
+    """The same multi-turn workload three times on the same replicas: with the conversation as affinity key,
+    without one (least loaded), and round robin (GENAI_ADAPTER_ROUTING=round_robin, no key)."""
+    figures = {}
+    with simulators(PREFILL, PREFILL, PREFILL) as sims:
+        for mode, routing, affinity in (
+            ("affinity", "least_loaded", True),
+            ("least loaded", "least_loaded", False),
+            ("round robin", "round_robin", False),
+        ):
             for sim in sims:
                 await asyncio.to_thread(sim.reset)  # counters zeroed, prefix caches emptied
-            ttfts = await multi_turn(stub, affinity, "with" if affinity else "without")
+            with adapter_process([s.url for s in sims], f"routing-{routing}", routing=routing) as adapter:
+                channel = create_channel(adapter.target)
+                try:
+                    ttfts = await multi_turn(inference_pb2_grpc.InferenceServiceStub(channel), affinity, mode)
+                finally:
+                    await channel.close()
             stats = [await asyncio.to_thread(sim.stats) for sim in sims]
             hits = sum(s["prefix_cache_hits"] for s in stats) / max(
                 1, sum(s["prefix_cache_queries"] for s in stats)
             )
-            figures[affinity] = (statistics.median(ttfts), hits, [s["finished"] for s in stats])
-        await channel.close()
-    (with_median, with_hits, with_counts), (without_median, without_hits, without_counts) = (
-        figures[True],
-        figures[False],
-    )
+            figures[mode] = (statistics.median(ttfts), hits, [s["finished"] for s in stats])
     print(
         f"\n{CONVERSATIONS} conversations x {TURNS} turns on 3 replicas with a prefix cache; "
-        f"median time to first token of turns 2..{TURNS}:\n"
-        f"  affinity (conversation id as key): {with_median * 1000:.0f} ms, "
-        f"prefix-cache hits {with_hits:.0%} of prompt tokens, requests per replica {with_counts}\n"
-        f"  no affinity (least loaded, ties at random): {without_median * 1000:.0f} ms, "
-        f"prefix-cache hits {without_hits:.0%}, requests per replica {without_counts}"
+        f"median time to first token of turns 2..{TURNS}:"
     )
-    assert with_hits > without_hits
-    assert with_median < without_median
+    for mode, (median, hits, counts) in figures.items():
+        print(
+            f"  {mode}: {median * 1000:.0f} ms, prefix-cache hits {hits:.0%} of prompt tokens, "
+            f"requests per replica {counts}"
+        )
+    for baseline in ("least loaded", "round robin"):
+        assert figures["affinity"][1] > figures[baseline][1], baseline
+        assert figures["affinity"][0] < figures[baseline][0], baseline
 
 
 # --- the whole stack: the gateway sends the conversation as the key; a replica dies under its load ------

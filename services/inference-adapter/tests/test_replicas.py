@@ -147,6 +147,19 @@ async def test_generations_spread_over_the_replicas_and_the_queue_admits_per_rep
     )
 
 
+async def test_round_robin_gives_each_replica_its_turn(
+    adapter_server: AdapterServer, simulators: Simulators
+) -> None:
+    sims = [simulators("--seed", str(n)) for n in range(3)]
+    served = await adapter_server(
+        None, upstream_urls=replicas_of(*sims), model="sim-model", routing="round_robin"
+    )
+    for _ in range(9):
+        await served.stub.Generate(ask(), timeout=30)
+    # One at a time, so load never differs: only the turns decide.
+    assert [await finished(sim) for sim in sims] == [3, 3, 3]
+
+
 async def test_a_conversation_stays_on_its_replica(
     adapter_server: AdapterServer, simulators: Simulators
 ) -> None:

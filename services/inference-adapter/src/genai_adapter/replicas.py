@@ -241,6 +241,8 @@ class ReplicaSet:
         self._on_capacity = on_capacity
         self._replicas: dict[str, Replica] = {}
         self._ring = HashRing([])
+        # Round robin's counter (GENAI_ADAPTER_ROUTING=round_robin).
+        self._turn = 0
         self._reload = asyncio.Event()
         self._refresher: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
@@ -472,6 +474,9 @@ class ReplicaSet:
             return self._replicas[name]
         AFFINITY.labels("none").inc()
         pool = ready or candidates
+        if self._settings.routing == "round_robin":
+            self._turn += 1
+            return pool[self._turn % len(pool)]
         least = min(r.load for r in pool)
         return random.choice([r for r in pool if r.load == least])  # noqa: S311 - spreading, not secrets
 

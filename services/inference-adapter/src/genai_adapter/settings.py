@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -41,6 +42,9 @@ class AdapterSettings(InternalServiceSettings):
     # Conversation affinity: a replica keeps its conversations while it carries at most this many times
     # the average load (consistent hashing with bounded loads); 1 spreads strictly, higher keeps more.
     affinity_load_factor: float = Field(1.25, ge=1.0)
+    # Where a request without a conversation (no affinity key) goes: the least loaded replica, or each
+    # replica in turn (round_robin, blind to load: for comparison, or servers of equal speed).
+    routing: Literal["least_loaded", "round_robin"] = "least_loaded"
     upstream_api_key: SecretStr | None = None
     # Model used when a request names none; empty: the first model the upstream lists.
     model: str = ""
