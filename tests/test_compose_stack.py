@@ -567,6 +567,7 @@ def check_isolation(d: Deployment) -> None:
     assert connects("inference-adapter", "llm", 8000)
     assert connects("auth", "postgres", 5432) and connects("history", "postgres", 5432)
     assert connects("gateway", "redis", 6379) and connects("gateway", "redis-cache", 6379)
+    assert connects("inference-adapter", "redis", 6379)  # the shared fair queue
     for service in ("gateway", "auth", "history"):
         assert not connects(service, "llm", 8000), f"{service} reaches the model server"
     for service in ("gateway", "inference-adapter"):
