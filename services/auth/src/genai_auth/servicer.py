@@ -46,6 +46,7 @@ from genai_auth.users import (
     check_password,
 )
 from genai_common.db import DatabaseState
+from genai_common.grpc_server import CALLER_MESSAGE, NO_RETRY
 from genai_common.redis_guard import RedisGuard
 
 logger = logging.getLogger(__name__)
@@ -74,9 +75,6 @@ PASSWORD_NEEDED = (
 )
 PASSWORD_WRONG = "the password is incorrect"  # noqa: S105 (a message, not a credential)
 DIRECTORY_MANAGED = "this is a directory account: its password and role are managed in the directory"
-# Trailing metadata that tells the gateway a message is meant for the caller as it is (an UNAVAILABLE's
-# details are otherwise transport noise that the gateway replaces).
-CALLER_MESSAGE = ("genai-caller-message", "1")
 DIRECTORY_RETRY_AFTER_S = 30
 CHAT_ONLY = "this API key may only chat and read its user's history"
 # ListApiKeysRequest.owner_username that means every user's keys.
@@ -400,7 +398,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         await context.abort(
             grpc.StatusCode.UNAVAILABLE,
             DIRECTORY_DOWN,
-            trailing_metadata=(("retry-after", str(DIRECTORY_RETRY_AFTER_S)), CALLER_MESSAGE),
+            # Every replica asks the same directory: another one would only wait as long again.
+            trailing_metadata=(("retry-after", str(DIRECTORY_RETRY_AFTER_S)), CALLER_MESSAGE, NO_RETRY),
         )
 
     async def _directory_login(

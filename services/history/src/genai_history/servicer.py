@@ -14,7 +14,7 @@ from typing import NoReturn
 import grpc
 from genai.history.v1 import history_pb2, history_pb2_grpc
 
-from genai_common.grpc_server import CALLER_MESSAGE, RETRY_AFTER_S
+from genai_common.grpc_server import CALLER_MESSAGE, NO_RETRY, RETRY_AFTER_S
 from genai_common.request_id import current_request_id
 from genai_history import audit, usage
 from genai_history.audit import MAX_LABEL_CHARS, AuditEntry
@@ -410,7 +410,8 @@ async def _database(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         await context.abort(
             grpc.StatusCode.UNAVAILABLE,
             DATABASE_UNAVAILABLE,
-            trailing_metadata=(("retry-after", str(RETRY_AFTER_S)), CALLER_MESSAGE),
+            # Every replica shares the database: another one would fail the same way.
+            trailing_metadata=(("retry-after", str(RETRY_AFTER_S)), CALLER_MESSAGE, NO_RETRY),
         )
 
 
