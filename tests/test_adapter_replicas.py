@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import pytest
 import redis
@@ -56,6 +57,32 @@ def watching_replicas(urls: list[str]) -> Iterator[list[int]]:
         thread.join(10)
 
 
+@dataclass
+class SharedPair:
+    a: AdapterProcess
+    b: AdapterProcess
+    urls: list[str]
+    # The most generations seen running on both replicas together.
+    most_running: list[int]
+    queue_url: str
+
+
+@contextmanager
+def shared_pair(redis_url: str, name: str) -> Iterator[SharedPair]:
+    """Two simulator replicas and two adapter processes sharing the fair queue in an emptied Redis database."""
+    queue_url = redis_url.rsplit("/", 1)[0] + f"/{QUEUE_DB}"
+    redis.Redis.from_url(queue_url).flushdb()
+    settings = {"redis_url": queue_url, "max_concurrent": str(PER_REPLICA)}
+    with simulators(SLOW, SLOW) as sims:
+        urls = [sim.base_url + "/v1" for sim in sims]
+        with (
+            adapter_process(urls, f"{name}-a", **settings) as a,
+            adapter_process(urls, f"{name}-b", **settings) as b,
+            watching_replicas(urls) as most_running,
+        ):
+            yield SharedPair(a, b, urls, most_running, queue_url)
+
+
 def waiting(adapter: AdapterProcess) -> float:
     return replica_value(adapter.metrics(), "genai_adapter_queue_waiting")
 
@@ -73,42 +100,34 @@ async def _stream(
 
 
 def test_two_adapters_share_the_cap_and_the_turns(redis_url: str) -> None:
-    queue_url = redis_url.rsplit("/", 1)[0] + f"/{QUEUE_DB}"
-    redis.Redis.from_url(queue_url).flushdb()
-    settings = {"redis_url": queue_url, "max_concurrent": str(PER_REPLICA)}
-    with simulators(SLOW, SLOW) as sims:
-        urls = [sim.base_url + "/v1" for sim in sims]
-        with (
-            adapter_process(urls, "shared-a", **settings) as a,
-            adapter_process(urls, "shared-b", **settings) as b,
-            watching_replicas(urls) as most_running,
-        ):
+    with shared_pair(redis_url, "shared") as pair:
+        a, b, urls, most_running, queue_url = pair.a, pair.b, pair.urls, pair.most_running, pair.queue_url
 
-            async def scenario() -> list[str]:
-                starts: list[str] = []
-                channel_a, channel_b = create_channel(a.target), create_channel(b.target)
-                try:
-                    stub_a = inference_pb2_grpc.InferenceServiceStub(channel_a)
-                    stub_b = inference_pb2_grpc.InferenceServiceStub(channel_b)
-                    heavy = [
-                        asyncio.create_task(_stream(stub_a, "heavy", f"heavy{n}", starts))
-                        for n in range(1, HEAVY_REQUESTS + 1)
-                    ]
-                    # The light user's one request, at the other adapter, once the heavy backlog is queued.
-                    queued = HEAVY_REQUESTS - 2 * PER_REPLICA
-                    for _ in range(400):
-                        if waiting(a) >= queued:
-                            break
-                        await asyncio.sleep(0.025)
-                    assert waiting(a) == queued, "the heavy user's backlog never queued"
-                    light = asyncio.create_task(_stream(stub_b, "light", "light", starts))
-                    await asyncio.gather(*heavy, light)
-                finally:
-                    await channel_a.close()
-                    await channel_b.close()
-                return starts
+        async def scenario() -> list[str]:
+            starts: list[str] = []
+            channel_a, channel_b = create_channel(a.target), create_channel(b.target)
+            try:
+                stub_a = inference_pb2_grpc.InferenceServiceStub(channel_a)
+                stub_b = inference_pb2_grpc.InferenceServiceStub(channel_b)
+                heavy = [
+                    asyncio.create_task(_stream(stub_a, "heavy", f"heavy{n}", starts))
+                    for n in range(1, HEAVY_REQUESTS + 1)
+                ]
+                # The light user's one request, at the other adapter, once the heavy backlog is queued.
+                queued = HEAVY_REQUESTS - 2 * PER_REPLICA
+                for _ in range(400):
+                    if waiting(a) >= queued:
+                        break
+                    await asyncio.sleep(0.025)
+                assert waiting(a) == queued, "the heavy user's backlog never queued"
+                light = asyncio.create_task(_stream(stub_b, "light", "light", starts))
+                await asyncio.gather(*heavy, light)
+            finally:
+                await channel_a.close()
+                await channel_b.close()
+            return starts
 
-            starts = asyncio.run(scenario())
+        starts = asyncio.run(scenario())
     heavy_starts = [name for name in starts if name.startswith("heavy")]
     capacity = PER_REPLICA * len(urls)
     # The 4th of the heavy user's queued requests (those that started after the first `capacity`).
@@ -130,32 +149,24 @@ def test_two_adapters_share_the_cap_and_the_turns(redis_url: str) -> None:
 
 def test_the_cap_holds_for_both_adapters_together(redis_url: str) -> None:
     """Twelve requests spread over two adapters against a cap of four: never more than four generating."""
-    queue_url = redis_url.rsplit("/", 1)[0] + f"/{QUEUE_DB}"
-    redis.Redis.from_url(queue_url).flushdb()
-    settings = {"redis_url": queue_url, "max_concurrent": str(PER_REPLICA)}
-    with simulators(SLOW, SLOW) as sims:
-        urls = [sim.base_url + "/v1" for sim in sims]
-        with (
-            adapter_process(urls, "cap-a", **settings) as a,
-            adapter_process(urls, "cap-b", **settings) as b,
-            watching_replicas(urls) as most_running,
-        ):
+    with shared_pair(redis_url, "cap") as pair:
+        a, b, most_running = pair.a, pair.b, pair.most_running
 
-            async def burst() -> int:
-                channels = [create_channel(a.target), create_channel(b.target)]
-                try:
-                    stubs = [inference_pb2_grpc.InferenceServiceStub(channel) for channel in channels]
-                    starts: list[str] = []
-                    await asyncio.gather(
-                        *(_stream(stubs[n % 2], f"user{n % 3}", f"r{n}", starts) for n in range(12))
-                    )
-                    return len(starts)
-                finally:
-                    for channel in channels:
-                        await channel.close()
+        async def burst() -> int:
+            channels = [create_channel(a.target), create_channel(b.target)]
+            try:
+                stubs = [inference_pb2_grpc.InferenceServiceStub(channel) for channel in channels]
+                starts: list[str] = []
+                await asyncio.gather(
+                    *(_stream(stubs[n % 2], f"user{n % 3}", f"r{n}", starts) for n in range(12))
+                )
+                return len(starts)
+            finally:
+                for channel in channels:
+                    await channel.close()
 
-            answered = asyncio.run(burst())
-            shared = [replica_value(x.metrics(), "genai_adapter_queue_shared") for x in (a, b)]
+        answered = asyncio.run(burst())
+        shared = [replica_value(x.metrics(), "genai_adapter_queue_shared") for x in (a, b)]
     print(f"\n12 requests over 2 adapters, cap {PER_REPLICA * 2}: most running at once {most_running[0]}")
     assert answered == 12
     assert shared == [1.0, 1.0]
