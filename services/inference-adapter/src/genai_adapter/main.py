@@ -26,12 +26,15 @@ logger = logging.getLogger(__name__)
 async def run(settings: AdapterSettings) -> None:
     mtls = files_from_settings(settings)  # before anything starts: bad settings stop here
     local = FairScheduler(settings.max_concurrent, settings.queue_max, settings.queue_timeout_s)
-    scheduler: FairScheduler | SharedScheduler = local
-    if settings.redis_url:
-        # Shared with the other adapters in front of the same replicas; the local queue while Redis is away.
-        scheduler = shared_scheduler(
+    # Shared with the other adapters in front of the same replicas; the local queue while Redis is away.
+    shared = (
+        shared_scheduler(
             settings.redis_url, settings.redis_timeout_s, local, cooldown_s=settings.redis_cooldown_s
         )
+        if settings.redis_url
+        else None
+    )
+    scheduler: FairScheduler | SharedScheduler = shared or local
     # The fair queue admits max_concurrent generations per replica in rotation: resized as replicas come
     # and go (their health checks, a new list).
     replicas = ReplicaSet(settings, on_capacity=scheduler.resize)
@@ -42,13 +45,13 @@ async def run(settings: AdapterSettings) -> None:
 
     async def stop() -> None:
         await replicas.aclose()
-        if isinstance(scheduler, SharedScheduler):
-            await scheduler.aclose()
+        if shared is not None:
+            await shared.aclose()
 
     try:
         await replicas.start()
-        if isinstance(scheduler, SharedScheduler):
-            await scheduler.start()
+        if shared is not None:
+            await shared.start()
         # SIGHUP: read GENAI_ADAPTER_UPSTREAM_URLS_FILE (and resolve the names) again now.
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, replicas.reload)
         logger.info(

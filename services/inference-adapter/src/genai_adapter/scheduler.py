@@ -67,6 +67,15 @@ class QueueTimeout(Exception):
         self.retry_after_s = retry_after_s
 
 
+def wait_deadline(now: float, queue_timeout_s: float, caller_deadline: float | None) -> tuple[float, bool]:
+    """Until when a request may wait for a slot, and whether that is the caller's deadline (sooner than the
+    queue timeout) rather than the queue's."""
+    queue_deadline = now + queue_timeout_s
+    if caller_deadline is not None and caller_deadline <= queue_deadline:
+        return caller_deadline, True
+    return queue_deadline, False
+
+
 class _State(enum.Enum):
     NEW = "new"
     WAITING = "waiting"
@@ -184,11 +193,9 @@ class FairScheduler:
         if self._waiting >= self.queue_max:
             QUEUE_REJECTED.labels("queue_full").inc()
             raise QueueFull(self._waiting, self.retry_after_s())
-        queue_deadline = now + self.queue_timeout_s
-        if ticket._caller_deadline is not None and ticket._caller_deadline <= queue_deadline:
-            ticket._deadline, ticket._by_caller = ticket._caller_deadline, True
-        else:
-            ticket._deadline = queue_deadline
+        ticket._deadline, ticket._by_caller = wait_deadline(
+            now, self.queue_timeout_s, ticket._caller_deadline
+        )
         ticket._admission = loop.create_future()
         queue = self._ring.get(ticket.user)
         if queue is None:

@@ -50,6 +50,7 @@ from genai_adapter.scheduler import (
     QueueFull,
     QueueTimeout,
     Ticket,
+    wait_deadline,
 )
 from genai_common.redis_client import create_redis
 
@@ -352,11 +353,9 @@ class SharedTicket:
         scheduler = self._scheduler
         loop = asyncio.get_running_loop()
         self._since = loop.time()
-        queue_deadline = self._since + scheduler.queue_timeout_s
-        if self._caller_deadline is not None and self._caller_deadline <= queue_deadline:
-            self._deadline, self._by_caller = self._caller_deadline, True
-        else:
-            self._deadline = queue_deadline
+        self._deadline, self._by_caller = wait_deadline(
+            self._since, scheduler.queue_timeout_s, self._caller_deadline
+        )
         ticket = f"{scheduler.id}:{next(scheduler._numbers)}"
         # Known before the script runs: the admission may be published before it returns.
         self._admission = scheduler._live[ticket] = loop.create_future()

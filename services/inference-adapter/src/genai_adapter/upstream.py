@@ -430,6 +430,9 @@ class Upstream:
         # second of them.
         self._no_health_page = False
         self._no_metrics_page = False
+        root = httpx.URL(self._root)
+        # Where a connection is opened to see whether it accepts one (after /health was a 404).
+        self._address = (root.host, root.port or (443 if root.scheme == "https" else 80))
         self._tokenizer: TokenizerKind | None = None
         # Event-loop time after which a server found to have no tokenizer is probed again.
         self._no_tokenizer_until = 0.0
@@ -477,12 +480,9 @@ class Upstream:
         return response.status_code < 500
 
     async def _accepts_connections(self, timeout_s: float) -> bool:
-        url = httpx.URL(self._root)
         try:
             async with asyncio.timeout(timeout_s):
-                _, writer = await asyncio.open_connection(
-                    url.host, url.port or (443 if url.scheme == "https" else 80)
-                )
+                _, writer = await asyncio.open_connection(*self._address)
         except (OSError, TimeoutError):
             return False
         writer.close()
