@@ -1321,6 +1321,40 @@ def test_nginx_accepts_the_site_rendered_with_production_values(tmp_path: Path) 
     site = (tmp_path / "nginx" / "genai.conf").read_text()
     assert "listen 443 ssl http2;" in site and "return 301 https://$host:443$request_uri;" in site
     assert re.search(r"location = /token \{\s*limit_req zone=genai_login", site)
+    assert "limit_conn genai_per_addr 256;" in site
+
+
+def test_requests_open_per_address_is_a_setting_with_one_default_everywhere(tmp_path: Path) -> None:
+    # Production (compose over the image), `make run` and the tests render the same cap unless told
+    # otherwise; a site whose users share one address (a proxy, NAT) raises it in .env.
+    name = "GENAI_NGINX_CONN_PER_ADDRESS"
+    assert "limit_conn genai_per_addr ${" + name + "};" in NGINX_TEMPLATE.read_text()
+    compose_default = resolve(environment(services()["nginx"])[name])
+    image_env = " ".join(a for k, a in dockerfile_instructions(DEPLOY / "nginx" / "Dockerfile") if k == "ENV")
+    image_default = re.search(name + r"=(\S+)", image_env)
+    assert image_default and compose_default == image_default.group(1) == str(stack.NGINX_CONN_PER_ADDRESS)
+    assert resolve(environment(services()["nginx"])[name], {name: "2000"}) == "2000"
+    assert re.search(r"^# " + name + "=" + compose_default + "$", (DEPLOY / ".env.example").read_text(), re.M)
+
+    files = stack.TlsFiles(ca=tmp_path / "ca.pem", cert=tmp_path / "server.crt", key=tmp_path / "server.key")
+    cfg = stack.StackConfig(
+        work_dir=tmp_path,
+        database_url="postgresql://genai@127.0.0.1:5432/genai",
+        redis_url="redis://127.0.0.1:6379/0",
+        jwt_secret="x" * 64,
+        tls=files,
+    )
+    assert stack.nginx_values(cfg)[name] == compose_default
+    # An override of the embedded stack (the bench's thousand streams from one address) reaches the site.
+    subprocess.run(
+        [str(DEPLOY / "nginx" / "make-selfsigned-cert.sh"), "-d", str(tmp_path), "localhost"],
+        capture_output=True,
+        check=True,
+    )
+    raised = dataclasses.replace(cfg, overrides={name: "1200"})
+    nginx.check_config(nginx.write_config(tmp_path / "nginx", stack.nginx_values(raised)))
+    site = (tmp_path / "nginx" / "genai.conf").read_text()
+    assert "limit_conn genai_per_addr 1200;" in site
 
 
 def test_nginx_check_rejects_a_broken_site(tmp_path: Path) -> None:

@@ -63,8 +63,12 @@ def test_login_flood_gets_429_from_nginx_in_the_api_error_shape(live: RunningSta
         time.sleep(burst / rate)
 
 
-def _site_setting(pattern: str) -> str:
-    site = (repo_root() / "deploy" / "nginx" / "genai.conf.template").read_text()
+def _site_setting(pattern: str, live: RunningStack | None = None) -> str:
+    """A setting of the site as the template has it, or as `live` runs it (placeholders filled)."""
+    if live is None:
+        site = (repo_root() / "deploy" / "nginx" / "genai.conf.template").read_text()
+    else:
+        site = (live.cfg.work_dir / "nginx" / "genai.conf").read_text()
     found = re.search(pattern, site)
     assert found, f"`{pattern}` is gone from the site config"
     return found.group(1)
@@ -109,7 +113,7 @@ def test_a_stalled_body_is_dropped_not_waited_for(live: RunningStack) -> None:
 
 
 def test_one_address_cannot_hold_more_than_its_share_of_requests(live: RunningStack) -> None:
-    cap = int(_site_setting(r"limit_conn genai_per_addr (\d+);"))
+    cap = int(_site_setting(r"limit_conn genai_per_addr (\d+);", live))
     extra = 10
     held = [_stalled_request(live) for _ in range(cap)]
     try:

@@ -137,8 +137,14 @@ def environment(cfg: StackConfig) -> dict[str, str]:
     return env
 
 
+# nginx's requests open at once per client address, as the production image has it.
+NGINX_CONN_PER_ADDRESS = 256
+
+
 def nginx_values(cfg: StackConfig) -> dict[str, str]:
-    return {
+    """The site's placeholders; a GENAI_NGINX_ setting in `cfg.overrides` wins (e.g. the bench, whose
+    thousand streams all come from one address, raises GENAI_NGINX_CONN_PER_ADDRESS)."""
+    values = {
         "GENAI_NGINX_WORKERS": "1",
         "GENAI_NGINX_HTTP_PORT": str(cfg.ports.http),
         "GENAI_NGINX_HTTPS_PORT": str(cfg.ports.https),
@@ -148,7 +154,10 @@ def nginx_values(cfg: StackConfig) -> dict[str, str]:
         "GENAI_TLS_KEY": str(cfg.tls.key),
         "GENAI_NGINX_BODY_LIMIT": "1m",
         "GENAI_NGINX_ACCESS_LOG": str(cfg.work_dir / "nginx" / "logs" / "access.log"),
+        "GENAI_NGINX_CONN_PER_ADDRESS": str(NGINX_CONN_PER_ADDRESS),
     }
+    values.update((k, v) for k, v in cfg.overrides.items() if k.startswith("GENAI_NGINX_"))
+    return values
 
 
 def upstream_command(cfg: StackConfig) -> list[str]:
