@@ -56,6 +56,12 @@ def main() -> None:
     parser.add_argument(
         "--no-litellm", action="store_true", default=not _flag("BENCH_LITELLM", True), help="skip LiteLLM"
     )
+    parser.add_argument(
+        "--no-litellm-matched",
+        action="store_true",
+        default=not _flag("BENCH_LITELLM_MATCHED", True),
+        help="skip LiteLLM's feature-matched configuration (Redis rate limits and cache)",
+    )
     profile = os.environ.get("BENCH_PROFILE", "")
     parser.add_argument(
         "--profile",
@@ -95,12 +101,14 @@ def main() -> None:
         flush=True,
     )
     bench_rig = rig.start(
-        args.work_dir, with_litellm=not args.no_litellm, litellm_workers=args.litellm_workers
+        args.work_dir,
+        with_litellm=not args.no_litellm,
+        litellm_workers=args.litellm_workers,
+        litellm_matched=not args.no_litellm_matched,
     )
     try:
-        for target in (bench_rig.direct(), bench_rig.ours(), bench_rig.litellm_target()):
-            if target is not None:
-                rig.smoke(target)
+        for target in (bench_rig.direct(), bench_rig.ours(), *bench_rig.litellm_targets()):
+            rig.smoke(target)
         print(
             f"ready after {time.monotonic() - t0:.0f} s; measuring ({'quick' if plan.quick else 'full'} plan)",
             flush=True,

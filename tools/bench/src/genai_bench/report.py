@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from genai_bench.procs import mib
+from genai_bench.rig import LITELLM_MATCHED, LITELLM_REDIS
 from genai_bench.stats import Summary, added, fmt_rate, fmt_ratio, ms, ratio, sustained
 from genai_bench.suite import (
     PEEL_ADAPTER,
@@ -41,8 +42,35 @@ LABELS = {
     "direct": "simulator direct",
     "ours": "ours (nginx TLS -> gateway -> ...)",
     "litellm": "LiteLLM proxy",
+    LITELLM_MATCHED: "LiteLLM feature-matched",
 }
-COMPONENTS = ("nginx", "gateway", "auth", "history", "adapter", "redis", "postgres", "simulator", "litellm")
+# LiteLLM's configurations, as the tables name them in ratios.
+LITE_SHORT = {"litellm": "LiteLLM", LITELLM_MATCHED: "LiteLLM-fm"}
+TARGETS = ("direct", "ours", "litellm", LITELLM_MATCHED)
+COMPONENTS = (
+    "nginx",
+    "gateway",
+    "auth",
+    "history",
+    "adapter",
+    "redis",
+    "postgres",
+    "simulator",
+    "litellm",
+    LITELLM_MATCHED,
+    LITELLM_REDIS,
+)
+# Our path from nginx to the adapter: what the memory goal of issue 17 counts (Redis and PostgreSQL are
+# shared servers whose size is set by their data, not by the streams).
+OURS_FRONT = ("nginx", "gateway", "auth", "history", "adapter")
+
+# The goals of issue 17, measured by one `make bench`.
+GOAL_ADDED_P50_RATIO = 0.45
+GOAL_RPS_RATIO = 3.0
+GOAL_CACHE_HIT_RPS = 1500.0
+GOAL_STREAMS = 1000
+GOAL_STREAMS_PSS_MIB = 300.0
+GOAL_CPU_MS = 2.0
 
 HEADER = """\
 # Benchmarks
@@ -55,7 +83,7 @@ the same server, measured in one run on one machine.
 
 ```
 make bench                 # full run, about 6-8 minutes on 2 cores; rewrites this page
-make bench BENCH_QUICK=1   # short run (3-4 minutes) to check that everything works
+make bench BENCH_QUICK=1   # short run (4-6 minutes) to check that everything works
 make bench BENCH_PROFILE=0 # full run without the py-spy profile
 ```
 
@@ -67,14 +95,31 @@ make bench BENCH_PROFILE=0 # full run without the py-spy profile
 - the whole stack exactly as the integration tests start it (tests/harness.py: the same processes,
   settings and nginx config as `make run`) on a PostgreSQL and a Redis of its own, with the bench
   user's limits lifted (`GENAI_GATEWAY_LIMITS_USER='{"requests_per_minute": -1,
-  "concurrent_requests": -1}'`) and `GENAI_ADAPTER_MAX_CONCURRENT=256` (the simulator's
-  `--max-num-seqs`);
+  "concurrent_requests": -1}'`: still counted in Redis on every request, never reached),
+  `GENAI_ADAPTER_MAX_CONCURRENT=256` (the simulator's `--max-num-seqs`) and nginx's cap on requests open
+  at once per client address raised (`GENAI_NGINX_CONN_PER_ADDRESS=2048`; 256 by default), since the
+  memory part's thousand streams all come from the load generator's one address;
 - LiteLLM's proxy (`litellm[proxy]`, pinned in tools/bench/litellm-requirements.txt, installed on
   first use into `.work/bench/litellm-venv`, never into the project's venv) in front of the same
-  simulator: one model `openai/sim-model`, a master key, no database, no TLS, its bundled model-price
-  list instead of the remote one, and as many worker processes as the machine has CPUs
-  (`--num_workers`; its CLI starts one by default): our path spreads over several processes and so
+  simulator, in two configurations side by side, each with one model `openai/sim-model`, no TLS, its
+  bundled model-price list instead of the remote one, and as many worker processes as the machine has
+  CPUs (`--num_workers`; its CLI starts one by default): our path spreads over several processes and so
   over every core, and LiteLLM gets the same machine. `BENCH_LITELLM_WORKERS=1` measures its default.
+  - **LiteLLM** (the baseline): a master key, no database, no Redis: LiteLLM at its fastest, doing less
+    per request than our path does.
+  - **LiteLLM feature-matched** (`LiteLLM-fm` in ratios): what our path does on every request too,
+    with LiteLLM's own features. An API key with requests-per-minute, tokens-per-minute and
+    parallel-request limits, counted by LiteLLM's rate limiter in a Redis of its own (shared by its
+    workers, with its router's counts; limits high enough never to throttle, as ours are), and its
+    Redis response cache (misses look up and store every answer; the cache-hit table repeats one
+    prompt). Virtual keys in PostgreSQL are missing: LiteLLM stores them through Prisma, whose query
+    and schema engines are native binaries that Prisma downloads from its own server when it is
+    installed; no package on PyPI, npm or Debian ships them, and this machine reaches only those
+    registries. The key and its limits are therefore read from a file by a `custom_auth` hook
+    (tools/bench/src/genai_bench/litellm_keys.py: the key's SHA-256, checked per request, as LiteLLM
+    checks a virtual key against its in-memory cache of the database), and the figures of this
+    configuration leave out LiteLLM's database work (its key lookups on a cache miss, and the spend
+    it writes in batches).
 
 The load generator is a small asyncio client on httpx (tools/bench/src/genai_bench/load.py): HTTP/1.1,
 a keep-alive pool with one connection per worker (TLS sessions reused on our path), closed loop
@@ -87,16 +132,17 @@ rate against the simulator directly (first table), so that it is not mistaken fo
 Reading the tables: times in milliseconds as p50 / p90 / p99; req/s counts complete answers over
 wall-clock time. `seq` is one request at a time on a new connection each (TCP, and on our path the
 TLS handshake, paid every time); `c1`, `c16`, `c64` are 1, 16 and 64 workers on reused connections.
-"Added" is a path's percentile minus the simulator's at the same load. Ratios are ours / LiteLLM: below
-1 is better for latency, above 1 is better for req/s. On a 2-core machine the load generator, the
+"Added" is a path's percentile minus the simulator's at the same load. Ratios are ours / LiteLLM (either
+configuration): below 1 is better for latency, above 1 is better for req/s. On a 2-core machine the load generator, the
 simulator and the services share the same two cores, so a figure is the whole system's, not one
 process's; the load average at the start says how busy the machine was with other work.
 
 Environment: `BENCH_QUICK=1` short run; `BENCH_PROFILE=0` skip the profile (`=1`: profile a quick run
 too); `BENCH_LITELLM=0` skip
-LiteLLM; `BENCH_LITELLM_WORKERS` LiteLLM's worker processes (number of CPUs); `GENAI_BENCH_POSTGRES_URL` use this
-PostgreSQL server instead of starting one in `.work/bench/pgdata`. Logs of the services:
-`test-artifacts/logs/bench/`, of LiteLLM: `.work/bench/litellm.log`, profiles: `.work/bench/profiles/`.
+LiteLLM; `BENCH_LITELLM_MATCHED=0` skip its feature-matched configuration; `BENCH_LITELLM_WORKERS` LiteLLM's
+worker processes (number of CPUs); `GENAI_BENCH_POSTGRES_URL` use this PostgreSQL server instead of starting
+one in `.work/bench/pgdata`. Logs of the services: `test-artifacts/logs/bench/`, of LiteLLM:
+`.work/bench/litellm.log` and `.work/bench/litellm-fm.log`, profiles: `.work/bench/profiles/`.
 """
 
 
@@ -183,9 +229,11 @@ def render(results: Results, info: RunInfo, notes: str) -> str:
     r = results
     if info.litellm_workers:
         plural = "s" if info.litellm_workers > 1 else ""
-        LABELS["litellm"] = f"LiteLLM proxy ({info.litellm_workers} worker{plural})"
-    targets = [t for t in ("direct", "ours", "litellm") if any(k[0] == t for k in r.latency)]
-    has_lite = "litellm" in targets
+        workers = f"{info.litellm_workers} worker{plural}"
+        LABELS["litellm"] = f"LiteLLM proxy ({workers})"
+        LABELS[LITELLM_MATCHED] = f"LiteLLM feature-matched ({workers}, Redis limits and cache)"
+    targets = [t for t in TARGETS if any(k[0] == t for k in r.latency)]
+    lites = [t for t in targets if t in LITE_SHORT]
     out: list[str] = [HEADER]
 
     out.append("## Last run\n")
@@ -207,29 +255,8 @@ def render(results: Results, info: RunInfo, notes: str) -> str:
 
     # --- goals ---------------------------------------------------------------------------------------
     lat = r.latency
-    ours1, lite1, direct1 = lat.get(("ours", "c1")), lat.get(("litellm", "c1")), lat.get(("direct", "c1"))
-    top = level_name(max(r.plan.levels))
-    ours_top, lite_top = lat.get(("ours", top)), lat.get(("litellm", top))
-    out.append("## Against the goals of issue 6\n")
-    goals = []
-    if ours1 and lite1 and direct1:
-        a, b = ours1.p50 - direct1.p50, lite1.p50 - direct1.p50
-        goals.append(
-            [
-                "added p50 at c1: ours (TLS) <= LiteLLM (no TLS)",
-                f"ours {ms(a, 2)} ms, LiteLLM {ms(b, 2)} ms",
-                "met" if a <= b else "not met",
-            ]
-        )
-    if ours_top and lite_top:
-        q = ratio(ours_top.rps, lite_top.rps)
-        goals.append(
-            [
-                f"req/s at {top}: ours >= 1.5x LiteLLM",
-                f"ours {fmt_rate(ours_top.rps)}, LiteLLM {fmt_rate(lite_top.rps)} ({fmt_ratio(q)})",
-                "met" if q >= 1.5 else "not met",
-            ]
-        )
+    out.append("## Against the goals of issue 17\n")
+    goals = _goals(r, lites)
     ceiling, where = r.ceiling()
     if not math.isnan(ceiling):
         fastest = max((s.rps for (t, lv), s in lat.items() if t != "direct" and lv != SEQ), default=math.nan)
@@ -241,6 +268,11 @@ def render(results: Results, info: RunInfo, notes: str) -> str:
             ]
         )
     out.append(table(["goal", "figures", ""], goals) + "\n" if goals else "_Not measured._\n")
+    if lites:
+        out.append(
+            "Ratios against LiteLLM are judged against the baseline (no database, no Redis: LiteLLM at its "
+            "fastest); the feature-matched configuration's figures stand beside them.\n"
+        )
 
     # --- latency -------------------------------------------------------------------------------------
     out.append("## 1. Latency and throughput, cache misses (simulator at zero latency)\n")
@@ -274,13 +306,15 @@ def render(results: Results, info: RunInfo, notes: str) -> str:
 
     out.append("## 2. Added over the simulator, and ours / LiteLLM\n")
     head = ["load", "ours added ms", "req/s ours / direct"]
-    if has_lite:
-        head += ["LiteLLM added ms", "p50 ours / LiteLLM", "p99 ours / LiteLLM", "req/s ours / LiteLLM"]
+    for lt in lites:
+        name = LITE_SHORT[lt]
+        head += [f"{name} added ms", f"p50 ours / {name}", f"p99 ours / {name}", f"req/s ours / {name}"]
     rows = []
     for level in _levels(r):
-        o, d, li = lat.get(("ours", level)), lat.get(("direct", level)), lat.get(("litellm", level))
+        o, d = lat.get(("ours", level)), lat.get(("direct", level))
         row = [level, added_triple(o, d), fmt_ratio(ratio(o.rps, d.rps)) if o and d else "-"]
-        if has_lite:
+        for lt in lites:
+            li = lat.get((lt, level))
             row += [
                 added_triple(li, d),
                 fmt_ratio(ratio(o.p50, li.p50)) if o and li else "-",
@@ -291,30 +325,40 @@ def render(results: Results, info: RunInfo, notes: str) -> str:
     out.append(table(head, rows) + "\n")
 
     # --- cache hits ----------------------------------------------------------------------------------
-    out.append("## 3. Cache hits (ours: the same prompt repeated, answered from Redis)\n")
+    out.append(
+        "## 3. Cache hits (the same prompt repeated, answered from Redis: ours, and LiteLLM feature-matched)\n"
+    )
     rows = []
     for c in r.plan.levels:
         level = level_name(c)
-        s = r.cache_hit.get(level)
-        miss, d = lat.get(("ours", level)), lat.get(("direct", level))
-        rows.append(
-            [
-                level,
-                triple(s),
-                fmt_rate(s.rps) if s else "-",
-                added_triple(s, d),
-                fmt_ratio(ratio(s.rps, miss.rps)) if s and miss else "-",
-                _errors_cell(s),
-            ]
-        )
+        d = lat.get(("direct", level))
+        hits = [("ours", r.cache_hit.get(level), lat.get(("ours", level)))]
+        hits += [
+            (lt, r.cache_hit_other.get((lt, level)), lat.get((lt, level)))
+            for lt in lites
+            if (lt, level) in r.cache_hit_other
+        ]
+        for name, s, miss in hits:
+            rows.append(
+                [
+                    level,
+                    LABELS[name],
+                    triple(s),
+                    fmt_rate(s.rps) if s else "-",
+                    added_triple(s, d),
+                    fmt_ratio(ratio(s.rps, miss.rps)) if s and miss else "-",
+                    _errors_cell(s),
+                ]
+            )
     out.append(
         table(
             [
                 "load",
+                "path",
                 "cache hit ms",
                 "req/s",
                 "added over simulator direct (miss) ms",
-                "req/s hit / miss",
+                "req/s hit / its miss",
                 "errors",
             ],
             rows,
@@ -378,8 +422,11 @@ def render(results: Results, info: RunInfo, notes: str) -> str:
                 trail,
             ]
         )
-    if "ours" in best_rates and "litellm" in best_rates:
-        rows.append(["ours / LiteLLM", fmt_ratio(ratio(best_rates["ours"], best_rates["litellm"])), "", ""])
+    for lt in lites:
+        if "ours" in best_rates and lt in best_rates:
+            rows.append(
+                [f"ours / {LITE_SHORT[lt]}", fmt_ratio(ratio(best_rates["ours"], best_rates[lt])), "", ""]
+            )
     out.append(
         table(["path", "sustained req/s", "stopped because", "steps: req/s (p99 ms)"], rows) + "\n"
         if rows
@@ -467,7 +514,97 @@ PATH_COMPONENTS = {
     "direct": (),
     "ours": ("nginx", "gateway", "auth", "history", "adapter", "redis", "postgres"),
     "litellm": ("litellm",),
+    LITELLM_MATCHED: (LITELLM_MATCHED, LITELLM_REDIS),
 }
+
+
+def _goals(r: Results, lites: list[str]) -> list[list[str]]:
+    """The rows of issue 17's goals: figures, and met or not met."""
+    lat = r.latency
+    top = level_name(max(r.plan.levels))
+    rows: list[list[str]] = []
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "not met"
+
+    direct1 = lat.get(("direct", "c1"))
+    ours1 = lat.get(("ours", "c1"))
+    if ours1 and direct1:
+        ours_added = ours1.p50 - direct1.p50
+        figures = [f"ours {ms(ours_added, 2)} ms"]
+        judged = math.nan
+        for lt in lites:
+            li = lat.get((lt, "c1"))
+            if li is None:
+                continue
+            q = ratio(ours_added, li.p50 - direct1.p50)
+            figures.append(f"{LITE_SHORT[lt]} {ms(li.p50 - direct1.p50, 2)} ms ({fmt_ratio(q)})")
+            if lt == "litellm":
+                judged = q
+        rows.append(
+            [
+                f"added p50 at c1, ours (whole path, TLS) <= {GOAL_ADDED_P50_RATIO}x LiteLLM's",
+                ", ".join(figures),
+                "-" if math.isnan(judged) else verdict(judged <= GOAL_ADDED_P50_RATIO),
+            ]
+        )
+    ours_top = lat.get(("ours", top))
+    if ours_top:
+        figures = [f"ours {fmt_rate(ours_top.rps)}"]
+        judged = math.nan
+        for lt in lites:
+            li = lat.get((lt, top))
+            if li is None:
+                continue
+            q = ratio(ours_top.rps, li.rps)
+            figures.append(f"{LITE_SHORT[lt]} {fmt_rate(li.rps)} ({fmt_ratio(q)})")
+            if lt == "litellm":
+                judged = q
+        rows.append(
+            [
+                f"req/s at {top}: ours >= {GOAL_RPS_RATIO:.0f}x LiteLLM's",
+                ", ".join(figures),
+                "-" if math.isnan(judged) else verdict(judged >= GOAL_RPS_RATIO),
+            ]
+        )
+    hit = r.cache_hit.get(top)
+    if hit:
+        rows.append(
+            [
+                f"cache hits at {top}: >= {GOAL_CACHE_HIT_RPS:,.0f} req/s",
+                f"{fmt_rate(hit.rps)} req/s, {hit.errors} errors",
+                verdict(hit.rps >= GOAL_CACHE_HIT_RPS and not hit.errors),
+            ]
+        )
+    ours_mem = next((m for m in r.memory if m.target == "ours"), None)
+    if ours_mem:
+        pss = sum(ours_mem.loaded_pss.get(c, 0) for c in OURS_FRONT) / (1024 * 1024)
+        parts = ", ".join(f"{c} {mib(ours_mem.loaded_pss.get(c, 0))}" for c in OURS_FRONT)
+        figures = f"{ours_mem.opened}/{ours_mem.wanted} open; PSS {pss:.0f} MiB ({parts})"
+        if ours_mem.wanted < GOAL_STREAMS:
+            state = f"not judged ({ours_mem.wanted} streams in this plan, the goal is {GOAL_STREAMS:,})"
+        else:
+            state = verdict(ours_mem.opened >= GOAL_STREAMS and pss <= GOAL_STREAMS_PSS_MIB)
+        rows.append(
+            [
+                f"{GOAL_STREAMS:,} open streams: PSS of nginx .. adapter <= {GOAL_STREAMS_PSS_MIB:.0f} MiB",
+                figures,
+                state,
+            ]
+        )
+    cpu = r.cpu_ms.get(("ours", top))
+    if cpu:
+        comps = PATH_COMPONENTS["ours"]
+        total = sum(cpu.get(c, 0) for c in comps)
+        parts = ", ".join(f"{c} {cpu.get(c, 0):.2f}" for c in comps)
+        rows.append(
+            [
+                f"CPU per request at {top}, whole path (per component) <= {GOAL_CPU_MS:.0f} ms",
+                f"{total:.2f} ms ({parts})",
+                verdict(total <= GOAL_CPU_MS),
+            ]
+        )
+    return rows
 
 
 def _breakdown(r: Results) -> str:
@@ -570,7 +707,7 @@ def _breakdown(r: Results) -> str:
         parts.append("Each hop alone:\n\n" + table(["hop", "load", "ms", "req/s", "errors"], rows) + "\n")
 
     if r.cpu_ms:
-        keys = sorted(r.cpu_ms, key=lambda k: (["direct", "ours", "litellm"].index(k[0]), int(k[1][1:])))
+        keys = sorted(r.cpu_ms, key=lambda k: (TARGETS.index(k[0]), int(k[1][1:])))
         names = [c for c in (*COMPONENTS, "load generator") if any(c in r.cpu_ms[k] for k in keys)]
         head = ["component"] + [f"{LABELS[t]}, {level}" for t, level in keys]
         rows = []

@@ -3,7 +3,8 @@
 The stack is started exactly as the integration tests start it (tests/harness.py: the same processes,
 settings and nginx config as `make run`), against the vLLM simulator, with PostgreSQL and Redis of the
 bench's own so that their memory and CPU can be read and nobody else's load lands on them. LiteLLM's
-proxy is pointed at the same simulator port, so a simulator restart (other flags) serves both.
+proxy, in its two configurations (the feature-matched one with a Redis of its own), is pointed at the
+same simulator port, so a simulator restart (other flags) serves all.
 """
 
 from __future__ import annotations
@@ -36,12 +37,19 @@ SIM_BASE_FLAGS = [
     *("--log-level", "warning"),
 ]
 
+# Names of LiteLLM's feature-matched configuration (target and component) and of its Redis (component).
+LITELLM_MATCHED = "litellm-fm"
+LITELLM_REDIS = "redis (litellm-fm)"
+
 # Settings of the stack under test: no per-user limit may throttle the load, and the adapter's fair
 # queue lets as many generations through as the simulator runs at once.
 STACK_OVERRIDES = {
     "GENAI_GATEWAY_LIMITS_USER": json.dumps({"requests_per_minute": -1, "concurrent_requests": -1}),
     "GENAI_ADAPTER_MAX_CONCURRENT": "256",
 }
+# nginx's cap on requests open at once from one address: the memory phase's streams all come from the load
+# generator's one address (production keeps its own setting, 256 by default).
+NGINX_CONN_PER_ADDRESS = 2048
 
 
 def repo_root() -> Path:
@@ -137,6 +145,9 @@ class Rig:
     user: Any  # tests.harness.User
     lite: litellm.LiteLLM | None
     postgres_pid: int | None
+    # LiteLLM's feature-matched configuration, and its Redis (rate limits, response cache).
+    lite_matched: litellm.LiteLLM | None = None
+    lite_redis: infra.Service | None = None
     started_at: float = field(default_factory=time.monotonic)
 
     # --- targets ---------------------------------------------------------------------------------------
@@ -164,6 +175,10 @@ class Rig:
     def litellm_target(self) -> Target | None:
         return self.lite.target if self.lite else None
 
+    def litellm_targets(self) -> list[Target]:
+        """Every LiteLLM configuration that runs: the baseline first, then the feature-matched one."""
+        return [lite.target for lite in (self.lite, self.lite_matched) if lite is not None]
+
     # --- processes -------------------------------------------------------------------------------------
 
     def process_roots(self, with_litellm: bool = True) -> dict[str, int]:
@@ -174,8 +189,13 @@ class Rig:
             roots["redis"] = redis_proc.pid
         if self.postgres_pid:
             roots["postgres"] = self.postgres_pid
-        if with_litellm and self.lite is not None:
-            roots["litellm"] = self.lite.proc.pid
+        if with_litellm:
+            for lite in (self.lite, self.lite_matched):
+                if lite is not None:
+                    roots[lite.name] = lite.proc.pid
+            lite_redis = getattr(self.lite_redis, "process", None)
+            if lite_redis is not None:
+                roots[LITELLM_REDIS] = lite_redis.pid
         return roots
 
     def restart_simulator(self, flags: list[str]) -> None:
@@ -219,8 +239,11 @@ class Rig:
         return asyncio.run(read())
 
     def close(self) -> None:
-        if self.lite is not None:
-            self.lite.stop()
+        for lite in (self.lite, self.lite_matched):
+            if lite is not None:
+                lite.stop()
+        if self.lite_redis is not None:
+            self.lite_redis.stop()
         with contextlib.suppress(Exception):
             self.running.stop_all()
         with contextlib.suppress(Exception):
@@ -238,13 +261,16 @@ def _postgres(work_dir: Path) -> tuple[infra.Service, int | None]:
     return service, _postmaster_pid(data_dir)
 
 
-def start(work_dir: Path, with_litellm: bool = True, litellm_workers: int = 2) -> Rig:
+def start(
+    work_dir: Path, with_litellm: bool = True, litellm_workers: int = 2, litellm_matched: bool = True
+) -> Rig:
     """PostgreSQL, Redis, the stack on the simulator, and LiteLLM beside it, all ready."""
     work_dir.mkdir(parents=True, exist_ok=True)
     harness = load_harness()
     postgres, postgres_pid = _postgres(work_dir)
     redis = None
-    lite = None
+    lites: list[litellm.LiteLLM] = []
+    lite_redis = None
     running = None
     database = f"genai_bench_{uuid.uuid4().hex[:10]}"
     try:
@@ -257,18 +283,46 @@ def start(work_dir: Path, with_litellm: bool = True, litellm_workers: int = 2) -
             upstream="sim",
             upstream_args=list(SIM_BASE_FLAGS),
             name="bench",
-            overrides=dict(STACK_OVERRIDES),
+            overrides={**STACK_OVERRIDES, "GENAI_NGINX_CONN_PER_ADDRESS": str(NGINX_CONN_PER_ADDRESS)},
         )
+        sim_port = running.cfg.ports.upstream
         if with_litellm:
-            lite = litellm.start(work_dir, running.cfg.ports.upstream, infra.free_port(), litellm_workers)
+            lites.append(litellm.start(work_dir, sim_port, infra.free_port(), litellm_workers))
+            if litellm_matched:
+                # A Redis of its own, like ours: its memory and CPU are LiteLLM's, not our path's.
+                lite_redis = infra.start_local_redis(work_dir / "litellm-redis", infra.free_port())
+                lites.append(
+                    litellm.start(
+                        work_dir,
+                        sim_port,
+                        infra.free_port(),
+                        litellm_workers,
+                        name=LITELLM_MATCHED,
+                        redis=litellm.Redis(lite_redis.host, lite_redis.port),
+                    )
+                )
         user = running.new_user()
-        if lite is not None:
+        for lite in lites:
             lite.wait_ready()
+        for lite in lites:
             lite.wait_quiet()
-        return Rig(work_dir, postgres, redis, database, running, user, lite, postgres_pid)
+        return Rig(
+            work_dir,
+            postgres,
+            redis,
+            database,
+            running,
+            user,
+            lites[0] if lites else None,
+            postgres_pid,
+            lites[1] if len(lites) > 1 else None,
+            lite_redis,
+        )
     except BaseException:
-        if lite is not None:
+        for lite in lites:
             lite.stop()
+        if lite_redis is not None:
+            lite_redis.stop()
         if running is not None:
             running.stop_all()
         if redis is not None:
