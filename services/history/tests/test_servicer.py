@@ -329,6 +329,62 @@ async def test_concurrent_replays_store_one_exchange(stub: Stub) -> None:
     assert listed.message_count == 1
 
 
+def exchange(owner_id: str, prompt: str = "hello", **fields: Any) -> history_pb2.AppendExchangeRequest:
+    fields.setdefault("response", "hi there")
+    fields.setdefault("source", "model")
+    return history_pb2.AppendExchangeRequest(owner_id=owner_id, prompt=prompt, **fields)
+
+
+async def test_a_batch_is_stored_at_once_and_each_exchange_answered_alone(stub: Stub) -> None:
+    owner, stranger = new_owner(), new_owner()
+    chosen = str(uuid.uuid4())
+    theirs = await append(stub, stranger, prompt="not yours")
+    batch = [
+        # A new conversation with the caller's id, and a follow-up in it, in one batch.
+        exchange(owner, "first", conversation_id=chosen, start_conversation=True, exchange_id="b-1"),
+        exchange(owner, "second", conversation_id=chosen, exchange_id="b-2"),
+        # Refused alone: bad fields, another owner's conversation, no conversation named at all.
+        exchange(owner, "bad", conversation_id=chosen, source="guess", exchange_id="b-3"),
+        exchange(owner, "intrusion", conversation_id=theirs.conversation_id, exchange_id="b-4"),
+        exchange(owner, "nowhere", exchange_id="b-5"),
+        # A repeat of the first, as another gateway's pass would send it: the stored ids come back.
+        exchange(owner, "first", conversation_id=chosen, start_conversation=True, exchange_id="b-1"),
+    ]
+    reply = await stub.AppendExchanges(history_pb2.AppendExchangesRequest(exchanges=batch))
+    codes = [r.error_code for r in reply.results]
+    assert codes == ["", "", "INVALID_ARGUMENT", "NOT_FOUND", "INVALID_ARGUMENT", ""]
+    first, second, *_, repeat = reply.results
+    assert first.conversation_id == second.conversation_id == repeat.conversation_id == chosen
+    assert repeat.message_id == first.message_id != second.message_id
+    assert "source" in reply.results[2].error and reply.results[3].error == NOT_FOUND_MESSAGE
+
+    [listed] = await list_all(stub, owner)
+    assert (listed.id, listed.title, listed.message_count) == (chosen, "first", 2)
+    [untouched] = await list_all(stub, stranger)
+    assert untouched.message_count == 1
+
+    # A conversation id another owner already has is not taken over: nothing is stored.
+    clash = await stub.AppendExchanges(
+        history_pb2.AppendExchangesRequest(
+            exchanges=[exchange(owner, "x", conversation_id=theirs.conversation_id, start_conversation=True)]
+        )
+    )
+    assert [r.error_code for r in clash.results] == ["NOT_FOUND"]
+    assert len(await list_all(stub, owner)) == 1
+
+
+async def test_append_starts_a_conversation_with_the_callers_id(stub: Stub) -> None:
+    owner, chosen = new_owner(), str(uuid.uuid4())
+    reply = await append(stub, owner, prompt="named", conversation_id=chosen, start_conversation=True)
+    again = await append(stub, owner, prompt="named", conversation_id=chosen, start_conversation=True)
+    assert reply.conversation_id == again.conversation_id == chosen
+    await fails_with(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        append(stub, owner, conversation_id="not-a-uuid", start_conversation=True),
+    )
+    await fails_with(grpc.StatusCode.INVALID_ARGUMENT, append(stub, owner, start_conversation=True))
+
+
 async def test_get_returns_the_newest_messages_in_order(start_server: StartServer) -> None:
     stub = await start_server(max_messages=5)
     owner = new_owner()

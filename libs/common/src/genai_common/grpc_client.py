@@ -81,6 +81,7 @@ IDEMPOTENT_METHODS: tuple[str, ...] = (
     "genai.auth.v1.AuthService/ListTelegramLinks",
     # Every exchange carries an exchange_id that history stores once (a repeat returns the stored ids).
     "genai.history.v1.HistoryService/AppendExchange",
+    "genai.history.v1.HistoryService/AppendExchanges",
     "genai.history.v1.HistoryService/ListConversations",
     "genai.history.v1.HistoryService/GetConversation",
     "genai.history.v1.HistoryService/RenameConversation",

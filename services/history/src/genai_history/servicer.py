@@ -38,6 +38,7 @@ from genai_history.settings import HistorySettings
 from genai_history.store import (
     ACQUIRE_TIMEOUT_S,
     DATABASE_DOWN,
+    Append,
     ConversationNotFound,
     ConversationRow,
     Exchange,
@@ -74,25 +75,64 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
     async def AppendExchange(
         self, request: history_pb2.AppendExchangeRequest, context: grpc.aio.ServicerContext
     ) -> history_pb2.AppendExchangeResponse:
-        owner_id = await _owner(request.owner_id, context)
-        conversation_id = None
-        if request.conversation_id:
-            conversation_id = _uuid_or_none(request.conversation_id)
-            if conversation_id is None:
-                await _not_found(context)
-        exchange = await self._exchange(request, context)
-        # Checked even when the conversation exists and the origin goes unused: a wrong value is a bug.
-        origin = await _origin(request.origin, context) or "api"
+        try:
+            item = self._append(request)
+        except _Refused as exc:
+            await context.abort(exc.code, exc.message)
         async with _database(context):
-            try:
-                stored_conversation, message_id = await self._store.append_exchange(
-                    owner_id, conversation_id, title_from_prompt(exchange.prompt), exchange, origin
-                )
-            except ConversationNotFound:
-                await _not_found(context)
+            if item.start:
+                stored = (await self._store.append_exchanges([item]))[0]
+                if stored is None:
+                    await _not_found(context)
+                stored_conversation, message_id = stored
+            else:
+                try:
+                    stored_conversation, message_id = await self._store.append_exchange(
+                        item.owner_id,
+                        # No conversation named: the database gives the new one its id.
+                        item.conversation_id if request.conversation_id else None,
+                        item.title,
+                        item.exchange,
+                        item.origin,
+                    )
+                except ConversationNotFound:
+                    await _not_found(context)
         return history_pb2.AppendExchangeResponse(
             conversation_id=str(stored_conversation), message_id=str(message_id)
         )
+
+    async def AppendExchanges(
+        self, request: history_pb2.AppendExchangesRequest, context: grpc.aio.ServicerContext
+    ) -> history_pb2.AppendExchangesResponse:
+        results: list[history_pb2.AppendResult | None] = []
+        batch: list[Append] = []
+        for exchange in request.exchanges:
+            try:
+                item = self._append(exchange)
+                if not item.start and not exchange.conversation_id:
+                    # A batch is written in one go, so each exchange must know its conversation's id.
+                    raise _Refused(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "in a batch, conversation_id is required (with start_conversation for a new one)",
+                    )
+            except _Refused as exc:
+                results.append(history_pb2.AppendResult(error_code=exc.code.name, error=exc.message))
+                continue
+            results.append(None)
+            batch.append(item)
+        async with _database(context):
+            stored = iter(await self._store.append_exchanges(batch)) if batch else iter(())
+        replies = []
+        for result in results:
+            if result is None:
+                ids = next(stored)
+                result = (
+                    history_pb2.AppendResult(error_code="NOT_FOUND", error=NOT_FOUND_MESSAGE)
+                    if ids is None
+                    else history_pb2.AppendResult(conversation_id=str(ids[0]), message_id=str(ids[1]))
+                )
+            replies.append(result)
+        return history_pb2.AppendExchangesResponse(results=replies)
 
     async def ListConversations(
         self, request: history_pb2.ListConversationsRequest, context: grpc.aio.ServicerContext
@@ -349,22 +389,49 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
             await _invalid(context, "max_messages must not be negative")
         return min(requested or self._settings.max_messages, self._settings.max_messages)
 
-    async def _exchange(
-        self, request: history_pb2.AppendExchangeRequest, context: grpc.aio.ServicerContext
-    ) -> Exchange:
+    def _append(self, request: history_pb2.AppendExchangeRequest) -> Append:
+        """The exchange checked and ready for the store; `_Refused` says what is wrong with it."""
+        owner_id = _uuid_or_none(request.owner_id)
+        if owner_id is None:
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "owner_id must be a UUID")
+        conversation_id = uuid.UUID(int=0)
+        if request.conversation_id:
+            named = _uuid_or_none(request.conversation_id)
+            if named is None:
+                # Not a UUID: no such conversation (to a caller who named one), or a bad new id.
+                if request.start_conversation:
+                    raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "conversation_id must be a UUID")
+                raise _Refused(grpc.StatusCode.NOT_FOUND, NOT_FOUND_MESSAGE)
+            conversation_id = named
+        elif request.start_conversation:
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "start_conversation needs the conversation_id")
+        # Checked even when the conversation exists and the origin goes unused: a wrong value is a bug.
+        if request.origin and request.origin not in ORIGINS:
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "origin must be 'chat' or 'api'")
+        exchange = self._exchange(request)
+        return Append(
+            owner_id=owner_id,
+            conversation_id=conversation_id,
+            start=request.start_conversation,
+            title=title_from_prompt(exchange.prompt),
+            origin=request.origin or "api",
+            exchange=exchange,
+        )
+
+    def _exchange(self, request: history_pb2.AppendExchangeRequest) -> Exchange:
         limit = self._settings.max_text_chars
         for name, text in (("prompt", request.prompt), ("response", request.response)):
             if len(text) > limit:
-                await _invalid(context, f"{name} is {len(text)} characters; the limit is {limit}")
+                raise _Refused.invalid(f"{name} is {len(text)} characters; the limit is {limit}")
         if request.source not in SOURCES:
-            await _invalid(context, "source must be 'model' or 'cache'")
+            raise _Refused.invalid("source must be 'model' or 'cache'")
         for name, value in (
             ("model", request.model),
             ("request_id", request.request_id),
             ("exchange_id", request.exchange_id),
         ):
             if len(value) > MAX_ID_CHARS:
-                await _invalid(context, f"{name} is longer than {MAX_ID_CHARS} characters")
+                raise _Refused.invalid(f"{name} is longer than {MAX_ID_CHARS} characters")
         usage = request.usage
         for name, number in (
             ("usage.prompt_tokens", usage.prompt_tokens),
@@ -373,12 +440,12 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
             ("latency_ms", request.latency_ms),
         ):
             if number < 0:
-                await _invalid(context, f"{name} must not be negative")
+                raise _Refused.invalid(f"{name} must not be negative")
         created_at = None
         if request.created_at_ms:
             created_at = _from_millis(request.created_at_ms)
             if created_at is None:
-                await _invalid(context, "created_at_ms must be 0 (now) or a positive time in milliseconds")
+                raise _Refused.invalid("created_at_ms must be 0 (now) or a positive time in milliseconds")
         return Exchange(
             prompt=_storable(request.prompt),
             response=_storable(request.response),
@@ -392,6 +459,19 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
             created_at=created_at,
             exchange_id=_storable(request.exchange_id) or None,
         )
+
+
+class _Refused(Exception):
+    """An exchange that cannot be stored, and the status its caller gets (a batch's item gets it alone)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @classmethod
+    def invalid(cls, message: str) -> _Refused:
+        return cls(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
 # Told to the caller as it is (the gateway passes it on with Retry-After), whichever query failed.

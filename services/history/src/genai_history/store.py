@@ -58,6 +58,19 @@ class Exchange:
 
 
 @dataclass(frozen=True)
+class Append:
+    """One exchange of a batch (`append_exchanges`): where it goes and what it is."""
+
+    owner_id: uuid.UUID
+    conversation_id: uuid.UUID
+    # The conversation is started with this id (its title and origin below) unless it exists.
+    start: bool
+    title: str
+    origin: str
+    exchange: Exchange
+
+
+@dataclass(frozen=True)
 class ConversationRow:
     """A conversation without its messages."""
 
@@ -180,6 +193,14 @@ _NEW_CONVERSATION = """
     INSERT INTO conversations (owner_id, title, origin, created_at, updated_at)
     VALUES ($1, $2, $4, COALESCE($3::timestamptz, now()), COALESCE($3::timestamptz, now()))
     RETURNING id
+"""
+
+# A conversation whose id the caller chose (the gateway answers with it before the exchange is written): a
+# repeat of the same exchange, or one that arrives after a later exchange of the conversation, finds it there.
+_START_CONVERSATION = """
+    INSERT INTO conversations (id, owner_id, title, origin, created_at, updated_at)
+    VALUES ($1, $2, $3, $5, COALESCE($4::timestamptz, now()), COALESCE($4::timestamptz, now()))
+    ON CONFLICT (id) DO NOTHING
 """
 
 # A replayed exchange older than the conversation's last activity must not move it back in the list.
@@ -345,6 +366,58 @@ class HistoryStore:
             return stored
         assert conversation_id is not None
         return conversation_id, message_id
+
+    async def append_exchanges(self, batch: list[Append]) -> list[tuple[uuid.UUID, uuid.UUID] | None]:
+        """Store a batch of exchanges in one transaction: (conversation_id, message_id) for each, or None
+        for one whose conversation the owner lacks (nothing of it is written).
+
+        One commit for the batch instead of one per exchange is what makes the gateway's journal cheap.
+        Nothing here raises for one exchange: a conversation that exists for another owner is only a
+        missing update, and a stored exchange_id a `DO NOTHING`, so no exchange aborts the others.
+        """
+        results: list[tuple[uuid.UUID, uuid.UUID] | None] = []
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
+            for item in batch:
+                exchange = item.exchange
+                if item.start:
+                    await conn.execute(
+                        _START_CONVERSATION,
+                        item.conversation_id,
+                        item.owner_id,
+                        item.title or None,
+                        exchange.created_at,
+                        item.origin,
+                    )
+                touched = await conn.fetchval(
+                    _TOUCH_CONVERSATION, item.conversation_id, item.owner_id, exchange.created_at
+                )
+                if touched is None:
+                    results.append(None)
+                    continue
+                message_id = await conn.fetchval(
+                    _INSERT_MESSAGE,
+                    item.conversation_id,
+                    item.owner_id,
+                    exchange.exchange_id,
+                    exchange.prompt,
+                    exchange.response,
+                    exchange.source,
+                    exchange.model,
+                    exchange.prompt_tokens,
+                    exchange.completion_tokens,
+                    exchange.total_tokens,
+                    exchange.latency_ms,
+                    exchange.request_id,
+                    exchange.created_at,
+                )
+                if message_id is None:
+                    # Stored before (a repeat): its stored ids. The conversation is the caller's own id, or
+                    # the one it named, so nothing was started for nothing.
+                    row = await conn.fetchrow(_FIND_EXCHANGE, item.owner_id, exchange.exchange_id)
+                    results.append(None if row is None else (row["conversation_id"], row["id"]))
+                else:
+                    results.append((item.conversation_id, message_id))
+        return results
 
     async def _find_exchange(
         self, owner_id: uuid.UUID, exchange_id: str
