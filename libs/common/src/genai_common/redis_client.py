@@ -11,6 +11,9 @@ from typing import Any
 
 import redis.asyncio as redis
 from prometheus_client import Counter, Histogram
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from genai_common.metrics import DEPENDENCY_BUCKETS
 
@@ -24,22 +27,32 @@ ERRORS = Counter(
     "genai_redis_errors_total", "Redis commands that failed, by command and error class", ["command", "error"]
 )
 
+# Each command's timer by the name as the client passes it ("GET", "EVALSHA", ...): every command would
+# otherwise decode its name and look its child up under the metric's lock. The code uses a few names.
+_TIMERS: dict[object, Histogram] = {}
+
 
 class TimedRedis(redis.Redis):
     """redis.asyncio.Redis that times each command. Pipelines and scripts in a pipeline count as one."""
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         name = args[0] if args else "?"
-        command = (name.decode() if isinstance(name, bytes) else str(name)).split(" ", 1)[0].upper()
+        timer = _TIMERS.get(name)
+        if timer is None:
+            timer = _TIMERS[name] = COMMAND_SECONDS.labels(_command(name))
         started = time.perf_counter()
         try:
             return await super().execute_command(*args, **options)
         except BaseException as exc:
             if isinstance(exc, Exception):
-                ERRORS.labels(command, type(exc).__name__).inc()
+                ERRORS.labels(_command(name), type(exc).__name__).inc()
             raise
         finally:
-            COMMAND_SECONDS.labels(command).observe(time.perf_counter() - started)
+            timer.observe(time.perf_counter() - started)
+
+
+def _command(name: Any) -> str:
+    return (name.decode() if isinstance(name, bytes) else str(name)).split(" ", 1)[0].upper()
 
 
 def create_redis(
@@ -59,5 +72,9 @@ def create_redis(
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         health_check_interval=30,
+        # Once, on a new connection, after a connection error: after Redis restarts, the pool still holds
+        # sockets the old server closed, and the first command on each would otherwise fail and mark Redis
+        # down again for a cool-down. A timeout is not retried: a hung Redis still costs one timeout.
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     return TimedRedis(connection_pool=pool)
