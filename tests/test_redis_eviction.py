@@ -182,7 +182,7 @@ def _churn(d: Deployment) -> tuple[list[str], dict[str, int]]:
     stack.set_limits(filler, requests_per_minute=-1)
     filler.token = stack.login(filler.username, filler.password)
     written = [f"keep this answer {i} {uuid.uuid4().hex}" for i in range(3)]
-    spooled_before = _metric(stack, "genai_history_spooled_total")
+    journaled_before = _metric(stack, "genai_history_journaled_total")
     replayed_before = _metric(stack, "genai_history_replayed_total")
 
     stack.stop("history")
@@ -244,11 +244,12 @@ def _churn(d: Deployment) -> tuple[list[str], dict[str, int]]:
         stack.wait_healthy(60)
 
     wait_for(lambda: _spool_drained(stack), 90, "the spool drains")
-    spooled = _metric(stack, "genai_history_spooled_total") - spooled_before
+    # Every answer went through the journal (history was down); each one journaled must have been written.
+    journaled = _metric(stack, "genai_history_journaled_total") - journaled_before
     replayed = _metric(stack, "genai_history_replayed_total") - replayed_before
-    figures["spooled"], figures["replayed"] = int(spooled), int(replayed)
-    if replayed != spooled:
-        lost.append(f"answers for history ({int(replayed)} of {int(spooled)} written)")
+    figures["journaled"], figures["replayed"] = int(journaled), int(replayed)
+    if replayed != journaled:
+        lost.append(f"answers for history ({int(replayed)} of {int(journaled)} written)")
     if not set(written) <= _titles(stack, writer):
         lost.append("the writer's answers in history")
     return lost, figures
@@ -364,27 +365,38 @@ def test_a_full_state_redis_is_an_outage_that_loses_nothing(apart: Deployment) -
 
 
 def test_the_spool_stops_at_its_bound(apart: Deployment) -> None:
+    """Answers wait in the journal while history is down; once the gateway has found history failing and the
+    journal at its bound, new questions get 503 until it drains. Answers given before it noticed (the journal's
+    first pass takes a moment to fail) are kept too: none is ever dropped."""
     stack, state = apart.stack, apart.state
     bounded = stack.start_extra_gateway("gateway-bounded", spool_max_exchanges="3")
     try:
         wait_for(lambda: _spool_drained(stack, bounded), 90, "the spool is empty")
         writer = stack.new_user()
-        prompts = [f"bounded {i} {uuid.uuid4().hex}" for i in range(3)]
+        answered: list[str] = []
+        refused: httpx.Response | None = None
         stack.stop("history")
         try:
             with httpx.Client(base_url=bounded, timeout=30) as client:
-                for prompt in prompts:
-                    assert _ask(client, writer, prompt).status_code == 200
-                refused = _ask(client, writer, f"one too many {uuid.uuid4().hex}")
+                deadline = time.monotonic() + 30
+                while refused is None and time.monotonic() < deadline:
+                    prompt = f"bounded {len(answered)} {uuid.uuid4().hex}"
+                    response = _ask(client, writer, prompt)
+                    if response.status_code == 200:
+                        answered.append(prompt)
+                    else:
+                        refused = response
+                    time.sleep(0.2)
+            assert refused is not None, f"{len(answered)} answered, none refused"
             assert refused.status_code == 503, refused.text
             assert refused.headers["Retry-After"]
             assert "history" in refused.json()["detail"]
-            assert state.llen(SPOOL_KEY) == 3
+            assert len(answered) >= 3 and state.llen(SPOOL_KEY) == len(answered)
         finally:
             stack.start("history")
         stack.wait_healthy(60)
         wait_for(lambda: _spool_drained(stack, bounded), 90, "the spool drains")
-        assert set(prompts) <= _titles(stack, writer)
+        assert set(answered) <= _titles(stack, writer)
         with httpx.Client(base_url=bounded, timeout=30) as client:
             assert _ask(client, writer, f"room again {uuid.uuid4().hex}").status_code == 200
     finally:

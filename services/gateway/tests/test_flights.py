@@ -87,7 +87,7 @@ async def test_identical_requests_on_two_gateways_share_one_generation(
     # Charged once, as local joiners are; each caller's exchange is recorded.
     assert sorted(x.charged_tokens for x in answers) == [0, 0, 0, 0, 0, 12]
     assert all(x.total_tokens == 12 and x.source == "model" for x in answers)
-    assert len(rig.history.appended) == 6
+    assert len(await rig.stored()) == 6
     for i in range(6):
         assert await slots_in_use(rig, f"user{i}") == 0
 

@@ -28,7 +28,7 @@ from genai_gateway.errors import ApiError
 from genai_gateway.pipeline import Answer, AskPipeline, Delta, Generation, Queued
 from genai_gateway.quota import UNLIMITED, LimitSet, Quotas
 from genai_gateway.settings import GatewaySettings
-from genai_gateway.spool import SPOOL_KEY, HistoryRecorder
+from genai_gateway.spool import HistoryRecorder
 
 MODEL = "fake-model"
 
@@ -130,6 +130,16 @@ class FakeHistory(history_pb2_grpc.HistoryServiceServicer):
         self.appended.append(request)
         return history_pb2.AppendExchangeResponse(conversation_id=request.conversation_id or "c-new")
 
+    async def AppendExchanges(
+        self, request: history_pb2.AppendExchangesRequest, context: grpc.aio.ServicerContext
+    ) -> history_pb2.AppendExchangesResponse:
+        if self.down:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "down")
+        self.appended.extend(request.exchanges)
+        return history_pb2.AppendExchangesResponse(
+            results=[history_pb2.AppendResult(conversation_id=e.conversation_id) for e in request.exchanges]
+        )
+
     async def GetConversation(
         self, request: history_pb2.GetConversationRequest, context: grpc.aio.ServicerContext
     ) -> history_pb2.Conversation:
@@ -145,6 +155,11 @@ class Rig:
     model: FakeModel
     history: FakeHistory
     quotas: Quotas
+
+    async def stored(self) -> list[history_pb2.AppendExchangeRequest]:
+        """What history holds once the journal is written (as a read of history would see it)."""
+        await self.pipeline.recorder.flush()
+        return self.history.appended
 
 
 def principal(user: str = "u1") -> auth_pb2.Principal:
@@ -178,17 +193,17 @@ async def rig(settings: GatewaySettings, redis_client: redis.Redis, key_prefix: 
     )
     history_client = HistoryClient(channel, settings.history_timeout_s, 10)
     cache = AnswerCache(redis_client, 60, guard=guard)
+    recorder = HistoryRecorder(history_client, redis_client, guard=guard, key=f"{key_prefix}:journal")
+    # As in the app: reads of history wait for the journal, which a loop of its own writes.
+    history_client.before_read = recorder.flush
     pipeline = AskPipeline(
-        settings,
-        ModelClient(channel, settings.generate_timeout_s),
-        history_client,
-        cache,
-        HistoryRecorder(history_client, redis_client, guard=guard),
-        quotas,
+        settings, ModelClient(channel, settings.generate_timeout_s), history_client, cache, recorder, quotas
     )
+    journal = asyncio.create_task(recorder.drain_forever(1.0))
     try:
         yield Rig(pipeline, model, history, quotas)
     finally:
+        journal.cancel()
         await pipeline.drain()
         await channel.close()
         await server.stop(None)
@@ -229,9 +244,11 @@ async def test_a_whole_answer_is_generated_recorded_and_settled(rig: Rig, reques
         MODEL,
         12,
     )
-    assert answer.conversation_id == "c-new"
     assert await slots_in_use(rig) == 0
-    (stored,) = rig.history.appended
+    (stored,) = await rig.stored()
+    # A new conversation's id is the gateway's, given before history has stored the exchange.
+    assert uuid.UUID(answer.conversation_id) and stored.start_conversation
+    assert stored.conversation_id == answer.conversation_id
     assert (stored.prompt, stored.response, stored.origin, stored.request_id) == (
         prompt,
         f"echo: {prompt}",
@@ -315,7 +332,7 @@ async def test_identical_requests_in_flight_share_one_generation_and_only_one_is
     results = await answers
     assert {a.text for a in results} == {f"echo: {prompt}"}
     assert sorted(a.charged_tokens for a in results) == [0, 0, 0, 0, 12]
-    assert len(rig.history.appended) == 5
+    assert len(await rig.stored()) == 5
     for i in range(5):
         assert await slots_in_use(rig, f"user{i}") == 0
 
@@ -341,7 +358,7 @@ async def test_the_generation_is_cancelled_when_its_last_follower_leaves(rig: Ri
     assert await slots_in_use(rig, "a") == 0 and await slots_in_use(rig, "b") == 0
     await rig.pipeline.drain()
     # What each user was shown is kept, marked as cut off.
-    assert sorted((e.owner_id, e.response) for e in rig.history.appended) == sorted(
+    assert sorted((e.owner_id, e.response) for e in await rig.stored()) == sorted(
         (user, seen_first[1].text)
         for user in ("a", "b")  # type: ignore[union-attr]
     )
@@ -404,13 +421,14 @@ async def test_with_history_down_the_answer_is_given_and_the_exchange_spooled(
 ) -> None:
     rig.model.gate.set()
     rig.history.down = True
-    await redis_client.delete(SPOOL_KEY)
     answer = await (await rig.pipeline.admit(principal(), ask(unique()))).answer()
-    assert answer.source == "model" and answer.conversation_id == ""
-    assert await rig.pipeline.recorder.pending() == 1
+    assert answer.source == "model" and answer.conversation_id
+    await rig.pipeline.recorder.flush()
+    assert rig.pipeline.recorder.failing and await rig.pipeline.recorder.pending() == 1
     rig.history.down = False
     assert await rig.pipeline.recorder.drain_once() == 1
-    assert len(rig.history.appended) == 1
+    (stored,) = rig.history.appended
+    assert stored.conversation_id == answer.conversation_id
 
 
 async def test_with_the_spool_full_new_questions_wait_and_nothing_is_dropped(
@@ -418,10 +436,10 @@ async def test_with_the_spool_full_new_questions_wait_and_nothing_is_dropped(
 ) -> None:
     rig.model.gate.set()
     rig.history.down = True
-    await redis_client.delete(SPOOL_KEY)
     rig.pipeline.recorder.max_spooled = 1
     try:
         await (await rig.pipeline.admit(principal(), ask(unique()))).answer()
+        await rig.pipeline.recorder.flush()
         with pytest.raises(ApiError) as refused:
             await rig.pipeline.admit(principal(), ask(unique()))
         assert refused.value.status == 503 and "history" in refused.value.message

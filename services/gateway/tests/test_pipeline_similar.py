@@ -56,7 +56,7 @@ async def test_a_paraphrase_by_another_user_is_answered_from_the_similar_layer(s
     assert again.charged_tokens == 0
     assert len(similar_rig.model.requests) == 1
     assert hits() == before + 1
-    assert similar_rig.history.appended[-1].source == "cache"
+    assert (await similar_rig.stored())[-1].source == "cache"
     # The same question again is the exact cache's: no similarity to tell.
     exact = await (await pipeline.admit(principal("c"), ask("Как очистить кэш в браузере Chrome?"))).answer()
     assert (exact.source, exact.similarity) == ("cache", None)

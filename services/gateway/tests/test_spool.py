@@ -1,7 +1,9 @@
-"""Exchanges survive a history outage: spooled to Redis, replayed once history is back, never twice."""
+"""Exchanges are journaled in Redis and written to history in batches: never lost, never twice, and seen
+by the next read; they survive a history outage, and one of Redis and history together."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -17,7 +19,7 @@ from genai_common import mtls
 from genai_common.grpc_client import create_channel
 from genai_devstack.infra import free_port, wait_for_port
 from genai_gateway.clients import HistoryClient
-from genai_gateway.spool import SPOOL_KEY, HistoryRecorder
+from genai_gateway.spool import HistoryRecorder
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +47,10 @@ def history_address(postgres_dsn: str, pki: dict[str, mtls.MtlsFiles]) -> Iterat
         proc.wait(10)
 
 
-def _exchange(owner: str, prompt: str) -> history_pb2.AppendExchangeRequest:
+def _exchange(owner: str, prompt: str, conversation_id: str = "") -> history_pb2.AppendExchangeRequest:
     return history_pb2.AppendExchangeRequest(
         owner_id=owner,
+        conversation_id=conversation_id,
         prompt=prompt,
         response="answer",
         source="model",
@@ -57,32 +60,68 @@ def _exchange(owner: str, prompt: str) -> history_pb2.AppendExchangeRequest:
     )
 
 
-async def test_outage_spools_and_replay_writes_once(
+async def test_exchanges_are_journaled_then_written_once_in_a_batch(
     history_address: str, pki: dict[str, mtls.MtlsFiles], redis_client: redis.Redis
 ) -> None:
-    await redis_client.delete(SPOOL_KEY)
+    """The answer's path only journals; a pass writes the batch to history, a repeat (another gateway's
+    pass, or one after a crash) is stored once, and new conversations keep the ids callers were given."""
+    key = f"journal:{uuid.uuid4().hex}"
     owner = str(uuid.uuid4())
     down_channel = create_channel(f"127.0.0.1:{free_port()}")
     up_channel = create_channel(history_address, mtls=pki["gateway"], server_identity="history")
     try:
-        down = HistoryRecorder(HistoryClient(down_channel, 1, 1), redis_client)
-        assert await down.record(_exchange(owner, "first")) == ""
-        assert await down.record(_exchange(owner, "second")) == ""
+        down = HistoryRecorder(HistoryClient(down_channel, 1, 1), redis_client, key=key)
+        first = await down.record(_exchange(owner, "first"))
+        second = await down.record(_exchange(owner, "second"))
+        assert uuid.UUID(first) and uuid.UUID(second) and first != second
         assert await down.pending() == 2
+        # History is down: the pass keeps both, and new questions are counted against the bound.
+        assert await down.drain_once() == 0
+        assert down.failing and await down.pending() == 2
 
-        # A copy of one entry stands for a replay that another gateway also made: still stored once.
-        first_raw = await redis_client.lindex(SPOOL_KEY, 0)
-        await redis_client.rpush(SPOOL_KEY, first_raw)
+        # A copy of one entry stands for a write that another gateway also made: still stored once.
+        first_raw = await redis_client.lindex(key, 0)
+        await redis_client.rpush(key, first_raw)
+        # A follow-up in the first conversation, journaled before the conversation itself is stored.
+        await down.record(_exchange(owner, "follow-up", conversation_id=first))
 
         up_history = HistoryClient(up_channel, 5, 5)
-        up = HistoryRecorder(up_history, redis_client)
-        assert await up.drain_once() == 3
-        assert await up.pending() == 0
+        up = HistoryRecorder(up_history, redis_client, key=key)
+        assert await up.drain_once() == 4
+        assert await up.pending() == 0 and not up.failing
         listing = await up_history.list_conversations(history_pb2.ListConversationsRequest(owner_id=owner))
-        assert sorted(c.title for c in listing.conversations) == ["first", "second"]
+        assert sorted((c.id, c.title, c.message_count) for c in listing.conversations) == sorted(
+            [(first, "first", 2), (second, "second", 1)]
+        )
     finally:
+        await redis_client.delete(key)
         await down_channel.close()
         await up_channel.close()
+
+
+async def test_a_read_waits_for_what_was_journaled_before_it(
+    history_address: str, pki: dict[str, mtls.MtlsFiles], redis_client: redis.Redis
+) -> None:
+    """Two gateways share the journal: what one journaled, a read through the other sees at once."""
+    key = f"journal:{uuid.uuid4().hex}"
+    owner = str(uuid.uuid4())
+    channel = create_channel(history_address, mtls=pki["gateway"], server_identity="history")
+    readers = HistoryClient(channel, 5, 5)
+    writer = HistoryRecorder(HistoryClient(channel, 5, 5), redis_client, key=key)
+    reader = HistoryRecorder(readers, redis_client, key=key)
+    readers.before_read = reader.flush
+    loop = asyncio.create_task(reader.drain_forever(60))
+    try:
+        ids = [await writer.record(_exchange(owner, f"q{n}")) for n in range(30)]
+        listing = await readers.list_conversations(
+            history_pb2.ListConversationsRequest(owner_id=owner, page_size=50)
+        )
+        assert sorted(c.id for c in listing.conversations) == sorted(ids)
+        assert await writer.pending() == 0
+    finally:
+        loop.cancel()
+        await redis_client.delete(key)
+        await channel.close()
 
 
 async def test_redis_and_history_both_down_keeps_exchanges_in_memory(
@@ -96,14 +135,21 @@ async def test_redis_and_history_both_down_keeps_exchanges_in_memory(
     owner = str(uuid.uuid4())
     try:
         recorder = HistoryRecorder(HistoryClient(down_channel, 1, 1), dead_redis)
-        assert await recorder.record(_exchange(owner, "kept in memory")) == ""
-        assert await recorder.pending() == 1
+        kept = await recorder.record(_exchange(owner, "kept in memory"))
+        assert kept and await recorder.pending() == 1
         recorder.history = HistoryClient(up_channel, 5, 5)
         assert await recorder.drain_once() == 1
         listing = await recorder.history.list_conversations(
             history_pb2.ListConversationsRequest(owner_id=owner)
         )
-        assert [c.title for c in listing.conversations] == ["kept in memory"]
+        assert [(c.id, c.title) for c in listing.conversations] == [(kept, "kept in memory")]
+        # With Redis still down and history back, an exchange is written at once.
+        direct = await recorder.record(_exchange(owner, "written at once"))
+        assert await recorder.pending() == 0
+        listing = await recorder.history.list_conversations(
+            history_pb2.ListConversationsRequest(owner_id=owner)
+        )
+        assert direct in {c.id for c in listing.conversations}
     finally:
         await dead_redis.aclose()
         await down_channel.close()
@@ -113,15 +159,17 @@ async def test_redis_and_history_both_down_keeps_exchanges_in_memory(
 async def test_a_full_spool_asks_for_a_wait_and_drops_nothing(
     history_address: str, pki: dict[str, mtls.MtlsFiles], redis_client: redis.Redis
 ) -> None:
-    await redis_client.delete(SPOOL_KEY)
+    key = f"journal:{uuid.uuid4().hex}"
     owner = str(uuid.uuid4())
     down_channel = create_channel(f"127.0.0.1:{free_port()}")
     up_channel = create_channel(history_address, mtls=pki["gateway"], server_identity="history")
     try:
-        recorder = HistoryRecorder(HistoryClient(down_channel, 1, 1), redis_client, max_spooled=3)
+        recorder = HistoryRecorder(HistoryClient(down_channel, 1, 1), redis_client, max_spooled=3, key=key)
         assert not await recorder.full()  # history has not failed yet
         for n in range(3):
             await recorder.record(_exchange(owner, f"q{n}"))
+        assert not await recorder.full()  # journaled, and nobody knows yet that history is down
+        await recorder.drain_once()
         # At the bound the pipeline refuses new questions (503) rather than losing an answer; one already
         # under way is still kept.
         assert await recorder.full()
@@ -131,6 +179,7 @@ async def test_a_full_spool_asks_for_a_wait_and_drops_nothing(
         assert await recorder.drain_once() == 4
         assert not await recorder.full()
     finally:
+        await redis_client.delete(key)
         await down_channel.close()
         await up_channel.close()
 

@@ -59,6 +59,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         recorder = HistoryRecorder(
             backends.history, backends.redis, guard=guard, max_spooled=settings.spool_max_exchanges
         )
+        # Reads of history wait for the answers journaled before them.
+        backends.history.before_read = recorder.flush
         app.state.settings = settings
         app.state.backends = backends
         app.state.recorder = recorder

@@ -10,6 +10,7 @@ Routers take the clients as typed dependencies (`Auth`, `History`); the model is
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
@@ -129,10 +130,27 @@ def _as_caller(rpc: str, _request: type[Q], _reply: type[R]) -> Callable[[Any, Q
 
 
 def _server_stream(rpc: str, _request: type[Q], _item: type[R]) -> Callable[[Any, Q], AsyncIterator[R]]:
-    """A method for a server-streaming `rpc` (exports): `async for item in client.method(request)`."""
+    """A method for a server-streaming `rpc` of history (exports): `async for item in client.method(request)`,
+    after the journal's exchanges are written (`HistoryClient.settled`)."""
 
-    def call(self: HistoryClient, request: Q) -> AsyncIterator[R]:
-        return self._stream(getattr(self.stub, rpc), request, timeout_s=self.export_timeout_s)
+    async def call(self: HistoryClient, request: Q) -> AsyncIterator[R]:
+        await self.settled()
+        stream = self._stream(getattr(self.stub, rpc), request, timeout_s=self.export_timeout_s)
+        # Closed with this generator: a consumer that stops early cancels the call now.
+        async with contextlib.aclosing(stream) as items:
+            async for item in items:
+                yield item
+
+    return call
+
+
+def _read(rpc: str, _request: type[Q], _reply: type[R]) -> Callable[[Any, Q], Awaitable[R]]:
+    """A unary `rpc` of history that reads or changes what is stored: it goes after the journal's exchanges
+    (`HistoryClient.settled`), so that the caller sees the answers it was given."""
+
+    async def call(self: HistoryClient, request: Q) -> R:
+        await self.settled()
+        return await self._call(getattr(self.stub, rpc), request)
 
     return call
 
@@ -197,41 +215,50 @@ class HistoryClient(_Client):
         super().__init__(channel, timeout_s)
         self.stub = history_pb2_grpc.HistoryServiceStub(channel)
         self.export_timeout_s = export_timeout_s
+        # Writes out the exchanges journaled but not yet stored (`spool.HistoryRecorder.flush`), if any.
+        self.before_read: Callable[[], Awaitable[None]] | None = None
+
+    async def settled(self) -> None:
+        if self.before_read is not None:
+            await self.before_read()
 
     append_exchange = _unary(
         "AppendExchange", history_pb2.AppendExchangeRequest, history_pb2.AppendExchangeResponse
     )
-    list_conversations = _unary(
+    append_exchanges = _unary(
+        "AppendExchanges", history_pb2.AppendExchangesRequest, history_pb2.AppendExchangesResponse
+    )
+    list_conversations = _read(
         "ListConversations", history_pb2.ListConversationsRequest, history_pb2.ListConversationsResponse
     )
-    get_conversation = _unary("GetConversation", history_pb2.GetConversationRequest, history_pb2.Conversation)
-    delete_conversation = _unary(
+    get_conversation = _read("GetConversation", history_pb2.GetConversationRequest, history_pb2.Conversation)
+    delete_conversation = _read(
         "DeleteConversation", history_pb2.DeleteConversationRequest, history_pb2.DeleteConversationResponse
     )
-    rename_conversation = _unary(
+    rename_conversation = _read(
         "RenameConversation", history_pb2.RenameConversationRequest, history_pb2.ConversationSummary
     )
-    search_messages = _unary(
+    search_messages = _read(
         "SearchMessages", history_pb2.SearchMessagesRequest, history_pb2.SearchMessagesResponse
     )
     export_conversations = _server_stream(
         "ExportConversations", history_pb2.ExportConversationsRequest, history_pb2.ExportedMessage
     )
-    admin_list_conversations = _unary(
+    admin_list_conversations = _read(
         "AdminListConversations",
         history_pb2.AdminListConversationsRequest,
         history_pb2.AdminListConversationsResponse,
     )
-    admin_get_conversation = _unary(
+    admin_get_conversation = _read(
         "AdminGetConversation", history_pb2.AdminGetConversationRequest, history_pb2.Conversation
     )
     admin_export_conversations = _server_stream(
         "AdminExportConversations", history_pb2.AdminExportConversationsRequest, history_pb2.ExportedMessage
     )
-    list_audit_events = _unary(
+    list_audit_events = _read(
         "ListAuditEvents", history_pb2.ListAuditEventsRequest, history_pb2.ListAuditEventsResponse
     )
-    usage_report = _unary("UsageReport", history_pb2.UsageReportRequest, history_pb2.UsageReportResponse)
+    usage_report = _read("UsageReport", history_pb2.UsageReportRequest, history_pb2.UsageReportResponse)
 
 
 class ModelClient(_Client):
