@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -89,3 +91,66 @@ def dead_upstream_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}/v1"
+
+
+@dataclass
+class CountingProxy:
+    """A TCP relay in front of a server that counts the connections made through it: how many
+    connections a client opened, seen from outside the client."""
+
+    target: tuple[str, int]
+    opened: int = 0
+    url: str = ""
+    _server: asyncio.Server | None = None
+    _pipes: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def start(self, path: str) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}{path}"
+
+    async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        self.opened += 1
+        server_reader, server_writer = await asyncio.open_connection(*self.target)
+        for source, sink in ((client_reader, server_writer), (server_reader, client_writer)):
+            task = asyncio.ensure_future(_pipe(source, sink))
+            self._pipes.add(task)
+            task.add_done_callback(self._pipes.discard)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._pipes):
+            task.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+
+
+async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    try:
+        while data := await source.read(65536):
+            sink.write(data)
+            await sink.drain()
+    except OSError:
+        pass
+    finally:
+        sink.close()
+
+
+@pytest.fixture
+async def counting_proxy() -> AsyncIterator[Callable[[str], Awaitable[CountingProxy]]]:
+    """counting_proxy(url): a relay to that http URL's server; its `url` is the same URL through it."""
+    proxies: list[CountingProxy] = []
+
+    async def start(url: str) -> CountingProxy:
+        rest = url.removeprefix("http://")
+        address, _, path = rest.partition("/")
+        host, _, port = address.rpartition(":")
+        proxy = CountingProxy((host, int(port)))
+        await proxy.start("/" + path if path else "")
+        proxies.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in proxies:
+        with contextlib.suppress(Exception):
+            await proxy.close()

@@ -138,8 +138,14 @@ async def test_health_checks_of_a_server_without_health_and_metrics_pages(llamac
     upstream = Upstream(AdapterSettings(upstream_url=llamacpp))
     try:
         assert await upstream.probe(5) and await upstream.load(5) is None
-        sent = []
-        upstream._checks.event_hooks["request"].append(lambda request: _record(sent, request))
+        sent: list[str] = []
+        check = upstream._check
+
+        async def recorded(page: str, timeout_s: float) -> tuple[int, str]:
+            sent.append(f"/{page}")
+            return await check(page, timeout_s)
+
+        upstream._check = recorded  # type: ignore[method-assign]
         for _ in range(3):
             assert await upstream.probe(5)
             assert await upstream.load(5) is None
@@ -157,7 +163,3 @@ async def test_health_checks_of_a_server_without_health_and_metrics_pages(llamac
         assert not await nowhere.probe(2)
     finally:
         await nowhere.aclose()
-
-
-async def _record(sent: list[str], request: object) -> None:
-    sent.append(request.url.path)  # type: ignore[attr-defined]

@@ -44,8 +44,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-import httpx
 from prometheus_client import Counter, Gauge
+from yarl import URL
 
 from genai_adapter.breaker import Breaker
 from genai_adapter.ring import HashRing, bounded_choice
@@ -56,7 +56,7 @@ from genai_adapter.upstream import (
     TokenCounts,
     Upstream,
     UpstreamError,
-    UpstreamStatus,
+    timed_out_at_server,
 )
 
 logger = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ def replica_fault(exc: UpstreamError) -> bool:
     if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED:
         # The server's own timeout (no byte for READ_TIMEOUT_S, its 504), not the caller's deadline
         # (an asyncio TimeoutError), which no other replica can undo.
-        return isinstance(exc.__cause__, httpx.TimeoutException | UpstreamStatus)
+        return timed_out_at_server(exc)
     return False
 
 
@@ -299,10 +299,11 @@ class ReplicaSet:
     async def _resolve(self, url: str) -> list[Endpoint]:
         """One endpoint per address of the URL's host name (with upstream_resolve), else the URL itself."""
         plain = [Endpoint(url, url, None, url)]
-        parsed = httpx.URL(url)
-        if not self._settings.upstream_resolve or _is_address(parsed.host):
+        parsed = URL(url)
+        if not self._settings.upstream_resolve or parsed.host is None or _is_address(parsed.host):
             return plain
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        # The scheme's default when the URL names none.
+        port = parsed.port
         try:
             infos = await asyncio.wait_for(
                 asyncio.get_running_loop().getaddrinfo(parsed.host, port, type=socket.SOCK_STREAM),
@@ -314,10 +315,13 @@ class ReplicaSet:
                 "%s did not resolve (%s); keeping %s known addresses", parsed.host, exc, len(known)
             )
             return known or plain
-        host = parsed.netloc.decode("ascii")
+        # As the Host header has it: with the port only when the URL names one.
+        host = (
+            parsed.raw_host if parsed.explicit_port is None else f"{parsed.raw_host}:{parsed.explicit_port}"
+        )
         endpoints = []
         for address in sorted({str(info[4][0]) for info in infos}):
-            at = str(parsed.copy_with(host=address))
+            at = str(parsed.with_host(address))
             endpoints.append(Endpoint(at, at, host, url))
         return endpoints or plain
 

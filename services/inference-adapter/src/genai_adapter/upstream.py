@@ -29,15 +29,16 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import aiohttp
 import grpc
-import httpx
 from prometheus_client import Counter
 from prometheus_client.parser import text_string_to_metric_families
+from yarl import URL
 
 from genai_adapter.settings import AdapterSettings
 from genai_common.request_id import current_request_id
@@ -52,10 +53,8 @@ MAX_ERROR_BODY = 64 * 1024
 MAX_ERROR_MESSAGE = 1000
 # After [DONE] only the end of the chunked body should follow; never wait long for it.
 DRAIN_AFTER_DONE_S = 1.0
-# Connections per httpx pool. httpcore looks at every connection of its pool (some checks at every pair)
-# each time a request comes or goes, so one pool of hundreds costs more CPU per request than the request
-# itself; several small pools, each request taking the least busy, keep that bookkeeping small.
-SHARD_CONNECTIONS = 16
+# Pauses before the second, third... attempt to connect (the first retry is at once), as httpcore made them.
+RETRY_BACKOFF_S = 0.5
 
 CHAT_PATH = "chat/completions"
 COMPLETIONS_PATH = "completions"
@@ -101,11 +100,11 @@ def _error_kind(exc: Exception) -> str:
         if exc.status in (408, 504):
             return "timeout"
         return "http_5xx" if exc.status >= 500 else "http_4xx"
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+    if isinstance(exc, _CONNECT_FAILURES):
         return "connect"
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+    if isinstance(exc, TimeoutError):
         return "timeout"
-    if isinstance(exc, httpx.TransportError):
+    if isinstance(exc, _CONNECTION_FAILURES):
         return "connection_lost"
     return "invalid_response"
 
@@ -115,21 +114,6 @@ def _error_kind(exc: Exception) -> str:
 WAITING_METRIC = "vllm:num_requests_waiting"
 KV_CACHE_METRICS = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 _LOAD_METRICS = (WAITING_METRIC, *KV_CACHE_METRICS)
-
-
-async def _send_request_id(request: httpx.Request) -> None:
-    """The request id goes upstream as X-Request-Id: vLLM takes it as its own request id and logs it."""
-    rid = current_request_id.get()
-    if rid:
-        request.headers["X-Request-Id"] = rid
-
-
-def _sni_hook(hostname: str) -> Callable[[httpx.Request], Awaitable[None]]:
-    async def hook(request: httpx.Request) -> None:
-        # httpcore connects to the URL's address but names (and checks) this host in the TLS handshake.
-        request.extensions["sni_hostname"] = hostname
-
-    return hook
 
 
 class UpstreamError(Exception):
@@ -182,14 +166,16 @@ def map_error(exc: Exception) -> UpstreamError:
         logger.error("unexpected HTTP %s from the model server: %s", status, detail)
         return UpstreamError(code.UNAVAILABLE, f"unexpected answer from the model server (HTTP {status})")
     # A connect timeout means the server is unreachable, not slow: checked before other timeouts.
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+    if isinstance(exc, _CONNECT_FAILURES):
         logger.warning("model server unreachable: %s", exc)
         return UpstreamError(code.UNAVAILABLE, UNAVAILABLE_MESSAGE)
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+    if isinstance(exc, TimeoutError):
+        # The server's silence (aiohttp's read timeout) or the call's time (the budget's asyncio timeout).
         logger.warning("model server timed out (%s)", type(exc).__name__)
         return UpstreamError(code.DEADLINE_EXCEEDED, TIMEOUT_MESSAGE)
-    if isinstance(exc, httpx.TransportError):
-        # RemoteProtocolError, ReadError...: the connection broke, typically mid-stream.
+    if isinstance(exc, _CONNECTION_FAILURES):
+        # Disconnected, reset, a broken chunked body or a response that is not HTTP: the connection
+        # broke, typically mid-stream.
         logger.warning("model server connection failed: %s: %s", type(exc).__name__, exc)
         return UpstreamError(code.UNAVAILABLE, UNAVAILABLE_MESSAGE)
     if isinstance(exc, BadUpstreamResponse):
@@ -202,7 +188,17 @@ def map_error(exc: Exception) -> UpstreamError:
 # whatever status the server wrapped it in.
 _VALIDATION_FAILURE = re.compile(r"\d+ validation errors?:")
 
-_UPSTREAM_FAILURES = (UpstreamStatus, BadUpstreamResponse, httpx.HTTPError, TimeoutError)
+# Nothing was sent when these are raised: the only failures worth another attempt on the same server.
+_CONNECT_FAILURES = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+# Everything else that aiohttp (or the socket under it) raises once a request is under way.
+_CONNECTION_FAILURES = (aiohttp.ClientError, ConnectionError)
+_UPSTREAM_FAILURES = (UpstreamStatus, BadUpstreamResponse, *_CONNECTION_FAILURES, TimeoutError)
+
+
+def timed_out_at_server(exc: UpstreamError) -> bool:
+    """Whether a DEADLINE_EXCEEDED came from the server (no byte for READ_TIMEOUT_S, its 408 or 504) rather
+    than from the caller's deadline or the call's budget (an asyncio timeout, which no other server undoes)."""
+    return isinstance(exc.__cause__, aiohttp.ServerTimeoutError | UpstreamStatus)
 
 
 @contextmanager
@@ -327,14 +323,6 @@ class _NoSuchEndpoint(Exception):
     """The server has no route there (404/405 without an OpenAI error object, or not the expected answer)."""
 
 
-class _Shard:
-    """One pooled HTTP client, and how many requests it is carrying now."""
-
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self.client = client
-        self.busy = 0
-
-
 @dataclass(slots=True)
 class ReplicaLoad:
     """What a model server reports of its own load on /metrics."""
@@ -365,74 +353,66 @@ def read_load(text: str) -> ReplicaLoad | None:
 
 
 class Upstream:
-    """Pooled HTTP clients to one model server, shared by all calls and closed on shutdown.
+    """One pooled HTTP client session to one model server, shared by all calls and closed on shutdown.
 
     `url` is the server's base URL (with /v1); without it, GENAI_ADAPTER_UPSTREAM_URL. `host` is the
     name the server answers to when `url` holds one of its addresses instead (a name that resolves to
     several replicas): it goes in the Host header and, over https, in the TLS SNI and certificate check.
+
+    aiohttp rather than httpx: per request it costs several times less CPU (httpx's layers of anyio
+    streams, cancel scopes and per-connection pool checks were a third of the adapter's CPU), and its
+    pool takes a free connection in constant time, so one pool holds all max_connections.
     """
 
     def __init__(self, settings: AdapterSettings, url: str | None = None, host: str | None = None) -> None:
         url = url or settings.upstream_url
-        headers = {"accept": "application/json"}
+        headers = {"Accept": "application/json"}
         if settings.upstream_api_key is not None:
-            headers["authorization"] = f"Bearer {settings.upstream_api_key.get_secret_value()}"
-        hooks = [_send_request_id]
+            headers["Authorization"] = f"Bearer {settings.upstream_api_key.get_secret_value()}"
+        # aiohttp connects to the URL's address but names (and checks) this host in the TLS handshake.
+        self._sni: str | None = None
         if host:
-            headers["host"] = host
-            hooks.append(_sni_hook(httpx.URL(f"http://{host}").host))
-        timeout = httpx.Timeout(
-            connect=settings.connect_timeout_s,
-            read=settings.read_timeout_s,
-            write=settings.read_timeout_s,
-            # Waiting for a free connection is bounded by the total timeout and the caller's deadline.
-            pool=None,
+            headers["Host"] = host
+            self._sni = URL(f"http://{host}").host
+        self._base = URL(url + "/")
+        # The server's root, where tokenizer endpoints live: the upstream URL without its /v1.
+        self._root = URL((url[: -len("/v1")] if url.endswith("/v1") else url) + "/")
+        # Every path's URL joined once, not at every request.
+        self._urls: dict[tuple[bool, str], URL] = {}
+        self._retries = settings.retries
+        self._session = aiohttp.ClientSession(
+            headers=headers,
+            connector=aiohttp.TCPConnector(
+                limit=settings.max_connections, limit_per_host=0, keepalive_timeout=KEEPALIVE_EXPIRY_S
+            ),
+            # No byte for read_timeout_s (vLLM sends nothing until the first token) fails the call. Waiting
+            # for a free connection, and the whole call, are bounded by the total timeout and the caller's
+            # deadline (`_budget`), as are writes: a request body is small.
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                connect=None,
+                sock_connect=settings.connect_timeout_s,
+                sock_read=settings.read_timeout_s,
+            ),
+            # Nothing a server sets may follow one user's request into another's.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
-        # As even as can be, and max_connections in all: 40 gives 14, 13, 13.
-        count = -(-settings.max_connections // SHARD_CONNECTIONS)
-        base, extra = divmod(settings.max_connections, count)
-        self._shards = [
-            _Shard(
-                httpx.AsyncClient(
-                    base_url=url + "/",
-                    headers=headers,
-                    timeout=timeout,
-                    event_hooks={"request": hooks},
-                    # httpcore retries only failed connection attempts, which is exactly the safe case.
-                    transport=httpx.AsyncHTTPTransport(
-                        limits=httpx.Limits(
-                            max_connections=base + (n < extra),
-                            max_keepalive_connections=base + (n < extra),
-                            keepalive_expiry=KEEPALIVE_EXPIRY_S,
-                        ),
-                        retries=settings.retries,
-                    ),
-                )
-            )
-            for n in range(count)
-        ]
         self._total_s = settings.total_timeout_s
         self._closed = False
-        # The server's root, where tokenizer endpoints live: the upstream URL without its /v1.
-        self._root = (url[: -len("/v1")] if url.endswith("/v1") else url) + "/"
         # Health checks on a connection of their own: behind a pool full of streams they would wait for a
         # free connection and time out, and a busy server would be taken for a dead one.
-        self._checks = httpx.AsyncClient(
-            base_url=self._root,
+        self._checks = aiohttp.ClientSession(
             headers=headers,
-            event_hooks={"request": hooks},
-            transport=httpx.AsyncHTTPTransport(
-                limits=httpx.Limits(max_connections=2, keepalive_expiry=KEEPALIVE_EXPIRY_S)
-            ),
+            connector=aiohttp.TCPConnector(limit=2, keepalive_timeout=KEEPALIVE_EXPIRY_S),
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         # Pages the server turned out not to have (404 from llama-cpp-python's server): not asked for again
         # until it comes back from an outage (`forget_missing_pages`), so that its log is not one line a
         # second of them.
         self._no_health_page = False
         self._no_metrics_page = False
-        root = httpx.URL(self._root)
         # Where a connection is opened to see whether it accepts one (after /health was a 404).
-        self._address = (root.host, root.port or (443 if root.scheme == "https" else 80))
+        self._address = (self._root.host, self._root.port)
         self._tokenizer: TokenizerKind | None = None
         # Event-loop time after which a server found to have no tokenizer is probed again.
         self._no_tokenizer_until = 0.0
@@ -440,22 +420,58 @@ class Upstream:
         # Context lengths from model cards, for servers whose tokenizer does not say it (llama.cpp).
         self._card_max_model_len: dict[str, int] = {}
 
-    @contextmanager
-    def _client(self) -> Iterator[httpx.AsyncClient]:
-        """The least busy pool, for the length of one request (a stream's included)."""
-        shard = min(self._shards, key=lambda s: s.busy)
-        shard.busy += 1
+    def _url(self, path: str, *, at_root: bool = False) -> URL:
+        """`path` under the base URL (with /v1), or under the server's root."""
+        key = (at_root, path)
+        url = self._urls.get(key)
+        if url is None:
+            url = self._urls[key] = (self._root if at_root else self._base).join(URL(path))
+        return url
+
+    async def _send(self, method: str, url: URL, payload: dict[str, Any] | None) -> aiohttp.ClientResponse:
+        """The response to one request, once its status and headers are in.
+
+        A connection that cannot be made is tried again up to GENAI_ADAPTER_RETRIES times (at once, then
+        after 0.5 s, 1 s...): nothing was sent, so nothing can be doubled. Once connected, never again.
+        """
+        # The request id goes upstream as X-Request-Id: vLLM takes it as its own request id and logs it.
+        rid = current_request_id.get()
+        headers = {"X-Request-Id": rid} if rid else None
+        failed = 0
+        while True:
+            try:
+                return await self._session.request(
+                    method, url, json=payload, headers=headers, server_hostname=self._sni
+                )
+            except _CONNECT_FAILURES as exc:
+                if failed >= self._retries:
+                    raise
+                failed += 1
+                logger.debug(
+                    "connecting to the model server failed (%s); attempt %s of %s",
+                    exc,
+                    failed + 1,
+                    self._retries + 1,
+                )
+                await asyncio.sleep(0 if failed == 1 else RETRY_BACKOFF_S * 2 ** (failed - 2))
+
+    async def _fetch(self, method: str, url: URL, payload: dict[str, Any] | None = None) -> tuple[int, bytes]:
+        """The status and whole body of one request."""
+        response = await self._send(method, url, payload)
         try:
-            yield shard.client
-        finally:
-            shard.busy -= 1
+            body = await response.read()
+        except BaseException:
+            # Cut short: the connection is closed (the server stops working on it), never reused half-read.
+            response.close()
+            raise
+        response.release()
+        return response.status, body
 
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
-            for shard in self._shards:
-                await shard.client.aclose()
-            await self._checks.aclose()
+            await self._session.close()
+            await self._checks.close()
 
     def _budget(self, time_remaining: float | None) -> float:
         if time_remaining is None:
@@ -470,14 +486,23 @@ class Upstream:
         if self._no_health_page:
             return await self._accepts_connections(timeout_s)
         try:
-            response = await self._checks.get("health", timeout=timeout_s)
-        except (httpx.HTTPError, OSError):
+            status, _ = await self._check("health", timeout_s)
+        except (aiohttp.ClientError, OSError):  # TimeoutError is an OSError
             return False
-        if response.status_code == 404:
+        if status == 404:
             # From now on a connection it accepts is its answer (a hung process is caught by the requests'
             # own timeouts and the breaker).
             self._no_health_page = True
-        return response.status_code < 500
+        return status < 500
+
+    async def _check(self, page: str, timeout_s: float) -> tuple[int, str]:
+        """GET a page at the server's root on the health checks' own connection: its status and text."""
+        async with self._checks.get(
+            self._url(page, at_root=True),
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            server_hostname=self._sni,
+        ) as response:
+            return response.status, await response.text(errors="replace")
 
     async def _accepts_connections(self, timeout_s: float) -> bool:
         try:
@@ -500,13 +525,13 @@ class Upstream:
         if self._no_metrics_page:
             return None
         try:
-            response = await self._checks.get("metrics", timeout=timeout_s)
-        except (httpx.HTTPError, OSError):
+            status, text = await self._check("metrics", timeout_s)
+        except (aiohttp.ClientError, OSError):
             return None
-        if response.status_code != 200:
-            self._no_metrics_page = response.status_code == 404
+        if status != 200:
+            self._no_metrics_page = status == 404
             return None
-        return read_load(response.text)
+        return read_load(text)
 
     async def list_models(self, time_remaining: float | None) -> list[dict[str, Any]]:
         with _mapped_errors():
@@ -519,9 +544,7 @@ class Upstream:
         """POST `path` (chat/completions or completions) without streaming; return the response object."""
         with _mapped_errors():
             async with asyncio.timeout(self._budget(time_remaining)):
-                with self._client() as client:
-                    response = await client.post(path, json=payload)
-                return _json_body(response)
+                return _json_body(*await self._fetch("POST", self._url(path), payload))
 
     async def stream(
         self, path: str, payload: dict[str, Any], time_remaining: float | None
@@ -539,73 +562,72 @@ class Upstream:
         deadline = loop.time() + self._budget(time_remaining)
         model = str(payload.get("model", ""))
         chat = path == CHAT_PATH
-        with _mapped_errors(), self._client() as client:
+        with _mapped_errors():
             async with asyncio.timeout_at(deadline):
-                request = client.build_request("POST", path, json=payload)
-                response = await client.send(request, stream=True)
+                response = await self._send("POST", self._url(path), payload)
+            reusable = False
             try:
-                if response.status_code >= 400:
+                if response.status >= 400:
                     async with asyncio.timeout_at(deadline):
-                        body = await _read_capped(response)
-                    raise UpstreamStatus(response.status_code, error_message(body))
+                        body = await _read_capped(response.content)
+                    raise UpstreamStatus(response.status, error_message(body))
                 finish_reason = ""
                 usage: dict[str, Any] = {}
                 # Indices of the tool calls already named: later pieces of a call carry arguments only,
                 # as the contract says, even from servers that repeat id and name (llama-cpp-python).
                 named: set[int] = set()
                 done = False
-                lines = response.aiter_lines()
-                data: list[str] = []
+                reader = response.content
+                events = _EventReader()
+                # Read as the bytes come (one read is usually one event), not line by line: each read
+                # costs a timeout of its own.
                 while not done:
                     async with asyncio.timeout_at(deadline):
-                        line = await anext(lines, None)
-                    if line is None and not data:
+                        chunk = await reader.readany()
+                    for event in events.feed(chunk) if chunk else events.end():
+                        if event == b"[DONE]":
+                            done = True
+                            break
+                        obj = _json_object(event)
+                        if "error" in obj or obj.get("object") == "error":
+                            # vLLM reports a failure after the 200 as one more event.
+                            raise UpstreamStatus(_status_of_error_event(obj), error_message(event))
+                        model = obj.get("model") or model
+                        for choice in obj.get("choices") or ():
+                            if not isinstance(choice, dict):
+                                raise BadUpstreamResponse("a stream choice that is not an object")
+                            calls: list[ToolCallPiece] = []
+                            if chat:
+                                delta = choice.get("delta")
+                                if not isinstance(delta, dict):
+                                    raise BadUpstreamResponse("a stream choice without a delta object")
+                                text = delta.get("content")
+                                if "tool_calls" in delta:
+                                    calls = _announce_once(
+                                        read_tool_calls(delta["tool_calls"], streamed=True), named
+                                    )
+                            else:
+                                text = choice.get("text")
+                            if text or calls:
+                                yield StreamEvent(text=text or "", model=model, tool_calls=calls)
+                            if choice.get("finish_reason"):
+                                finish_reason = choice["finish_reason"]
+                        if isinstance(obj.get("usage"), dict):
+                            usage = obj["usage"]
+                    if not chunk:
                         break
-                    if line:
-                        if line.startswith("data:"):
-                            value = line[5:]
-                            data.append(value[1:] if value.startswith(" ") else value)
-                        # Comments (":..."), event:, id: and retry: lines carry nothing we use.
-                        continue
-                    if not data:
-                        continue
-                    # A blank line (or the end of the body) completes an event.
-                    event, data = "\n".join(data), []
-                    if event == "[DONE]":
-                        done = True
-                        continue
-                    obj = _json_object(event)
-                    if "error" in obj or obj.get("object") == "error":
-                        # vLLM reports a failure after the 200 as one more event.
-                        raise UpstreamStatus(_status_of_error_event(obj), error_message(event.encode()))
-                    model = obj.get("model") or model
-                    for choice in obj.get("choices") or ():
-                        if not isinstance(choice, dict):
-                            raise BadUpstreamResponse("a stream choice that is not an object")
-                        calls: list[ToolCallPiece] = []
-                        if chat:
-                            delta = choice.get("delta")
-                            if not isinstance(delta, dict):
-                                raise BadUpstreamResponse("a stream choice without a delta object")
-                            text = delta.get("content")
-                            calls = _announce_once(
-                                read_tool_calls(delta.get("tool_calls"), streamed=True), named
-                            )
-                        else:
-                            text = choice.get("text")
-                        if text or calls:
-                            yield StreamEvent(text=text or "", model=model, tool_calls=calls)
-                        if choice.get("finish_reason"):
-                            finish_reason = choice["finish_reason"]
-                    if isinstance(obj.get("usage"), dict):
-                        usage = obj["usage"]
                 if not done and not finish_reason:
                     UPSTREAM_ERRORS.labels("connection_lost").inc()
                     raise UpstreamError(grpc.StatusCode.UNAVAILABLE, "model server ended the stream early")
                 if done:
-                    await _drain(lines, min(deadline, loop.time() + DRAIN_AFTER_DONE_S))
+                    reusable = await _drain(reader, min(deadline, loop.time() + DRAIN_AFTER_DONE_S))
             finally:
-                await response.aclose()
+                if reusable:
+                    response.release()
+                else:
+                    # Cut short (the caller went away, a failure): closing the connection makes vLLM abort
+                    # the request and free its slot; a connection is never reused half-read.
+                    response.close()
         yield StreamEvent(model=model, finish_reason=finish_reason, usage=usage, last=True)
 
     async def count_tokens(self, model: str, texts: list[str], time_remaining: float | None) -> TokenCounts:
@@ -679,13 +701,12 @@ class Upstream:
 
     async def _count_one(self, kind: TokenizerKind, model: str, text: str) -> tuple[int, int]:
         """One text's token count and the context length the answer gives (0 if none)."""
-        with self._client() as client:
-            response = await client.post(
-                self._root + _TOKENIZER_PATHS[kind], json=_tokenize_body(kind, model, text)
-            )
-        if response.status_code in (404, 405) and not _is_openai_error(response):
+        status, body = await self._fetch(
+            "POST", self._url(_TOKENIZER_PATHS[kind], at_root=True), _tokenize_body(kind, model, text)
+        )
+        if status in (404, 405) and not _is_openai_error(body):
             raise _NoSuchEndpoint(kind)
-        obj = _json_body(response)
+        obj = _json_body(status, body)
         count, max_model_len = obj.get("count"), obj.get("max_model_len", 0)
         if not _is_count(count) or not _is_count(max_model_len):
             # Another server's endpoint of the same name (llama.cpp's own /tokenize answers {"tokens"}).
@@ -701,9 +722,7 @@ class Upstream:
         return self._card_max_model_len[model]
 
     async def _models(self) -> list[dict[str, Any]]:
-        with self._client() as client:
-            response = await client.get("models")
-        data = _json_body(response).get("data")
+        data = _json_body(*await self._fetch("GET", self._url("models"))).get("data")
         if not isinstance(data, list) or not all(
             isinstance(m, dict) and isinstance(m.get("id"), str) for m in data
         ):
@@ -728,34 +747,83 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _is_openai_error(response: httpx.Response) -> bool:
+def _is_openai_error(body: bytes) -> bool:
     """Whether an error answer is the server's own (an unknown model), not a missing route's."""
     try:
-        obj = json.loads(response.content[:MAX_ERROR_BODY])
+        obj = json.loads(body[:MAX_ERROR_BODY])
     except ValueError:
         return False
     return isinstance(obj, dict) and ("error" in obj or obj.get("object") == "error")
 
 
-async def _drain(lines: AsyncIterator[str], deadline: float) -> None:
-    """Read the end of the body after [DONE], so that the connection goes back to the pool."""
+class _EventReader:
+    """The data of server-sent events, from a body read in pieces of any size.
+
+    Lines end with \\n, \\r\\n or \\r; a blank line (or the end of the body) completes an event, whose data
+    lines are joined with \\n. Comments (":..."), event:, id: and retry: lines carry nothing used here.
+    """
+
+    __slots__ = ("_rest", "_data")
+
+    def __init__(self) -> None:
+        self._rest = b""
+        self._data: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The data of each event that `chunk` completes."""
+        text = self._rest + chunk if self._rest else chunk
+        held = b""
+        if b"\r" in text:
+            if text.endswith(b"\r"):
+                # Maybe the first half of \r\n: decided by the next piece.
+                text, held = text[:-1], b"\r"
+            text = text.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = text.split(b"\n")
+        self._rest = lines.pop() + held
+        return self._events(lines)
+
+    def end(self) -> list[bytes]:
+        """The data of the event that the end of the body completes, if any."""
+        rest, self._rest = self._rest.rstrip(b"\r"), b""
+        return self._events([rest, b""] if rest else [b""])
+
+    def _events(self, lines: list[bytes]) -> list[bytes]:
+        events: list[bytes] = []
+        for line in lines:
+            if line:
+                if line.startswith(b"data:"):
+                    value = line[5:]
+                    self._data.append(value[1:] if value.startswith(b" ") else value)
+            elif self._data:
+                events.append(self._data[0] if len(self._data) == 1 else b"\n".join(self._data))
+                self._data = []
+        return events
+
+
+async def _drain(reader: aiohttp.StreamReader, deadline: float) -> bool:
+    """Read the end of the body after [DONE], so that the connection can go back to the pool; whether it
+    could (after a short wait at most)."""
+    if reader.at_eof():
+        return True
     try:
         async with asyncio.timeout_at(deadline):
-            async for _ in lines:
+            while await reader.readany():
                 pass
-    except (TimeoutError, httpx.HTTPError):
+    except (TimeoutError, *_CONNECTION_FAILURES):
         # The answer is complete; a connection that cannot be reused is simply closed.
-        pass
+        return False
+    return True
 
 
-async def _read_capped(response: httpx.Response) -> bytes:
+async def _read_capped(reader: aiohttp.StreamReader) -> bytes:
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    while size < MAX_ERROR_BODY:
+        chunk = await reader.readany()
+        if not chunk:
+            break
         chunks.append(chunk)
         size += len(chunk)
-        if size >= MAX_ERROR_BODY:
-            break
     return b"".join(chunks)[:MAX_ERROR_BODY]
 
 
@@ -769,7 +837,7 @@ def _json_object(raw: str | bytes) -> dict[str, Any]:
     return obj
 
 
-def _json_body(response: httpx.Response) -> dict[str, Any]:
-    if response.status_code >= 400:
-        raise UpstreamStatus(response.status_code, error_message(response.content[:MAX_ERROR_BODY]))
-    return _json_object(response.content)
+def _json_body(status: int, body: bytes) -> dict[str, Any]:
+    if status >= 400:
+        raise UpstreamStatus(status, error_message(body[:MAX_ERROR_BODY]))
+    return _json_object(body)
