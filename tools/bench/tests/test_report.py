@@ -65,7 +65,7 @@ def test_every_goal_of_issue_17_met() -> None:
     # Added p50: ours 4 ms against LiteLLM's 10 ms (0.40x); req/s 700 against 200 (3.5x).
     rows = goals(results(5.0, 700, 1600, 290, 1.8))
     assert [row[2] for row in rows.values()] == ["met"] * 5
-    assert "LiteLLM 10.00 ms (0.40x)" in rows["added p50 at c1"][1]
+    assert "LiteLLM 10.00 ms (0.400x)" in rows["added p50 at c1"][1]
     assert "LiteLLM-fm 14.00 ms" in rows["added p50 at c1"][1]
     assert "LiteLLM 200 (3.50x)" in rows["req/s at c64"][1]
     assert "1000/1000 open" in rows["1,000 open streams"][1]
