@@ -206,6 +206,11 @@ class HistoryRecorder:
                     return written
                 await self._forget(keys=[self.key], args=batch)
                 written += len(batch)
+                if len(batch) == len(head) < BATCH_EXCHANGES:
+                    # All there was when this pass looked: an exchange journaled since has woken the loop for
+                    # the next pass, so asking Redis again now would only find it a moment earlier.
+                    self.failing = False
+                    return written
         except (RedisError, OSError) as exc:
             self.guard.failed(exc)
             return written
