@@ -126,8 +126,8 @@ AFFINITY = Counter(
     "none (no key: least loaded)",
     ["result"],
 )
-for _result in ("kept", "moved", "none"):
-    AFFINITY.labels(_result)
+# Looked up once: every routed generation counts in one of them.
+_AFFINITY = {result: AFFINITY.labels(result) for result in ("kept", "moved", "none")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +161,10 @@ class Replica:
         self.watcher: asyncio.Task[None] | None = None
         # Set once its first health check is done (the start waits for the first round).
         self.checked_once = asyncio.Event()
+        # The series each generation on it touches, looked up once (labels() is a lock and a dict each time).
+        self.in_flight_metric = REPLICA_IN_FLIGHT.labels(self.name)
+        self.requests_metric = REPLICA_REQUESTS.labels(self.name)
+        self.breaker_metric = REPLICA_BREAKER.labels(self.name)
 
     @property
     def load(self) -> float:
@@ -474,9 +478,9 @@ class ReplicaSet:
             name, kept = bounded_choice(
                 self._ring, key, {r.name: r.load for r in ready}, self._settings.affinity_load_factor
             )
-            AFFINITY.labels("kept" if kept else "moved").inc()
+            _AFFINITY["kept" if kept else "moved"].inc()
             return self._replicas[name]
-        AFFINITY.labels("none").inc()
+        _AFFINITY["none"].inc()
         pool = ready or candidates
         if self._settings.routing == "round_robin":
             self._turn += 1
@@ -490,8 +494,8 @@ class ReplicaSet:
         replica.breaker.acquire()
         if generation:
             replica.in_flight += 1
-            REPLICA_IN_FLIGHT.labels(replica.name).inc()
-            REPLICA_REQUESTS.labels(replica.name).inc()
+            replica.in_flight_metric.inc()
+            replica.requests_metric.inc()
         try:
             yield attempt
         finally:
@@ -502,9 +506,9 @@ class ReplicaSet:
                     if replica.in_flight == 0:
                         self._close_later(replica)
                 else:
-                    REPLICA_IN_FLIGHT.labels(replica.name).dec()
+                    replica.in_flight_metric.dec()
             if not replica.retired:
-                REPLICA_BREAKER.labels(replica.name).set(int(replica.breaker.state))
+                replica.breaker_metric.set(int(replica.breaker.state))
 
     def _next(
         self, model: str, key: str, tried: set[str], last: tuple[Replica, UpstreamError] | None

@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 import aiohttp
 import grpc
+import orjson
 from prometheus_client import Counter
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
@@ -827,11 +828,16 @@ async def _read_capped(reader: aiohttp.StreamReader) -> bytes:
     return b"".join(chunks)[:MAX_ERROR_BODY]
 
 
-def _json_object(raw: str | bytes) -> dict[str, Any]:
+def _json_object(raw: bytes) -> dict[str, Any]:
+    # orjson: a stream is one parse per token. What it refuses but Python's parser reads (NaN, Infinity)
+    # is read as before.
     try:
-        obj = json.loads(raw)
-    except ValueError as exc:
-        raise BadUpstreamResponse(f"not JSON: {exc}") from exc
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        try:
+            obj = json.loads(raw)
+        except ValueError as exc:
+            raise BadUpstreamResponse(f"not JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise BadUpstreamResponse("not a JSON object")
     return obj
