@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from typing import Any, Generic, TypeVar
+
+import orjson
 
 T = TypeVar("T")
 
@@ -20,7 +21,8 @@ DONE = b"data: [DONE]\n\n"
 
 
 def sse(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    # orjson: compact and UTF-8 unescaped, as before, at a fraction of the stdlib encoder's cost per chunk.
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
 class Pull(Generic[T]):
