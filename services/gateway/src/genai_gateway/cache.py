@@ -19,6 +19,7 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import orjson
 import redis.asyncio as redis
 from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
@@ -36,8 +37,8 @@ LAYER = "normalized"
 LOOKUPS = Counter(
     "genai_gateway_cache_lookups_total", "Answer cache look-ups by layer and result", ["layer", "result"]
 )
-for _result in ("hit", "miss", "error", "bypassed"):
-    LOOKUPS.labels(LAYER, _result)
+# This layer's children, bound once: every look-up counts one.
+_RESULTS = {result: LOOKUPS.labels(LAYER, result) for result in ("hit", "miss", "error", "bypassed")}
 CACHE_REDIS_UP = Gauge(
     "genai_gateway_cache_redis_up",
     "1 while the gateway can use the Redis holding its answer cache (the state Redis unless "
@@ -95,9 +96,9 @@ def cache_key(
     return PREFIX + hashlib.sha256(material.encode()).hexdigest()
 
 
-def _count(lookups: Counter | None, result: str) -> None:
-    if lookups is not None:
-        lookups.labels(LAYER, result).inc()
+def _count(counted: bool, result: str) -> None:
+    if counted:
+        _RESULTS[result].inc()
 
 
 class AnswerCache:
@@ -120,26 +121,25 @@ class AnswerCache:
     async def get(self, key: str, *, counted: bool = True) -> CachedAnswer | None:
         """The answer stored for `key`. `counted=False`: a second look within one request (the pipeline's,
         after it won a generation's lease), left out of the look-up metrics so that they count requests."""
-        lookups = LOOKUPS if counted else None
         if not self.enabled or not self.guard.available:
-            _count(lookups, "bypassed")
+            _count(counted, "bypassed")
             return None
         try:
             raw = await self.client.get(key)
         except (RedisError, OSError) as exc:
             self.guard.failed(exc)
-            _count(lookups, "error")
+            _count(counted, "error")
             return None
         self.guard.succeeded()
         if raw is None:
-            _count(lookups, "miss")
+            _count(counted, "miss")
             return None
         try:
-            answer = CachedAnswer(**json.loads(raw))
+            answer = CachedAnswer(**orjson.loads(raw))
         except (ValueError, TypeError):
             logger.warning("dropping unreadable cache entry %s", key)
             return None
-        _count(lookups, "hit")
+        _count(counted, "hit")
         return answer
 
     async def put(self, key: str, answer: CachedAnswer, *, overwrite: bool = True) -> None:
@@ -148,9 +148,7 @@ class AnswerCache:
         if not self.enabled or not self.guard.available or len(answer.text) > self.max_entry_chars:
             return
         try:
-            await self.client.set(
-                key, json.dumps(asdict(answer), ensure_ascii=False), ex=self.ttl_s, nx=not overwrite
-            )
+            await self.client.set(key, orjson.dumps(asdict(answer)), ex=self.ttl_s, nx=not overwrite)
         except (RedisError, OSError) as exc:
             self.guard.failed(exc)
 

@@ -33,8 +33,8 @@ from prometheus_client import Counter
 logger = logging.getLogger(__name__)
 
 LOOKUPS = Counter("genai_gateway_auth_cache_lookups_total", "Credential checks, by result", ["result"])
-for _result in ("hit", "miss"):
-    LOOKUPS.labels(_result)
+# Bound once: every request counts one of them.
+HITS, MISSES = LOOKUPS.labels("hit"), LOOKUPS.labels("miss")
 # How many heartbeats may go unheard before the cache stops trusting itself.
 SILENT_HEARTBEATS = 3
 MAX_BACKOFF_S = 5.0
@@ -172,9 +172,9 @@ class CredentialCache:
         """
         principal = self.get(token)
         if principal is not None:
-            LOOKUPS.labels("hit").inc()
+            HITS.inc()
             return principal
-        LOOKUPS.labels("miss").inc()
+        MISSES.inc()
         generation = self._generation
         principal = await stub.Authenticate(auth_pb2.AuthenticateRequest(token=token), timeout=timeout_s)
         self.put(token, principal, generation)

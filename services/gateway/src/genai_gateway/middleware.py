@@ -34,6 +34,20 @@ HTTP_IN_FLIGHT = Gauge("genai_http_requests_in_flight", "HTTP requests being ans
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Probes and scrapes: counted, not written to the log.
 _QUIET_ROUTES = frozenset({"/health", "/metrics"})
+# The metrics' children by (route, method, status): `labels()` takes a lock and builds a key on every call.
+# Bounded like the metrics themselves (route templates, a few methods and statuses).
+_Children = tuple[Counter, Histogram]
+_children: dict[tuple[str, str, int], _Children] = {}
+
+
+def _observed(route: str, method: str, status: int) -> _Children:
+    children = _children.get((route, method, status))
+    if children is None:
+        children = _children[(route, method, status)] = (
+            HTTP_REQUESTS.labels(route, method, str(status)),
+            HTTP_SECONDS.labels(route, method),
+        )
+    return children
 
 
 class RequestIdMiddleware:
@@ -106,8 +120,9 @@ class MetricsMiddleware:
             elapsed = time.perf_counter() - started
             route = _route(scope)
             method = scope["method"] if scope["method"] in _METHODS else "other"
-            HTTP_REQUESTS.labels(route, method, str(status)).inc()
-            HTTP_SECONDS.labels(route, method).observe(elapsed)
+            requests, seconds = _observed(route, method, status)
+            requests.inc()
+            seconds.observe(elapsed)
             if route not in _QUIET_ROUTES:
                 logger.info(
                     "%s %s %s %.1f ms",
