@@ -12,11 +12,12 @@ counted per process), "closed" refuses with 503.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
+import secrets
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -164,6 +165,17 @@ return 1
 """
 
 
+# A slot's id must be unique among the slots of a user in every gateway (members of one sorted set), and
+# hold no ':' (the token log's members are "<slot>:<tokens>"): a random prefix per process and a counter.
+# uuid4 would read the OS's random source for every request.
+_SLOT_PREFIX = secrets.token_hex(8)
+_slot_numbers = itertools.count()
+
+
+def _new_slot() -> str:
+    return f"{_SLOT_PREFIX}{next(_slot_numbers):x}"
+
+
 def _day() -> str:
     return time.strftime("%Y%m%d", time.gmtime())
 
@@ -205,7 +217,7 @@ class LocalQuotas:
             return refusal("tokens_per_minute", limits, int((state.tokens[0][0] + 60 - now) * 1000))
         if limits.tokens_per_day >= 0 and state.day_tokens >= limits.tokens_per_day:
             return refusal("tokens_per_day", limits, _ms_until_tomorrow())
-        slot = uuid.uuid4().hex
+        slot = _new_slot()
         state.requests.append(now)
         state.slots.add(slot)
         remaining = limits.requests_per_minute - len(state.requests)
@@ -274,7 +286,7 @@ class Quotas:
     async def admit(self, subject: str, limits: LimitSet) -> Admission:
         """Let one request through or raise 429 (or 503 when Redis is down and the policy is closed)."""
         if self.guard.available:
-            slot = uuid.uuid4().hex
+            slot = _new_slot()
             try:
                 result = await self._admit(
                     keys=self._keys(subject),
