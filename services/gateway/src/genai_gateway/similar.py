@@ -75,6 +75,11 @@ MAX_CANDIDATES = 64
 # How long the admin's settings (Redis) are trusted before being read again.
 CONFIG_REFRESH_S = 2.0
 WORD_MEMORY = 20_000
+# Questions whose reading (details, vector, words) is remembered, and the longest remembered. A question served
+# from a similar one is not stored under its own exact key, so each repeat of it comes back here: without the
+# memory, every repeat would run the model again (milliseconds of CPU) for the same vector.
+READING_MEMORY = 4_096
+READING_MAX_CHARS = 2_000
 # Texts whose mean vector centres the hyperplanes: varied requests of the kinds the service gets.
 CENTRE_TEXTS = (
     "How do I reset my password?",
@@ -271,6 +276,15 @@ class Probe:
     surface: dict[str, str]
 
 
+@dataclass(frozen=True)
+class Reading:
+    """What a question's text alone decides of its probe; shared, never changed, by every probe of it."""
+
+    details: guards.Details
+    vector: np.ndarray
+    surface: dict[str, str]
+
+
 @dataclass
 class Match:
     answer_key: str
@@ -316,6 +330,7 @@ class SimilarLayer:
         self._config = LayerConfig(True, threshold)
         self._lookup_script = client.register_script(LOOKUP_SCRIPT)
         self._config_at = -CONFIG_REFRESH_S
+        self._readings: OrderedDict[str, Reading] = OrderedDict()
 
     def start(self) -> asyncio.Future[None]:
         return self.embedder.start()
@@ -369,18 +384,34 @@ class SimilarLayer:
             self.guard.failed(exc)
             LOOKUPS.labels(LAYER, "error").inc()
             return None
-        details = guards.read(text)
+        reading = await self._read(text)
+        if reading is None:
+            return None
         material = json.dumps(
-            {"model": model, "params": params, "scope": scope, "details": details.exact},
+            {"model": model, "params": params, "scope": scope, "details": reading.details.exact},
             sort_keys=True,
             ensure_ascii=False,
             separators=(",", ":"),
         )
+        partition = hashlib.sha256(material.encode()).hexdigest()[:32]
+        return Probe(partition, reading.details, reading.vector, reading.surface)
+
+    async def _read(self, text: str) -> Reading | None:
+        """The text's reading, remembered for recent questions (READING_MEMORY)."""
+        reading = self._readings.get(text)
+        if reading is not None:
+            self._readings.move_to_end(text)
+            return reading
+        details = guards.read(text)
         vector = await self.embedder.embed(text)
         if vector is None:
             return None
-        partition = hashlib.sha256(material.encode()).hexdigest()[:32]
-        return Probe(partition, details, vector, guards.surface_words(text))
+        reading = Reading(details, vector, guards.surface_words(text))
+        if len(text) <= READING_MAX_CHARS:
+            self._readings[text] = reading
+            while len(self._readings) > READING_MEMORY:
+                self._readings.popitem(last=False)
+        return reading
 
     async def _settings_for_lookup(self) -> LayerConfig:
         """The settings for a look-up. On one Redis with the index, a failure to read them is the index's
