@@ -147,6 +147,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         docs_url="/docs" if settings.public_api_docs else None,
         redoc_url="/redoc" if settings.public_api_docs else None,
         openapi_url="/openapi.json" if settings.public_api_docs else None,
+        # FastAPI's own OpenTelemetry: the service reports through Prometheus and its logs, and with it on
+        # every request looks the global providers up (environment reads) only to find none configured.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     # The last added runs first: the request id is set before the metrics middleware logs the request.
     app.add_middleware(MetricsMiddleware)
