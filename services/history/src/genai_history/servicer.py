@@ -80,23 +80,18 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
         except _Refused as exc:
             await context.abort(exc.code, exc.message)
         async with _database(context):
-            if item.start:
-                stored = (await self._store.append_exchanges([item]))[0]
-                if stored is None:
-                    await _not_found(context)
-                stored_conversation, message_id = stored
-            else:
-                try:
-                    stored_conversation, message_id = await self._store.append_exchange(
-                        item.owner_id,
-                        # No conversation named: the database gives the new one its id.
-                        item.conversation_id if request.conversation_id else None,
-                        item.title,
-                        item.exchange,
-                        item.origin,
-                    )
-                except ConversationNotFound:
-                    await _not_found(context)
+            try:
+                stored_conversation, message_id = await self._store.append_exchange(
+                    item.owner_id,
+                    # No conversation named: the database gives the new one its id.
+                    item.conversation_id if request.conversation_id else None,
+                    item.title,
+                    item.exchange,
+                    item.origin,
+                    start=item.start,
+                )
+            except ConversationNotFound:
+                await _not_found(context)
         return history_pb2.AppendExchangeResponse(
             conversation_id=str(stored_conversation), message_id=str(message_id)
         )

@@ -203,6 +203,48 @@ _START_CONVERSATION = """
     ON CONFLICT (id) DO NOTHING
 """
 
+# The batch forms of the statements above (`_append_keyed`): one statement over arrays for a whole batch.
+_START_CONVERSATIONS = """
+    INSERT INTO conversations (id, owner_id, title, origin, created_at, updated_at)
+    SELECT s.id, s.owner_id, s.title, s.origin, COALESCE(s.at, now()), COALESCE(s.at, now())
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[])
+        AS s(id, owner_id, title, origin, at)
+    ON CONFLICT (id) DO NOTHING
+"""
+
+# Each conversation once, moved to its newest exchange of the batch; returns those the owner has.
+_TOUCH_CONVERSATIONS = """
+    UPDATE conversations c SET updated_at = GREATEST(c.updated_at, s.at)
+    FROM (
+        SELECT id, owner_id, max(COALESCE(at, now())) AS at
+        FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) AS u(id, owner_id, at)
+        GROUP BY id, owner_id
+    ) s
+    WHERE c.id = s.id AND c.owner_id = s.owner_id
+    RETURNING c.id, c.owner_id
+"""
+
+# In the batch's order, so that exchanges of one moment keep it.
+_INSERT_MESSAGES = """
+    INSERT INTO messages (conversation_id, owner_id, exchange_id, prompt, response, source, model,
+                          prompt_tokens, completion_tokens, total_tokens, latency_ms, request_id, created_at)
+    SELECT s.conversation_id, s.owner_id, s.exchange_id, s.prompt, s.response, s.source, s.model,
+           s.prompt_tokens, s.completion_tokens, s.total_tokens, s.latency_ms, s.request_id, COALESCE(s.at, now())
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                $8::int[], $9::int[], $10::int[], $11::int[], $12::text[], $13::timestamptz[])
+        WITH ORDINALITY AS s(conversation_id, owner_id, exchange_id, prompt, response, source, model,
+                             prompt_tokens, completion_tokens, total_tokens, latency_ms, request_id, at, n)
+    ORDER BY s.n
+    ON CONFLICT (owner_id, exchange_id) DO NOTHING
+    RETURNING id, conversation_id, owner_id, exchange_id
+"""
+
+_FIND_EXCHANGES = """
+    SELECT m.conversation_id, m.id, m.owner_id, m.exchange_id
+    FROM messages m JOIN unnest($1::uuid[], $2::text[]) AS s(owner_id, exchange_id)
+        ON m.owner_id = s.owner_id AND m.exchange_id = s.exchange_id
+"""
+
 # A replayed exchange older than the conversation's last activity must not move it back in the list.
 _TOUCH_CONVERSATION = """
     UPDATE conversations SET updated_at = GREATEST(updated_at, COALESCE($3::timestamptz, now()))
@@ -317,8 +359,10 @@ class HistoryStore:
         title: str,
         exchange: Exchange,
         origin: str = "api",
+        start: bool = False,
     ) -> tuple[uuid.UUID, uuid.UUID]:
-        """Store one exchange, starting a conversation titled `title` when conversation_id is None.
+        """Store one exchange, starting a conversation titled `title` when conversation_id is None, or with
+        conversation_id when `start` (unless it exists: a repeat).
 
         A new conversation gets `origin` ("chat" or "api"); an existing one keeps its own.
 
@@ -333,6 +377,15 @@ class HistoryStore:
                         _NEW_CONVERSATION, owner_id, title or None, exchange.created_at, origin
                     )
                 else:
+                    if start:
+                        await conn.execute(
+                            _START_CONVERSATION,
+                            conversation_id,
+                            owner_id,
+                            title or None,
+                            exchange.created_at,
+                            origin,
+                        )
                     touched = await conn.fetchval(
                         _TOUCH_CONVERSATION, conversation_id, owner_id, exchange.created_at
                     )
@@ -371,53 +424,33 @@ class HistoryStore:
         """Store a batch of exchanges in one transaction: (conversation_id, message_id) for each, or None
         for one whose conversation the owner lacks (nothing of it is written).
 
-        One commit for the batch instead of one per exchange is what makes the gateway's journal cheap.
-        Nothing here raises for one exchange: a conversation that exists for another owner is only a
-        missing update, and a stored exchange_id a `DO NOTHING`, so no exchange aborts the others.
+        A handful of statements for the whole batch, each over arrays, instead of two or three per exchange:
+        that, and one commit, is what makes the gateway's journal cheap. Nothing here raises for one
+        exchange: a conversation that exists for another owner is only a row the update does not touch, and
+        a stored exchange_id a `DO NOTHING`, so no exchange aborts the others. Exchanges are told apart by
+        (owner, exchange_id); one without an exchange_id is stored on its own (`append_exchange`).
         """
-        results: list[tuple[uuid.UUID, uuid.UUID] | None] = []
-        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
-            for item in batch:
-                exchange = item.exchange
-                if item.start:
-                    await conn.execute(
-                        _START_CONVERSATION,
-                        item.conversation_id,
+        keyed = [item for item in batch if item.exchange.exchange_id]
+        results: dict[int, tuple[uuid.UUID, uuid.UUID] | None] = {}
+        if keyed:
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
+                stored = await _append_keyed(conn, keyed)
+            for item in keyed:
+                results[id(item)] = stored.get((item.owner_id, item.exchange.exchange_id or ""))
+        for item in batch:
+            if not item.exchange.exchange_id:
+                try:
+                    results[id(item)] = await self.append_exchange(
                         item.owner_id,
-                        item.title or None,
-                        exchange.created_at,
+                        item.conversation_id,
+                        item.title,
+                        item.exchange,
                         item.origin,
+                        start=item.start,
                     )
-                touched = await conn.fetchval(
-                    _TOUCH_CONVERSATION, item.conversation_id, item.owner_id, exchange.created_at
-                )
-                if touched is None:
-                    results.append(None)
-                    continue
-                message_id = await conn.fetchval(
-                    _INSERT_MESSAGE,
-                    item.conversation_id,
-                    item.owner_id,
-                    exchange.exchange_id,
-                    exchange.prompt,
-                    exchange.response,
-                    exchange.source,
-                    exchange.model,
-                    exchange.prompt_tokens,
-                    exchange.completion_tokens,
-                    exchange.total_tokens,
-                    exchange.latency_ms,
-                    exchange.request_id,
-                    exchange.created_at,
-                )
-                if message_id is None:
-                    # Stored before (a repeat): its stored ids. The conversation is the caller's own id, or
-                    # the one it named, so nothing was started for nothing.
-                    row = await conn.fetchrow(_FIND_EXCHANGE, item.owner_id, exchange.exchange_id)
-                    results.append(None if row is None else (row["conversation_id"], row["id"]))
-                else:
-                    results.append((item.conversation_id, message_id))
-        return results
+                except ConversationNotFound:
+                    results[id(item)] = None
+        return [results[id(item)] for item in batch]
 
     async def _find_exchange(
         self, owner_id: uuid.UUID, exchange_id: str
@@ -624,3 +657,60 @@ def _message(row: asyncpg.Record) -> MessageRow:
         request_id=row["request_id"] or "",
         created_at=row["created_at"],
     )
+
+
+async def _append_keyed(
+    conn: asyncpg.Connection, batch: list[Append]
+) -> dict[tuple[uuid.UUID, str], tuple[uuid.UUID, uuid.UUID]]:
+    """The batch's exchanges (each with an exchange_id) stored: (owner, exchange_id) -> (conversation, message)
+    for each that is stored now or was before; one missing from the result has no conversation of its owner."""
+    starts = [item for item in batch if item.start]
+    if starts:
+        await conn.execute(
+            _START_CONVERSATIONS,
+            [i.conversation_id for i in starts],
+            [i.owner_id for i in starts],
+            [i.title or None for i in starts],
+            [i.origin for i in starts],
+            [i.exchange.created_at for i in starts],
+        )
+    touched = {
+        (row["id"], row["owner_id"])
+        for row in await conn.fetch(
+            _TOUCH_CONVERSATIONS,
+            [i.conversation_id for i in batch],
+            [i.owner_id for i in batch],
+            [i.exchange.created_at for i in batch],
+        )
+    }
+    writable = [i for i in batch if (i.conversation_id, i.owner_id) in touched]
+    stored: dict[tuple[uuid.UUID, str], tuple[uuid.UUID, uuid.UUID]] = {}
+    if not writable:
+        return stored
+    exchanges = [i.exchange for i in writable]
+    inserted = await conn.fetch(
+        _INSERT_MESSAGES,
+        [i.conversation_id for i in writable],
+        [i.owner_id for i in writable],
+        [e.exchange_id for e in exchanges],
+        [e.prompt for e in exchanges],
+        [e.response for e in exchanges],
+        [e.source for e in exchanges],
+        [e.model for e in exchanges],
+        [e.prompt_tokens for e in exchanges],
+        [e.completion_tokens for e in exchanges],
+        [e.total_tokens for e in exchanges],
+        [e.latency_ms for e in exchanges],
+        [e.request_id for e in exchanges],
+        [e.created_at for e in exchanges],
+    )
+    for row in inserted:
+        stored[(row["owner_id"], row["exchange_id"])] = (row["conversation_id"], row["id"])
+    repeats = [i for i in writable if (i.owner_id, i.exchange.exchange_id) not in stored]
+    if repeats:
+        # Stored before (a repeat of a batch, or twice in this one): the stored ids.
+        for row in await conn.fetch(
+            _FIND_EXCHANGES, [i.owner_id for i in repeats], [i.exchange.exchange_id for i in repeats]
+        ):
+            stored[(row["owner_id"], row["exchange_id"])] = (row["conversation_id"], row["id"])
+    return stored
