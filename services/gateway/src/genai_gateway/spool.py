@@ -48,6 +48,10 @@ SPOOL_KEY = "history:spool"
 # Exchanges and bytes of one batch: well under gRPC's 4 MiB message cap, and one transaction in history.
 BATCH_EXCHANGES = 100
 BATCH_BYTES = 1 << 20
+# How long a pass woken by a new exchange waits for more before it looks: without it, under load each pass
+# would find the one or two exchanges journaled during the last, and history would pay a call and a
+# transaction for each. Not waited when a read waits for the pass (`flush`).
+BATCH_LINGER_S = 0.01
 JOURNALED = Counter("genai_history_journaled_total", "Exchanges put in the journal for history")
 SPOOLED = Counter(
     "genai_history_spooled_total", "Exchanges that waited for history because a write to it failed"
@@ -91,6 +95,8 @@ class HistoryRecorder:
         self.failing = False
         self._forget = client.register_script(_FORGET)
         self._wake = asyncio.Event()
+        # Set by a read waiting for the next pass: the pass does not linger for more exchanges.
+        self._hurry = asyncio.Event()
         self._pass_lock = asyncio.Lock()
         # Done when the next pass to start has finished: what `flush` waits for.
         self._upcoming: asyncio.Future[None] | None = None
@@ -160,6 +166,7 @@ class HistoryRecorder:
                 self._upcoming = asyncio.get_running_loop().create_future()
             upcoming = self._upcoming
             self._wake.set()
+            self._hurry.set()
             await asyncio.wait_for(asyncio.shield(upcoming), self.history.timeout_s)
         except TimeoutError:
             logger.warning("history did not take the journal in time; reading without the newest exchanges")
@@ -267,6 +274,11 @@ class HistoryRecorder:
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), interval_s)
+                if self._upcoming is None:
+                    # Woken by an exchange: gather more, unless a read comes to wait for the pass.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._hurry.wait(), BATCH_LINGER_S)
+                self._hurry.clear()
                 self._wake.clear()
                 done, self._upcoming = self._upcoming, None
                 was_failing = self.failing
