@@ -20,6 +20,8 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         log_config=None,
+        # The gateway writes its own access line (MetricsMiddleware); uvicorn's would be built and dropped.
+        access_log=False,
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,
         server_header=False,
