@@ -63,7 +63,8 @@ def test_one_request_id_is_in_every_hops_log(sim_stack: RunningStack) -> None:
     access = found["nginx"][0]
     assert (access["method"], access["path"], access["status"]) == ("POST", "/ask", 200)
     assert any(e.get("rpc") == "Authenticate" for e in found["auth"])
-    assert any(e.get("rpc") == "AppendExchange" for e in found["history"])
+    # Stored after the answer, from the gateway's journal, and logged under the request's id.
+    assert any(e.get("rpc") == "AppendExchanges" for e in found["history"])
     assert any(e.get("rpc") == "Generate" for e in found["adapter"])
     assert any(e.get("route") == "/ask" for e in found["gateway"])
     # The prompt itself is in nobody's log.

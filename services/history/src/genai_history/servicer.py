@@ -118,7 +118,7 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
         async with _database(context):
             stored = iter(await self._store.append_exchanges(batch)) if batch else iter(())
         replies = []
-        for result in results:
+        for exchange, result in zip(request.exchanges, results, strict=True):
             if result is None:
                 ids = next(stored)
                 result = (
@@ -126,6 +126,13 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
                     if ids is None
                     else history_pb2.AppendResult(conversation_id=str(ids[0]), message_id=str(ids[1]))
                 )
+            # Under the id of the request that asked, not of the batch: a request is traced through
+            # every service's log by its id, and this is where its exchange was stored (or refused).
+            logger.info(
+                "exchange %s",
+                "stored" if not result.error_code else f"refused: {result.error_code}",
+                extra={"rpc": "AppendExchanges", "request_id": exchange.request_id or None},
+            )
             replies.append(result)
         return history_pb2.AppendExchangesResponse(results=replies)
 
