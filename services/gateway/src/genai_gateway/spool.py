@@ -48,10 +48,11 @@ SPOOL_KEY = "history:spool"
 # Exchanges and bytes of one batch: well under gRPC's 4 MiB message cap, and one transaction in history.
 BATCH_EXCHANGES = 100
 BATCH_BYTES = 1 << 20
-# How long a pass woken by a new exchange waits for more before it looks: without it, under load each pass
-# would find the one or two exchanges journaled during the last, and history would pay a call and a
-# transaction for each. Not waited when a read waits for the pass (`flush`).
-BATCH_LINGER_S = 0.01
+# How long a pass woken by a new exchange waits for more before it looks: without it, each pass would find
+# the one or two exchanges journaled during the last, and the gateway, history and PostgreSQL would pay a
+# call, a transaction and their logs for each (a request's worth of CPU at one request at a time). Not
+# waited when a read waits for the pass (`flush`), nor once a whole batch is journaled here.
+BATCH_LINGER_S = 0.05
 JOURNALED = Counter("genai_history_journaled_total", "Exchanges put in the journal for history")
 SPOOLED = Counter(
     "genai_history_spooled_total", "Exchanges that waited for history because a write to it failed"
@@ -95,8 +96,10 @@ class HistoryRecorder:
         self.failing = False
         self._forget = client.register_script(_FORGET)
         self._wake = asyncio.Event()
-        # Set by a read waiting for the next pass: the pass does not linger for more exchanges.
+        # Set by a read waiting for the next pass, or a batch's worth journaled: the pass does not linger.
         self._hurry = asyncio.Event()
+        # Exchanges journaled here since the last pass began.
+        self._since_pass = 0
         self._pass_lock = asyncio.Lock()
         # Done when the next pass to start has finished: what `flush` waits for.
         self._upcoming: asyncio.Future[None] | None = None
@@ -116,6 +119,9 @@ class HistoryRecorder:
                     SPOOLED.inc()
                 else:
                     self._wake.set()
+                    self._since_pass += 1
+                    if self._since_pass >= BATCH_EXCHANGES:
+                        self._hurry.set()
                 return exchange.conversation_id
             except (RedisError, OSError) as exc:
                 self.guard.failed(exc)
@@ -280,6 +286,7 @@ class HistoryRecorder:
                         await asyncio.wait_for(self._hurry.wait(), BATCH_LINGER_S)
                 self._hurry.clear()
                 self._wake.clear()
+                self._since_pass = 0
                 done, self._upcoming = self._upcoming, None
                 was_failing = self.failing
                 try:
