@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 import redis.asyncio as redis
+from redis.exceptions import RedisError
 
 from genai_common.redis_client import create_redis
 from genai_devstack.infra import free_port
@@ -114,6 +115,42 @@ async def test_settling_gives_the_slot_back_and_charges_in_one_go(
     await q.settle(admission, 0)
     assert await q.in_use("f") == 0
     await q.settle(await q.admit("f", free), 0)
+
+
+async def test_settling_can_append_a_record_in_the_same_round_trip(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    q = quotas(redis_client, key_prefix)
+    journal = f"{key_prefix}:journal"
+    limits = LimitSet(requests_per_minute=UNLIMITED, concurrent_requests=1, tokens_per_minute=150)
+    admission = await q.admit("j", limits)
+    await q.settle_and_append(admission, 100, journal, b"first")
+    assert await q.in_use("j") == 0
+    assert await redis_client.lrange(journal, 0, -1) == [b"first"]
+    # Settled once: a later settle charges nothing more; a second record is still appended.
+    await q.settle(admission, 100)
+    await q.settle_and_append(admission, 100, journal, b"second")
+    assert await redis_client.lrange(journal, 0, -1) == [b"first", b"second"]
+    second = await q.admit("j", limits)  # 100 of 150 used, not 200
+    await q.settle(second, 0)
+
+
+async def test_settling_with_a_record_while_redis_fails_settles_here_and_says_so(key_prefix: str) -> None:
+    dead = create_redis(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2)
+    try:
+        q = Quotas(dead, RedisGuard(), {}, slot_ttl_s=60, prefix=key_prefix)
+        limits = LimitSet(requests_per_minute=UNLIMITED, concurrent_requests=UNLIMITED, tokens_per_day=10)
+        admission = q.local.admit("u", limits)
+        assert not isinstance(admission, ApiError)
+        admission.local = False  # admitted by Redis, which failed since
+        with pytest.raises(RedisError):
+            await q.settle_and_append(admission, 20, f"{key_prefix}:journal", b"record")
+        assert admission.released  # the caller keeps the record; the request is not settled again
+        # The tokens were charged here instead.
+        refused = q.local.admit("u", limits)
+        assert isinstance(refused, ApiError) and "daily token limit" in refused.message
+    finally:
+        await dead.aclose()
 
 
 def test_overrides_replace_role_defaults(redis_client: redis.Redis, key_prefix: str) -> None:

@@ -11,7 +11,8 @@ POST /ask, the OpenAI-compatible routes and the public gRPC API each turn their 
    an identical request in flight is joined, in this process or, through the state Redis, in another
    gateway (flights.py), or a generation is started (whole or streamed);
 3. afterwards, however the request ended: a whole answer is cached, the slot given back and the tokens
-   charged (`Quotas.settle`), and the exchange recorded in history (spooled if history is down).
+   charged (`Quotas.settle`), and the exchange recorded in history (spooled if history is down); for a
+   whole answer, the settle and the exchange's entry in the history journal take one Redis round trip.
 
 Failures are `ApiError`s, which carry both an HTTP status and a gRPC code, so each protocol answers its
 own way without translating through the other.
@@ -44,7 +45,7 @@ from genai_gateway.flights import FLIGHTS, LeaderLost, Publisher, Record, Shared
 from genai_gateway.quota import Admission, Quotas
 from genai_gateway.settings import GatewaySettings
 from genai_gateway.similar import Probe, SimilarLayer, eligible
-from genai_gateway.spool import HistoryRecorder
+from genai_gateway.spool import Append, HistoryRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -756,7 +757,13 @@ class AskPipeline:
             return True
         return False
 
-    async def _record(self, principal: auth_pb2.Principal, generation: Generation, answer: Answer) -> str:
+    async def _record(
+        self,
+        principal: auth_pb2.Principal,
+        generation: Generation,
+        answer: Answer,
+        append: Append | None = None,
+    ) -> str:
         return await self.recorder.record(
             history_pb2.AppendExchangeRequest(
                 owner_id=principal.user_id,
@@ -775,7 +782,8 @@ class AskPipeline:
                 created_at_ms=int(time.time() * 1000),
                 exchange_id=uuid.uuid4().hex,
                 origin=generation.origin,
-            )
+            ),
+            append,
         )
 
     def in_background(self, work: Any) -> None:
@@ -845,6 +853,17 @@ class Ticket:
             tokens = answer.charged_tokens if answer is not None else self.abandoned_tokens
             await asyncio.shield(self.pipeline.quotas.settle(self.admission, tokens))
 
+    def _settling(self, answer: Answer) -> Append:
+        """How the answer's exchange is journaled: in the round trip that settles this request."""
+
+        async def append(key: str, record: bytes) -> None:
+            # Shielded like the settle in `events`: a client that leaves meanwhile must not keep its slot.
+            await asyncio.shield(
+                self.pipeline.quotas.settle_and_append(self.admission, answer.charged_tokens, key, record)
+            )
+
+        return append
+
     async def _events(self, streaming: bool) -> AsyncIterator[Event]:
         pipeline, principal, generation = self.pipeline, self.principal, self.generation
         started = time.perf_counter()
@@ -867,7 +886,9 @@ class Ticket:
             for start in range(0, len(answer.text), CACHED_CHUNK_CHARS):
                 yield Delta(answer.text[start : start + CACHED_CHUNK_CHARS])
             answer.latency_ms = int((time.perf_counter() - started) * 1000)
-            answer.conversation_id = await pipeline._record(principal, generation, answer)
+            answer.conversation_id = await pipeline._record(
+                principal, generation, answer, self._settling(answer)
+            )
             yield answer
             return
 
@@ -924,7 +945,7 @@ class Ticket:
             coalesced=coalesced or flight.relayed,
             latency_ms=int((time.perf_counter() - started) * 1000),
         )
-        answer.conversation_id = await pipeline._record(principal, generation, answer)
+        answer.conversation_id = await pipeline._record(principal, generation, answer, self._settling(answer))
         yield answer
 
 

@@ -149,9 +149,11 @@ return {1, rpm - count - 1, reset}
 """
 
 # The end of a request in one round trip: the slot given back and, when the answer cost any, its tokens
-# charged (a member per answer in the minute's log, and the day's sum).
-# KEYS: slots, token log, tokens today.  ARGV: slot id, tokens (0: nothing to charge).
+# charged (a member per answer in the minute's log, and the day's sum); with a fourth key, a record appended
+# to that list too (the history journal's entry for the answer, `settle_and_append`).
+# KEYS: slots, token log, tokens today[, list].  ARGV: slot id, tokens (0: nothing to charge)[, record].
 _SETTLE = """
+if #KEYS > 3 then redis.call('RPUSH', KEYS[4], ARGV[3]) end
 redis.call('ZREM', KEYS[1], ARGV[1])
 if tonumber(ARGV[2]) > 0 then
   local t = redis.call('TIME')
@@ -341,6 +343,24 @@ class Quotas:
                 self.guard.failed(exc)
         # Redis is away: the slot's expiry frees it, and the tokens are counted here meanwhile.
         self.local.charge(admission, tokens)
+
+    async def settle_and_append(self, admission: Admission, tokens: int, key: str, record: bytes) -> None:
+        """`settle`, and append `record` to the list `key` (the history journal) in the same round trip.
+
+        The request is settled however this ends; a Redis error is raised when the record was not appended,
+        so that the caller keeps it another way.
+        """
+        if admission.released or admission.local:
+            await self.settle(admission, tokens)
+            await self.client.rpush(key, record)
+            return
+        admission.released = True
+        keys = self._keys(admission.subject)
+        try:
+            await self._settle(keys=[*keys[1:], key], args=[admission.slot, max(0, tokens), record])
+        except (RedisError, OSError):
+            self.local.charge(admission, tokens)
+            raise
 
     async def admit_read(
         self, kind: str, user_id: str, per_minute: int, at_once: int = UNLIMITED

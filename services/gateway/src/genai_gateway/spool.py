@@ -29,6 +29,7 @@ import contextlib
 import logging
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 import grpc
@@ -64,6 +65,8 @@ DEPTH = Gauge(
     "Exchanges waiting for the history service (Redis and this process), per drain",
 )
 
+# How a record gets into the journal (a list): (key, record) -> appended, or a Redis error.
+Append = Callable[[str, bytes], Awaitable[object]]
 # Errors that a retry will not fix: the exchange is logged and dropped instead of retried forever.
 _PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
 # Removes the written exchanges: each is unique (its exchange id), and near the head, where LREM starts.
@@ -105,15 +108,21 @@ class HistoryRecorder:
         self._upcoming: asyncio.Future[None] | None = None
         self._looping = False
 
-    async def record(self, exchange: history_pb2.AppendExchangeRequest) -> str:
-        """Keep one exchange for history; return its conversation id ("" only when history refused it)."""
+    async def record(self, exchange: history_pb2.AppendExchangeRequest, append: Append | None = None) -> str:
+        """Keep one exchange for history; return its conversation id ("" only when history refused it).
+
+        `append(key, record)` puts the record in the journal instead of a plain RPUSH: another command's round
+        trip may carry it (the request's settle, `Quotas.settle_and_append`)."""
         if not exchange.conversation_id:
             exchange.conversation_id = str(uuid.uuid4())
             exchange.start_conversation = True
         raw = exchange.SerializeToString()
         if self.guard.available:
             try:
-                await self.redis.rpush(self.key, raw)
+                if append is None:
+                    await self.redis.rpush(self.key, raw)
+                else:
+                    await append(self.key, raw)
                 JOURNALED.inc()
                 if self.failing:
                     SPOOLED.inc()
