@@ -598,8 +598,13 @@ class Bench:
             str(max(256, n + 64)),
         ]
         await asyncio.to_thread(rig.restart_simulator, flags)
-        # Every stream generates at once, in the adapter as in the simulator, as it would with LiteLLM.
-        await asyncio.to_thread(rig.restart_adapter, GENAI_ADAPTER_MAX_CONCURRENT=str(max(256, n + 64)))
+        # Every stream generates at once, in the adapter as in the simulator, as it would with LiteLLM: each
+        # holds a connection to the model server the whole time.
+        await asyncio.to_thread(
+            rig.restart_adapter,
+            GENAI_ADAPTER_MAX_CONCURRENT=str(max(256, n + 64)),
+            GENAI_ADAPTER_MAX_CONNECTIONS=str(max(256, n + 64)),
+        )
         await asyncio.sleep(4.5)
         for target in self.targets:
             await self._warm(target, streaming=False)
@@ -632,7 +637,10 @@ class Bench:
             async with client.stream("POST", "/chat/completions", json=body) as response:
                 if response.status_code != 200:
                     return
-                async for chunk in response.aiter_raw():
+                # Held until release: a reader left behind by `break` is finalized at once, and closing it
+                # closes the response, which ended every stream a few ms after its first chunk.
+                chunks = response.aiter_raw()
+                async for chunk in chunks:
                     if _TEXT.search(chunk):
                         break
                 else:
