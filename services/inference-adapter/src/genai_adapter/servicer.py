@@ -120,6 +120,32 @@ MAX_COUNT_TEXTS = 1024
 MESSAGE_OVERHEAD_TOKENS = 8
 # Counting a finished stream's tokens when the server sent no usage: at most this long.
 COUNT_AFTER_STREAM_S = 5.0
+# A streamed answer's chunks are kept joined this many at a time (see `_Transcript`).
+TRANSCRIPT_BLOCK = 64
+
+
+class _Transcript:
+    """A streamed answer's text so far and the number of chunks that carried it, kept to count its tokens
+    when the server sends no usage (llama.cpp's). Joined TRANSCRIPT_BLOCK chunks at a time: a str per chunk
+    costs about 60 bytes besides its few characters, which for a thousand long answers at once was tens
+    of MiB; joining only the newest chunks keeps the copying linear in the answer's length."""
+
+    __slots__ = ("_parts", "_joined", "chunks")
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self._joined = 0  # _parts[:_joined] are blocks already joined, the rest single chunks
+        self.chunks = 0
+
+    def add(self, text: str) -> None:
+        self.chunks += 1
+        self._parts.append(text)
+        if len(self._parts) - self._joined >= TRANSCRIPT_BLOCK:
+            self._parts[self._joined :] = ["".join(self._parts[self._joined :])]
+            self._joined += 1
+
+    def text(self) -> str:
+        return "".join(self._parts)
 
 
 def _sampling_value(value: float) -> float:
@@ -399,7 +425,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     ) -> AsyncIterator[inference_pb2.GenerateChunk]:
         first = True
         last_at = 0.0
-        generated: list[str] = []
+        generated = _Transcript()
         try:
             # aclosing: when this call ends early (caller cancelled), the HTTP stream is closed now.
             events = self._upstream.stream(path, payload, context.time_remaining(), key)
@@ -408,7 +434,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     if event.last:
                         STREAM_OK.inc()
                         usage = _usage(event.usage)
-                        if not usage.completion_tokens and generated:
+                        if not usage.completion_tokens and generated.chunks:
                             usage = await self._counted_usage(payload, generated, context)
                         STREAM_SECONDS.observe(time.perf_counter() - started)
                         _count_tokens(usage)
@@ -423,7 +449,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                         else:
                             INTER_TOKEN_SECONDS.observe(now - last_at)
                         last_at = now
-                        generated.append(event.text + "".join(c.arguments for c in event.tool_calls))
+                        generated.add(event.text + "".join(c.arguments for c in event.tool_calls))
                         yield inference_pb2.GenerateChunk(
                             text=event.text, model=event.model, tool_calls=_tool_calls(event.tool_calls)
                         )
@@ -434,7 +460,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             raise
 
     async def _counted_usage(
-        self, payload: dict[str, Any], generated: list[str], context: grpc.aio.ServicerContext
+        self, payload: dict[str, Any], generated: _Transcript, context: grpc.aio.ServicerContext
     ) -> inference_pb2.Usage:
         """What a stream that carried no usage spent (llama.cpp's server ignores `stream_options`), counted by
         the server's own tokenizer, so that quotas and usage reports see streamed answers too.
@@ -451,12 +477,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         try:
             counted = await self._upstream.count_tokens(
                 payload["model"],
-                [*texts, "".join(generated)],
+                [*texts, generated.text()],
                 min(COUNT_AFTER_STREAM_S, context.time_remaining() or COUNT_AFTER_STREAM_S),
             )
         except UpstreamError as exc:
             logger.warning("a streamed answer's tokens could not be counted: %s", exc.message)
-            return inference_pb2.Usage(completion_tokens=len(generated), total_tokens=len(generated))
+            return inference_pb2.Usage(completion_tokens=generated.chunks, total_tokens=generated.chunks)
         prompt = sum(counted.counts[:-1]) + overhead
         completion = counted.counts[-1]
         return inference_pb2.Usage(
