@@ -20,7 +20,8 @@ import httpx
 import pytest
 import trustme
 
-from genai_auth.directory import DirectoryClient, DirectoryConfig, DirectoryUnavailable
+from genai_auth.directory import DirectoryConfig, DirectoryUnavailable
+from genai_auth.directory_client import DirectoryClient
 from genai_devstack import infra
 from tests.conftest import _own_database
 from tests.harness import RunningStack, launch

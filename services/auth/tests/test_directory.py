@@ -17,7 +17,6 @@ from pydantic import SecretStr, ValidationError
 from genai_auth.api_keys import ApiKeyStore
 from genai_auth.directory import (
     IN_CHAIN,
-    DirectoryClient,
     DirectoryConfig,
     DirectoryUnavailable,
     DirectoryUser,
@@ -25,6 +24,7 @@ from genai_auth.directory import (
     combine,
     normalize_dn,
 )
+from genai_auth.directory_client import DirectoryClient
 from genai_auth.limiter import LoginLimiter
 from genai_auth.revocation import RevocationList
 from genai_auth.servicer import AuthServicer

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import asyncpg
 import grpc
@@ -27,7 +27,7 @@ from genai_auth.api_keys import (
     looks_like_api_key,
 )
 from genai_auth.changes import ChangeFeed, FeedUnavailable
-from genai_auth.directory import DirectoryClient, DirectoryUnavailable, DirectoryUser, GroupGrant, combine
+from genai_auth.directory import DirectoryUnavailable, DirectoryUser, GroupGrant, combine
 from genai_auth.limiter import Attempt, LoginLimiter
 from genai_auth.limits import InvalidLimits, dump_limits, parse_limits
 from genai_auth.passwords import Passwords
@@ -48,6 +48,9 @@ from genai_auth.users import (
 from genai_common.db import DatabaseState
 from genai_common.grpc_server import CALLER_MESSAGE, NO_RETRY
 from genai_common.redis_guard import RedisGuard
+
+if TYPE_CHECKING:
+    from genai_auth.directory_client import DirectoryClient
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +176,15 @@ def _decode_page_token(token: str) -> str:
     return raw.decode()
 
 
+def _directory_client(settings: AuthSettings) -> DirectoryClient | None:
+    """The directory's client when sign-in through one is configured; ldap3 is imported only then."""
+    if not settings.ldap_url:
+        return None
+    from genai_auth.directory_client import DirectoryClient
+
+    return DirectoryClient(settings.directory_config())
+
+
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     """Logins, JWT sessions (issue, refresh, revoke, verify), API keys and user administration."""
 
@@ -251,7 +263,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             feed=feed,
             api_key_default_ttl_s=settings.keys_default_ttl_days * 86_400,
             api_key_fresh_login_s=settings.keys_fresh_login_s,
-            directory=DirectoryClient(settings.directory_config()) if settings.ldap_url else None,
+            directory=_directory_client(settings),
             group_grants=settings.group_grants(),
             unmapped_role=None if settings.ldap_unmapped == "refuse" else settings.ldap_unmapped,
             directory_session_s=settings.ldap_session_check_s,
