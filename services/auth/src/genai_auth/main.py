@@ -8,6 +8,7 @@ import logging
 from genai.auth.v1 import auth_pb2_grpc
 
 from genai_auth.changes import ChangeFeed
+from genai_auth.passwords import return_hashing_memory
 from genai_auth.schema import apply_migrations
 from genai_auth.servicer import SERVICE_NAME, AuthServicer
 from genai_auth.settings import AuthSettings
@@ -82,4 +83,5 @@ async def run(settings: AuthSettings) -> None:
 def main() -> None:
     settings = load_settings(AuthSettings)
     setup_logging("auth", settings.log_level)
+    return_hashing_memory()
     runner.run(run(settings))
