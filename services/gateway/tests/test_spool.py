@@ -19,7 +19,7 @@ from genai_common import mtls
 from genai_common.grpc_client import create_channel
 from genai_devstack.infra import free_port, wait_for_port
 from genai_gateway.clients import HistoryClient
-from genai_gateway.spool import HistoryRecorder
+from genai_gateway.spool import REPLAYED, TURN_SUFFIX, HistoryRecorder
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +121,38 @@ async def test_a_read_waits_for_what_was_journaled_before_it(
     finally:
         loop.cancel()
         await redis_client.delete(key)
+        await channel.close()
+
+
+async def test_gateways_take_turns_writing_the_journal(
+    history_address: str, pki: dict[str, mtls.MtlsFiles], redis_client: redis.Redis
+) -> None:
+    """Three gateways journal at once: each exchange is written to history once, not once per gateway whose
+    pass found it, and none is left behind by a pass skipped for another gateway's turn."""
+    key = f"journal:{uuid.uuid4().hex}"
+    owner = str(uuid.uuid4())
+    channel = create_channel(history_address, mtls=pki["gateway"], server_identity="history")
+    gateways = [HistoryRecorder(HistoryClient(channel, 5, 5), redis_client, key=key) for _ in range(3)]
+    loops = [asyncio.create_task(g.drain_forever(60)) for g in gateways]
+    written_before = REPLAYED._value.get()
+    try:
+        for round_ in range(8):
+            await asyncio.gather(
+                *(g.record(_exchange(owner, f"q{round_}.{n}")) for n, g in enumerate(gateways * 4))
+            )
+            await asyncio.sleep(0.01)
+        await gateways[0].flush()
+        assert await gateways[0].pending() == 0
+        assert REPLAYED._value.get() - written_before == 8 * 12
+        listing = await gateways[0].history.list_conversations(
+            history_pb2.ListConversationsRequest(owner_id=owner, page_size=100)
+        )
+        assert len(listing.conversations) == 8 * 12
+    finally:
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        await redis_client.delete(key, key + TURN_SUFFIX)
         await channel.close()
 
 

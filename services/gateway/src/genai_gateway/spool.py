@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -69,10 +70,24 @@ DEPTH = Gauge(
 Append = Callable[[str, bytes], Awaitable[object]]
 # Errors that a retry will not fix: the exchange is logged and dropped instead of retried forever.
 _PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
-# Removes the written exchanges: each is unique (its exchange id), and near the head, where LREM starts.
+# One gateway at a time writes the journal: passes of several would each write the same head (stored once,
+# thanks to the exchange ids, but paid for by history and PostgreSQL each time). The turn is a key held for
+# a pass and renewed with each batch; a gateway that dies holding it lets go when it expires. A pass that
+# finds another gateway's turn is skipped and tried again `BATCH_LINGER_S` later, unless a read waits for it:
+# then it waits for the turn (every `TURN_POLL_S`).
+TURN_SUFFIX = ":writer"
+TURN_POLL_S = 0.005
+# Removes the written exchanges (each is unique, its exchange id, and near the head, where LREM starts),
+# and renews this gateway's turn. KEYS: journal, turn.  ARGV: turn token, lease ms, exchanges.
 _FORGET = """
-for _, raw in ipairs(ARGV) do redis.call('LREM', KEYS[1], 1, raw) end
-return #ARGV
+for i = 3, #ARGV do redis.call('LREM', KEYS[1], 1, ARGV[i]) end
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
+return #ARGV - 2
+"""
+# Ends this gateway's turn, if it still holds it.  KEYS: turn.  ARGV: turn token.
+_END_TURN = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 
@@ -98,6 +113,12 @@ class HistoryRecorder:
         # each new exchange, and `full` counts what waits.
         self.failing = False
         self._forget = client.register_script(_FORGET)
+        self._end_turn = client.register_script(_END_TURN)
+        self._turn = (key + TURN_SUFFIX, secrets.token_hex(8))
+        # Longer than a batch's write may take (history's deadline covers its retries).
+        self._turn_lease_ms = int(max(10.0, 3 * history.timeout_s) * 1000)
+        # The last pass found another gateway writing the journal.
+        self._skipped = False
         self._wake = asyncio.Event()
         # Set by a read waiting for the next pass, or a batch's worth journaled: the pass does not linger.
         self._hurry = asyncio.Event()
@@ -195,12 +216,23 @@ class HistoryRecorder:
             self.guard.failed(exc)
             return False
 
-    async def drain_once(self) -> int:
-        """Write what waits, oldest first, in batches, until done or history fails; return how many."""
-        async with self._pass_lock:
-            return await self._drain()
+    async def drain_once(self, *, wait: bool = True) -> int:
+        """Write what waits, oldest first, in batches, until done or history fails; return how many.
 
-    async def _drain(self) -> int:
+        The journal is written in this gateway's turn (`TURN_SUFFIX`); `wait=False`: not at all while another
+        gateway has the turn (`_skipped`), which writes what it finds."""
+        async with self._pass_lock:
+            return await self._drain(wait)
+
+    async def _take_turn(self, wait: bool) -> bool:
+        key, token = self._turn
+        while not await self.redis.set(key, token, nx=True, px=self._turn_lease_ms):
+            if not wait:
+                return False
+            await asyncio.sleep(TURN_POLL_S)
+        return True
+
+    async def _drain(self, wait: bool = True) -> int:
         written = 0
         while self._memory:
             batch = _batch(self._memory)
@@ -214,6 +246,14 @@ class HistoryRecorder:
             # History took what waited here; the journal in Redis waits for Redis.
             self.failing = False
             return written
+        self._skipped = False
+        try:
+            if not await self._take_turn(wait):
+                self._skipped = True
+                return written
+        except (RedisError, OSError) as exc:
+            self.guard.failed(exc)
+            return written
         try:
             while True:
                 head = cast(list[bytes], await self.redis.lrange(self.key, 0, BATCH_EXCHANGES - 1))
@@ -226,7 +266,9 @@ class HistoryRecorder:
                 # make harmless.
                 if not await self._write(batch):
                     return written
-                await self._forget(keys=[self.key], args=batch)
+                await self._forget(
+                    keys=[self.key, self._turn[0]], args=[self._turn[1], self._turn_lease_ms, *batch]
+                )
                 written += len(batch)
                 if len(batch) == len(head) < BATCH_EXCHANGES:
                     # All there was when this pass looked: an exchange journaled since has woken the loop for
@@ -236,6 +278,9 @@ class HistoryRecorder:
         except (RedisError, OSError) as exc:
             self.guard.failed(exc)
             return written
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await self._end_turn(keys=[self._turn[0]], args=[self._turn[1]])
 
     async def _write(self, batch: list[bytes]) -> bool:
         """Store a batch in history; False (nothing to remove) when history is unavailable."""
@@ -288,7 +333,8 @@ class HistoryRecorder:
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), interval_s)
+                    # Another gateway had the turn: what it did not find is looked for again shortly.
+                    await asyncio.wait_for(self._wake.wait(), BATCH_LINGER_S if self._skipped else interval_s)
                 if self._upcoming is None:
                     # Woken by an exchange: gather more, unless a read comes to wait for the pass.
                     with contextlib.suppress(TimeoutError):
@@ -299,7 +345,8 @@ class HistoryRecorder:
                 done, self._upcoming = self._upcoming, None
                 was_failing = self.failing
                 try:
-                    written = await self.drain_once()
+                    # A read waiting for this pass waits for the turn too; otherwise another's turn skips it.
+                    written = await self.drain_once(wait=done is not None)
                     if self.failing or not written:
                         DEPTH.set(await self.pending())
                     if was_failing and not self.failing:
