@@ -156,6 +156,24 @@ async def test_gateways_take_turns_writing_the_journal(
         await channel.close()
 
 
+async def test_a_turn_left_behind_blocks_other_gateways_until_it_expires_but_not_its_own(
+    history_address: str, pki: dict[str, mtls.MtlsFiles], redis_client: redis.Redis
+) -> None:
+    key = f"journal:{uuid.uuid4().hex}"
+    channel = create_channel(history_address, mtls=pki["gateway"], server_identity="history")
+    first, second = (HistoryRecorder(HistoryClient(channel, 5, 5), redis_client, key=key) for _ in range(2))
+    try:
+        # The first gateway's pass could not end its turn (Redis failed at that moment): the key is still its.
+        await redis_client.set(key + TURN_SUFFIX, first._turn[1], px=10_000)
+        await second.record(_exchange(str(uuid.uuid4()), "q"))
+        assert await second.drain_once(wait=False) == 0
+        assert await first.drain_once(wait=False) == 1
+        assert not await redis_client.exists(key + TURN_SUFFIX)
+    finally:
+        await redis_client.delete(key, key + TURN_SUFFIX)
+        await channel.close()
+
+
 async def test_redis_and_history_both_down_keeps_exchanges_in_memory(
     history_address: str, pki: dict[str, mtls.MtlsFiles]
 ) -> None:

@@ -84,6 +84,14 @@ for i = 3, #ARGV do redis.call('LREM', KEYS[1], 1, ARGV[i]) end
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
 return #ARGV - 2
 """
+# Takes the turn, free or already this gateway's (a pass that could not end it, Redis failing).
+# KEYS: turn.  ARGV: turn token, lease ms.
+_TAKE_TURN = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
 # Ends this gateway's turn, if it still holds it.  KEYS: turn.  ARGV: turn token.
 _END_TURN = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -113,6 +121,7 @@ class HistoryRecorder:
         # each new exchange, and `full` counts what waits.
         self.failing = False
         self._forget = client.register_script(_FORGET)
+        self._take = client.register_script(_TAKE_TURN)
         self._end_turn = client.register_script(_END_TURN)
         self._turn = (key + TURN_SUFFIX, secrets.token_hex(8))
         # Longer than a batch's write may take (history's deadline covers its retries).
@@ -226,7 +235,7 @@ class HistoryRecorder:
 
     async def _take_turn(self, wait: bool) -> bool:
         key, token = self._turn
-        while not await self.redis.set(key, token, nx=True, px=self._turn_lease_ms):
+        while not await self._take(keys=[key], args=[token, self._turn_lease_ms]):
             if not wait:
                 return False
             await asyncio.sleep(TURN_POLL_S)
