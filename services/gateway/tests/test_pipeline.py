@@ -11,6 +11,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import pytest
@@ -335,6 +336,34 @@ async def test_identical_requests_in_flight_share_one_generation_and_only_one_is
     assert len(await rig.stored()) == 5
     for i in range(5):
         assert await slots_in_use(rig, f"user{i}") == 0
+
+
+async def test_an_answer_is_given_before_it_is_cached_and_joined_meanwhile_as_from_the_cache(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache write is off the answer's path: the first caller has its answer while the write waits, and an
+    identical request in that moment joins the finished generation instead of starting another."""
+    rig.model.gate.set()
+    written, release = asyncio.Event(), asyncio.Event()
+    put = rig.pipeline.cache.put
+
+    async def slow_put(*args: Any, **kwargs: Any) -> None:
+        await release.wait()
+        await put(*args, **kwargs)
+        written.set()
+
+    monkeypatch.setattr(rig.pipeline.cache, "put", slow_put)
+    prompt = unique()
+    # Bounded: an answer that waited for its cache write would wait here for ever.
+    first = await asyncio.wait_for((await rig.pipeline.admit(principal("a"), ask(prompt))).answer(), 5)
+    assert not written.is_set()
+    meanwhile = await (await rig.pipeline.admit(principal("b"), ask(prompt))).answer()
+    assert (first.source, meanwhile.source, meanwhile.text) == ("model", "cache", first.text)
+    assert (first.charged_tokens, meanwhile.charged_tokens) == (12, 0)
+    release.set()
+    await written.wait()
+    later = await (await rig.pipeline.admit(principal("c"), ask(prompt))).answer()
+    assert later.source == "cache" and len(rig.model.requests) == 1
 
 
 async def test_the_generation_is_cancelled_when_its_last_follower_leaves(rig: Rig) -> None:

@@ -613,8 +613,11 @@ class AskPipeline:
         that others are given) and is not offered to similar questions.
         """
         flight = None if regenerated else self._flights.get(key)
-        if flight is not None and not flight.done:
-            COALESCED.inc()
+        # A flight that has its answer is joined too while its answer is being cached (it leaves `_flights`
+        # once the cache has it): the request is then answered as the cache would have answered it.
+        if flight is not None and flight.error is None:
+            if not flight.done:
+                COALESCED.inc()
             return flight, True
         flight = Flight()
         if not regenerated:
@@ -625,16 +628,20 @@ class AskPipeline:
                 answer = None
                 if self.shared is not None and not regenerated:
                     answer = await self._coordinated(self.shared, key, flight)
+                generated = answer is None
                 if answer is None:
                     if streaming:
                         answer = await self._generate_stream(flight, request)
                     else:
                         answer = await self._generate(flight, request)
-                    # Cached before the flight ends, so that no identical request slips in between the two.
+                # The followers have the answer at once; it is cached meanwhile, before the flight leaves
+                # `_flights` (and, for other gateways, lets go of its claim), so that no identical request
+                # slips in between and generates again.
+                flight.finish(answer)
+                if generated:
                     stored = await self._store(key, answer, overwrite=not regenerated)
                     if stored and probe is not None and self.similar is not None and not regenerated:
                         await self.similar.add(probe, key)
-                flight.finish(answer)
                 if flight.publisher is not None:
                     await flight.publisher.finish(Record("a", _answer_record(answer)))
             except ApiError as exc:
@@ -899,6 +906,8 @@ class Ticket:
             probe=probe,
             regenerated=generation.no_cache,
         )
+        # Joined once its answer was whole, while it was being cached: answered as from the cache.
+        from_cache = coalesced and flight.done
         pieces: list[Delta] = []
         finished: Answer | None = None
         restarted = False
@@ -942,7 +951,8 @@ class Ticket:
         assert finished is not None
         answer = replace(
             finished,
-            coalesced=coalesced or flight.relayed,
+            source="cache" if from_cache else finished.source,
+            coalesced=(coalesced or flight.relayed) and not from_cache,
             latency_ms=int((time.perf_counter() - started) * 1000),
         )
         answer.conversation_id = await pipeline._record(principal, generation, answer, self._settling(answer))
