@@ -856,9 +856,11 @@ class Ticket:
                         answer = item
                     yield item
         finally:
-            # Shielded: a client that leaves while this runs must not keep its slot.
-            tokens = answer.charged_tokens if answer is not None else self.abandoned_tokens
-            await asyncio.shield(self.pipeline.quotas.settle(self.admission, tokens))
+            # A whole answer was settled with its journal entry (`_settling`); anything else is settled here,
+            # shielded: a client that leaves while this runs must not keep its slot.
+            if not self.admission.released:
+                tokens = answer.charged_tokens if answer is not None else self.abandoned_tokens
+                await asyncio.shield(self.pipeline.quotas.settle(self.admission, tokens))
 
     def _settling(self, answer: Answer) -> Append:
         """How the answer's exchange is journaled: in the round trip that settles this request."""
