@@ -24,7 +24,7 @@ from typing import Literal
 
 import redis.asyncio as redis
 from prometheus_client import Counter
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from genai_common.redis_guard import RedisGuard
 from genai_gateway.errors import ApiError
@@ -358,6 +358,12 @@ class Quotas:
         keys = self._keys(admission.subject)
         try:
             await self._settle(keys=[*keys[1:], key], args=[admission.slot, max(0, tokens), record])
+        except ResponseError:
+            # The record comes first in the script, so that a full Redis refuses it (it would grow the journal
+            # past Redis's memory); the request is then settled alone, which a full Redis still runs.
+            admission.released = False
+            await self.settle(admission, tokens)
+            raise
         except (RedisError, OSError):
             self.local.charge(admission, tokens)
             raise

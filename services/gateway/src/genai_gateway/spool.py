@@ -234,11 +234,17 @@ class HistoryRecorder:
             return await self._drain(wait)
 
     async def _take_turn(self, wait: bool) -> bool:
+        """False when another gateway has the turn (and `wait` is False). True also when Redis refuses to give
+        it (full: the turn is a write): the pass goes on without one, since a batch written twice is stored
+        once, and writing the journal is what frees Redis's memory."""
         key, token = self._turn
-        while not await self._take(keys=[key], args=[token, self._turn_lease_ms]):
-            if not wait:
-                return False
-            await asyncio.sleep(TURN_POLL_S)
+        try:
+            while not await self._take(keys=[key], args=[token, self._turn_lease_ms]):
+                if not wait:
+                    return False
+                await asyncio.sleep(TURN_POLL_S)
+        except (RedisError, OSError) as exc:
+            logger.debug("writing the journal without a turn: %s", exc)
         return True
 
     async def _drain(self, wait: bool = True) -> int:
@@ -257,11 +263,15 @@ class HistoryRecorder:
             return written
         self._skipped = False
         try:
-            if not await self._take_turn(wait):
-                self._skipped = True
+            # An empty journal needs no turn: a pass that finds nothing writes nothing to Redis.
+            if not await self.redis.llen(self.key):
+                self.failing = False
                 return written
         except (RedisError, OSError) as exc:
             self.guard.failed(exc)
+            return written
+        if not await self._take_turn(wait):
+            self._skipped = True
             return written
         try:
             while True:
