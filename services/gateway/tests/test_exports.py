@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -245,3 +247,15 @@ async def test_download_without_the_font_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(ApiError) as caught:
         await exports.download(stream(*SAMPLE), "pdf", "c", "t", settings)
     assert caught.value.status == 503
+
+
+def test_the_pdf_library_loads_with_the_first_pdf_only() -> None:
+    """fpdf2 with Pillow and fontTools is some 30 MB that a gateway holds only once someone exports a PDF."""
+    code = (
+        "import sys, genai_gateway.main\n"
+        "print(sorted(m for m in ('fpdf', 'PIL', 'fontTools') if m in sys.modules))"
+    )
+    started = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert started.stdout.strip() == "[]"

@@ -18,18 +18,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
-from fontTools.ttLib import TTFont
-from fpdf import FPDF
 from genai.history.v1 import history_pb2
 from starlette.concurrency import run_in_threadpool
 
 from genai_gateway.errors import ApiError
 from genai_gateway.quota import Quotas
 from genai_gateway.settings import DEFAULT_PDF_FONT, GatewaySettings
+
+if TYPE_CHECKING:
+    from fpdf import FPDF
 
 logger = logging.getLogger(__name__)
 
@@ -245,6 +246,8 @@ def resolve_font(configured: str, default: str) -> Path:
 
 @functools.lru_cache(maxsize=4)
 def _glyphs(font_path: str) -> frozenset[int]:
+    from fontTools.ttLib import TTFont
+
     return frozenset(TTFont(font_path, lazy=True).getBestCmap())
 
 
@@ -295,12 +298,20 @@ def wrap(text: str, width: float, measure: Callable[[str], float]) -> list[str]:
     return lines
 
 
-class _Document(FPDF):
-    def footer(self) -> None:
-        self.set_y(-12)
-        self.set_font(_FONT, size=8)
-        self.set_text_color(120)
-        self.cell(0, 6, str(self.page_no()), align="C")
+@functools.cache
+def _document_class() -> type[FPDF]:
+    """fpdf2's document with page numbers. Imported on the first PDF export: fpdf2 brings Pillow and
+    fontTools, some 30 MB a gateway would otherwise hold from its start whether anyone exports or not."""
+    from fpdf import FPDF
+
+    class Document(FPDF):
+        def footer(self) -> None:
+            self.set_y(-12)
+            self.set_font(_FONT, size=8)
+            self.set_text_color(120)
+            self.cell(0, 6, str(self.page_no()), align="C")
+
+    return Document
 
 
 class _Writer:
@@ -336,7 +347,7 @@ class _Writer:
 def to_pdf(conversations: Sequence[ConversationExport], font_path: Path, heading: str) -> bytes:
     """A readable document: each conversation with its title, then every prompt and response in order."""
     glyphs = _glyphs(str(font_path))
-    pdf = _Document(format="A4")
+    pdf = _document_class()(format="A4")
     pdf.set_auto_page_break(auto=True, margin=16)
     pdf.add_font(_FONT, "", str(font_path))
     pdf.set_title(printable(heading, glyphs))
