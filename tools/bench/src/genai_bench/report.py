@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from genai_bench.procs import mib
-from genai_bench.rig import LITELLM_MATCHED, LITELLM_REDIS
+from genai_bench.rig import CACHE_REDIS, LITELLM_MATCHED, LITELLM_REDIS
 from genai_bench.stats import Summary, added, fmt_rate, fmt_ratio, ms, ratio, sustained
 from genai_bench.suite import (
     PEEL_ADAPTER,
@@ -54,6 +54,7 @@ COMPONENTS = (
     "history",
     "adapter",
     "redis",
+    CACHE_REDIS,
     "postgres",
     "simulator",
     "litellm",
@@ -93,7 +94,9 @@ make bench BENCH_PROFILE=0 # full run without the py-spy profile
   --max-num-seqs 256`; restarted on the same port with `--itl-ms 20` for the streaming part and with
   slow tokens for the memory part;
 - the whole stack exactly as the integration tests start it (tests/harness.py: the same processes,
-  settings and nginx config as `make run`) on a PostgreSQL and a Redis of its own, with the bench
+  settings and nginx config as `make run`) on a PostgreSQL and two Redis servers of its own, as `make
+  run` and the compose stack have them: the state Redis (limits, the history journal; noeviction) and the
+  answer cache's (`GENAI_GATEWAY_CACHE_REDIS_URL`; allkeys-lru, 128 MB), with the bench
   user's limits lifted (`GENAI_GATEWAY_LIMITS_USER='{"requests_per_minute": -1,
   "concurrent_requests": -1}'`: still counted in Redis on every request, never reached),
   `GENAI_ADAPTER_MAX_CONCURRENT=256` (the simulator's `--max-num-seqs`) and nginx's cap on requests open
@@ -512,7 +515,7 @@ def render(results: Results, info: RunInfo, notes: str) -> str:
 
 PATH_COMPONENTS = {
     "direct": (),
-    "ours": ("nginx", "gateway", "auth", "history", "adapter", "redis", "postgres"),
+    "ours": ("nginx", "gateway", "auth", "history", "adapter", "redis", CACHE_REDIS, "postgres"),
     "litellm": ("litellm",),
     LITELLM_MATCHED: (LITELLM_MATCHED, LITELLM_REDIS),
 }

@@ -2,7 +2,9 @@
 
 The stack is started exactly as the integration tests start it (tests/harness.py: the same processes,
 settings and nginx config as `make run`), against the vLLM simulator, with PostgreSQL and Redis of the
-bench's own so that their memory and CPU can be read and nobody else's load lands on them. LiteLLM's
+bench's own so that their memory and CPU can be read and nobody else's load lands on them. As in `make run`
+and the compose stack, the answer cache has a Redis of its own (allkeys-lru) beside the state Redis
+(limits, the history journal; noeviction). LiteLLM's
 proxy, in its two configurations (the feature-matched one with a Redis of its own), is pointed at the
 same simulator port, so a simulator restart (other flags) serves all.
 """
@@ -40,6 +42,8 @@ SIM_BASE_FLAGS = [
 # Names of LiteLLM's feature-matched configuration (target and component) and of its Redis (component).
 LITELLM_MATCHED = "litellm-fm"
 LITELLM_REDIS = "redis (litellm-fm)"
+# The answer cache's Redis (component).
+CACHE_REDIS = "redis (cache)"
 
 # Settings of the stack under test: no per-user limit may throttle the load, and the adapter's fair
 # queue lets as many generations through as the simulator runs at once.
@@ -73,22 +77,29 @@ def load_harness() -> ModuleType:
 
 
 class RedisMonitor:
-    """Every command Redis runs while open (MONITOR), by command, apart for those run inside Lua scripts.
+    """Every command the Redis servers run while open (MONITOR), by command, apart for those run inside
+    Lua scripts.
 
     INFO commandstats counts a script's inner commands like a client's, so it cannot tell round trips
     from work inside one EVALSHA; MONITOR marks the inner ones with "lua". Only for short counting runs:
     MONITOR slows Redis down.
     """
 
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
+    def __init__(self, *servers: infra.Service) -> None:
+        self.servers = servers
         self.client: Counter[str] = Counter()
         self.scripted: Counter[str] = Counter()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def __enter__(self) -> RedisMonitor:
-        sock = socket.create_connection((self.host, self.port), timeout=5)
+        for server in self.servers:
+            self._watch(server.host, server.port)
+        return self
+
+    def _watch(self, host: str, port: int) -> None:
+        sock = socket.create_connection((host, port), timeout=5)
         sock.sendall(b"MONITOR\r\n")
         reader = sock.makefile("rb")
         if not reader.readline().startswith(b"+OK"):
@@ -109,9 +120,9 @@ class RedisMonitor:
                 reader.close()
                 sock.close()
 
-        self._thread = threading.Thread(target=read, daemon=True)
-        self._thread.start()
-        return self
+        thread = threading.Thread(target=read, daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def _count(self, line: bytes) -> None:
         # +1700000000.123456 [0 127.0.0.1:5000] "evalsha" "..."   or   [0 lua] "zadd" ...
@@ -119,14 +130,15 @@ class RedisMonitor:
         if not rest.startswith(b'"'):
             return
         command = rest[1 : rest.index(b'"', 1)].decode(errors="replace").lower()
-        (self.scripted if head.endswith(b" lua") else self.client)[command] += 1
+        with self._lock:
+            (self.scripted if head.endswith(b" lua") else self.client)[command] += 1
 
     def __exit__(self, *exc: object) -> None:
         # Lines already sent are read before the thread is told to stop.
         time.sleep(0.5)
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        for thread in self._threads:
+            thread.join(5)
 
 
 def _postmaster_pid(data_dir: Path) -> int | None:
@@ -140,6 +152,7 @@ class Rig:
     work_dir: Path
     postgres: infra.Service
     redis: infra.Service
+    cache_redis: infra.Service
     database: str
     running: Any  # tests.harness.RunningStack
     user: Any  # tests.harness.User
@@ -187,6 +200,9 @@ class Rig:
         redis_proc = getattr(self.redis, "process", None)
         if redis_proc is not None:
             roots["redis"] = redis_proc.pid
+        cache_proc = getattr(self.cache_redis, "process", None)
+        if cache_proc is not None:
+            roots[CACHE_REDIS] = cache_proc.pid
         if self.postgres_pid:
             roots["postgres"] = self.postgres_pid
         if with_litellm:
@@ -215,7 +231,7 @@ class Rig:
         return dict(httpx.get(f"http://127.0.0.1:{self.sim_port}/sim/stats", timeout=5).json())
 
     def redis_monitor(self) -> RedisMonitor:
-        return RedisMonitor(self.redis.host, self.redis.port)
+        return RedisMonitor(self.redis, self.cache_redis)
 
     def postgres_transactions(self) -> int:
         """Transactions committed in the stack's database so far (pg_stat_database)."""
@@ -249,6 +265,7 @@ class Rig:
         with contextlib.suppress(Exception):
             databases.drop_database(self.postgres.url, self.database)
         self.redis.stop()
+        self.cache_redis.stop()
         self.postgres.stop()
 
 
@@ -269,12 +286,19 @@ def start(
     harness = load_harness()
     postgres, postgres_pid = _postgres(work_dir)
     redis = None
+    cache_redis = None
     lites: list[litellm.LiteLLM] = []
     lite_redis = None
     running = None
     database = f"genai_bench_{uuid.uuid4().hex[:10]}"
     try:
         redis = infra.start_local_redis(work_dir / "redis", infra.free_port())
+        cache_redis = infra.start_local_redis(
+            work_dir / "redis-cache",
+            infra.free_port(),
+            maxmemory=infra.CACHE_MAXMEMORY,
+            policy=infra.CACHE_POLICY,
+        )
         database_url = databases.create_database(postgres.url, database)
         running = harness.launch(
             work_dir,
@@ -283,7 +307,11 @@ def start(
             upstream="sim",
             upstream_args=list(SIM_BASE_FLAGS),
             name="bench",
-            overrides={**STACK_OVERRIDES, "GENAI_NGINX_CONN_PER_ADDRESS": str(NGINX_CONN_PER_ADDRESS)},
+            overrides={
+                **STACK_OVERRIDES,
+                "GENAI_NGINX_CONN_PER_ADDRESS": str(NGINX_CONN_PER_ADDRESS),
+                "GENAI_GATEWAY_CACHE_REDIS_URL": cache_redis.url,
+            },
         )
         sim_port = running.cfg.ports.upstream
         if with_litellm:
@@ -310,6 +338,7 @@ def start(
             work_dir,
             postgres,
             redis,
+            cache_redis,
             database,
             running,
             user,
@@ -327,6 +356,8 @@ def start(
             running.stop_all()
         if redis is not None:
             redis.stop()
+        if cache_redis is not None:
+            cache_redis.stop()
         postgres.stop()
         raise
 
