@@ -174,6 +174,34 @@ async def test_a_turn_left_behind_blocks_other_gateways_until_it_expires_but_not
         await channel.close()
 
 
+async def test_a_read_does_not_wait_out_the_turn_of_a_gateway_that_died_in_its_pass(
+    history_address: str, pki: dict[str, mtls.MtlsFiles], redis_client: redis.Redis
+) -> None:
+    """A gateway killed in the middle of a pass leaves its turn to run out its lease; a read through another
+    gateway still sees what was journaled before it (that gateway writes without the turn), instead of
+    giving up after history's deadline, read after read, until the lease ends."""
+    key = f"journal:{uuid.uuid4().hex}"
+    owner = str(uuid.uuid4())
+    channel = create_channel(history_address, mtls=pki["gateway"], server_identity="history")
+    history = HistoryClient(channel, 5, 5)
+    alive = HistoryRecorder(history, redis_client, key=key)
+    history.before_read = alive.flush
+    loop = asyncio.create_task(alive.drain_forever(60))
+    try:
+        await redis_client.set(key + TURN_SUFFIX, "a-gateway-that-died", px=600_000)
+        asked = await alive.record(_exchange(owner, "asked just before the read"))
+        listing = await history.list_conversations(history_pb2.ListConversationsRequest(owner_id=owner))
+        assert [c.id for c in listing.conversations] == [asked]
+        assert await alive.pending() == 0
+        # The dead gateway's turn is left to expire: nobody else's token may end it.
+        assert await redis_client.get(key + TURN_SUFFIX) == b"a-gateway-that-died"
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+        await redis_client.delete(key, key + TURN_SUFFIX)
+        await channel.close()
+
+
 async def test_redis_and_history_both_down_keeps_exchanges_in_memory(
     history_address: str, pki: dict[str, mtls.MtlsFiles]
 ) -> None:

@@ -74,9 +74,12 @@ _PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
 # thanks to the exchange ids, but paid for by history and PostgreSQL each time). The turn is a key held for
 # a pass and renewed with each batch; a gateway that dies holding it lets go when it expires. A pass that
 # finds another gateway's turn is skipped and tried again `BATCH_LINGER_S` later, unless a read waits for it:
-# then it waits for the turn (every `TURN_POLL_S`).
+# then it waits for the turn (every `TURN_POLL_S`), for a third of history's deadline at most, and then writes
+# without the turn: the holder may have died in its pass, leaving its turn to run out its lease (seconds),
+# and the read would otherwise go on without the newest exchanges until then.
 TURN_SUFFIX = ":writer"
 TURN_POLL_S = 0.005
+TURN_WAIT_SHARE = 1 / 3
 # Removes the written exchanges (each is unique, its exchange id, and near the head, where LREM starts),
 # and renews this gateway's turn. KEYS: journal, turn.  ARGV: turn token, lease ms, exchanges.
 _FORGET = """
@@ -126,6 +129,7 @@ class HistoryRecorder:
         self._turn = (key + TURN_SUFFIX, secrets.token_hex(8))
         # Longer than a batch's write may take (history's deadline covers its retries).
         self._turn_lease_ms = int(max(10.0, 3 * history.timeout_s) * 1000)
+        self._turn_wait_s = history.timeout_s * TURN_WAIT_SHARE
         # The last pass found another gateway writing the journal.
         self._skipped = False
         self._wake = asyncio.Event()
@@ -235,13 +239,23 @@ class HistoryRecorder:
 
     async def _take_turn(self, wait: bool) -> bool:
         """False when another gateway has the turn (and `wait` is False). True also when Redis refuses to give
-        it (full: the turn is a write): the pass goes on without one, since a batch written twice is stored
-        once, and writing the journal is what frees Redis's memory."""
+        it (full: the turn is a write), or when another gateway keeps it longer than `_turn_wait_s`: the pass
+        goes on without one, since a batch written twice is stored once, and writing the journal is what
+        frees Redis's memory and what a waiting read needs."""
         key, token = self._turn
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self._turn_wait_s
         try:
             while not await self._take(keys=[key], args=[token, self._turn_lease_ms]):
                 if not wait:
                     return False
+                if loop.time() >= give_up_at:
+                    logger.warning(
+                        "another gateway has held the history journal's turn for %.1f s (it may have stopped "
+                        "in a pass); a read waits, so this gateway writes without the turn",
+                        self._turn_wait_s,
+                    )
+                    return True
                 await asyncio.sleep(TURN_POLL_S)
         except (RedisError, OSError) as exc:
             logger.debug("writing the journal without a turn: %s", exc)
