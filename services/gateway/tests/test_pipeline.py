@@ -347,10 +347,11 @@ async def test_an_answer_is_given_before_it_is_cached_and_joined_meanwhile_as_fr
     written, release = asyncio.Event(), asyncio.Event()
     put = rig.pipeline.cache.put
 
-    async def slow_put(*args: Any, **kwargs: Any) -> None:
+    async def slow_put(*args: Any, **kwargs: Any) -> bool:
         await release.wait()
-        await put(*args, **kwargs)
+        stored = await put(*args, **kwargs)
         written.set()
+        return stored
 
     monkeypatch.setattr(rig.pipeline.cache, "put", slow_put)
     prompt = unique()
@@ -364,6 +365,32 @@ async def test_an_answer_is_given_before_it_is_cached_and_joined_meanwhile_as_fr
     await written.wait()
     later = await (await rig.pipeline.admit(principal("c"), ask(prompt))).answer()
     assert later.source == "cache" and len(rig.model.requests) == 1
+
+
+async def test_a_finished_answer_the_cache_does_not_take_is_not_joined(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer the cache refuses (here: longer than its entries may be) is no cache answer: an identical
+    request that comes while its generation winds up generates and pays for its own."""
+    rig.model.gate.set()
+    rig.pipeline.cache.max_entry_chars = 3
+    release = asyncio.Event()
+    store = rig.pipeline._store
+
+    async def slow_store(*args: Any, **kwargs: Any) -> bool:
+        # The flight's last steps after its answer (a publisher's write for other gateways, the similar index).
+        stored = await store(*args, **kwargs)
+        await release.wait()
+        return stored
+
+    monkeypatch.setattr(rig.pipeline, "_store", slow_store)
+    prompt = unique()
+    first = await asyncio.wait_for((await rig.pipeline.admit(principal("a"), ask(prompt))).answer(), 5)
+    meanwhile = await asyncio.wait_for((await rig.pipeline.admit(principal("b"), ask(prompt))).answer(), 5)
+    release.set()
+    assert (first.source, meanwhile.source) == ("model", "model")
+    assert (first.charged_tokens, meanwhile.charged_tokens) == (12, 12)
+    assert len(rig.model.requests) == 2
 
 
 async def test_the_generation_is_cancelled_when_its_last_follower_leaves(rig: Rig) -> None:

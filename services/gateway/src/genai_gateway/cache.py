@@ -142,15 +142,21 @@ class AnswerCache:
         _count(counted, "hit")
         return answer
 
-    async def put(self, key: str, answer: CachedAnswer, *, overwrite: bool = True) -> None:
+    def takes(self, text: str) -> bool:
+        """Whether `put` would store an answer of this text now (on, Redis reachable, not too long)."""
+        return self.enabled and self.guard.available and len(text) <= self.max_entry_chars
+
+    async def put(self, key: str, answer: CachedAnswer, *, overwrite: bool = True) -> bool:
         """Store an answer; with overwrite=False only where none is stored (a regenerated answer never
-        replaces the one other callers are given)."""
-        if not self.enabled or not self.guard.available or len(answer.text) > self.max_entry_chars:
-            return
+        replaces the one other callers are given). True if the cache has an answer for `key` now."""
+        if not self.takes(answer.text):
+            return False
         try:
             await self.client.set(key, orjson.dumps(asdict(answer)), ex=self.ttl_s, nx=not overwrite)
         except (RedisError, OSError) as exc:
             self.guard.failed(exc)
+            return False
+        return True
 
     async def purge(self) -> int:
         """Delete every cached answer; return how many."""

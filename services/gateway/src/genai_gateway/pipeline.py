@@ -221,6 +221,9 @@ class Flight:
         self.publisher: Publisher | None = None
         # Counts restarts: a follower that was given pieces of an earlier start is told (`Restart`).
         self.epoch = 0
+        # Finished, with its answer in the cache or on its way there: a request that joins now is answered
+        # as the cache would answer it (`AskPipeline._flight`).
+        self.cached = False
         self._changed = asyncio.Event()
 
     @property
@@ -614,8 +617,10 @@ class AskPipeline:
         """
         flight = None if regenerated else self._flights.get(key)
         # A flight that has its answer is joined too while its answer is being cached (it leaves `_flights`
-        # once the cache has it): the request is then answered as the cache would have answered it.
-        if flight is not None and flight.error is None:
+        # once the cache has it): the request is then answered as the cache would have answered it. An answer
+        # the cache does not take (cut off, a tool call, too long, the cache off or failing) is not joined
+        # once finished: that request generates its own, as it would have a moment later.
+        if flight is not None and flight.error is None and (not flight.done or flight.cached):
             if not flight.done:
                 COALESCED.inc()
             return flight, True
@@ -637,9 +642,10 @@ class AskPipeline:
                 # The followers have the answer at once; it is cached meanwhile, before the flight leaves
                 # `_flights` (and, for other gateways, lets go of its claim), so that no identical request
                 # slips in between and generates again.
+                flight.cached = generated and self._cacheable(answer)
                 flight.finish(answer)
                 if generated:
-                    stored = await self._store(key, answer, overwrite=not regenerated)
+                    stored = flight.cached = await self._store(key, answer, overwrite=not regenerated)
                     if stored and probe is not None and self.similar is not None and not regenerated:
                         await self.similar.add(probe, key)
                 if flight.publisher is not None:
@@ -745,12 +751,16 @@ class AskPipeline:
 
     # --- 3. afterwards -------------------------------------------------------------------------------
 
-    async def _store(self, key: str, answer: Answer, *, overwrite: bool = True) -> bool:
-        """Cache a whole text answer; True if it was one."""
+    def _cacheable(self, answer: Answer) -> bool:
         # Only whole text answers are worth repeating: a cut-off one would be served cut off for the TTL,
         # and a tool call is a step of the caller's own program.
-        if answer.finish_reason in COMPLETE and answer.text and not answer.tool_calls:
-            await self.cache.put(
+        complete = answer.finish_reason in COMPLETE and bool(answer.text) and not answer.tool_calls
+        return complete and self.cache.takes(answer.text)
+
+    async def _store(self, key: str, answer: Answer, *, overwrite: bool = True) -> bool:
+        """Cache a whole text answer; True if the cache has it now."""
+        if self._cacheable(answer):
+            return await self.cache.put(
                 key,
                 CachedAnswer(
                     text=answer.text,
@@ -761,7 +771,6 @@ class AskPipeline:
                 ),
                 overwrite=overwrite,
             )
-            return True
         return False
 
     async def _record(
