@@ -198,6 +198,30 @@ async def test_replicas_may_serve_different_models(
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_a_healthy_replica_is_not_passed_over_for_one_out_of_rotation(
+    adapter_server: AdapterServer, simulators: Simulators
+) -> None:
+    first_sim, second_sim = simulators("--output-tokens", "3"), simulators("--output-tokens", "4")
+    served = await adapter_server(
+        None, upstream_urls=replicas_of(first_sim, second_sim), model="sim-model", health_interval_s=0.1
+    )
+    first, second = served.replicas.replicas
+    # A misspelt model is refused by whichever replica it went to, which still serves what it listed.
+    for _ in range(4):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await served.stub.Generate(ask(model="sim-modle"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert [first.models, second.models] == [{"sim-model"}, {"sim-model"}]
+    # A replica whose list is not known (it came back and could not be asked yet) still serves while the one
+    # that lists the model is out of rotation.
+    first.models = None
+    second_sim.close()
+    await until(lambda: not second.up, "the stopped replica out of rotation")
+    for _ in range(3):
+        assert (await served.stub.Generate(ask(), timeout=10)).text
+    assert await finished(first_sim) == 3
+
+
 # --- failures -----------------------------------------------------------------------------------------
 
 

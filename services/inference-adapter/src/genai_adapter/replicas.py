@@ -5,12 +5,14 @@ Who goes next is the fair scheduler's decision (users take turns; it admits GENA
 generations per replica in rotation, see `capacity`); where an admitted call goes is decided here:
 
 - candidates: the replicas that list the call's model on /v1/models (asked when a replica joins or
-  comes back, and on every ListModels); when none lists it, the replicas whose list is not known yet;
-  when none of those either, every replica (whose 404 the caller then gets, as with one server).
+  comes back, and on every ListModels), then those whose list is not known (yet, or again: a replica
+  forgets its list when it comes back, and when it answers 404 for a model it listed); when neither,
+  every replica (whose 404 the caller then gets, as with one server).
 - in rotation: a candidate that answers its health checks (`Replica.up`) and whose circuit breaker
-  lets requests through (`breaker`). When no candidate is in rotation, every candidate is tried anyway,
-  least loaded first: the checks are up to a second old, and a call that can only fail should fail as
-  fast as it does with one server.
+  lets requests through (`breaker`). Those that list the model are chosen from first, then those whose
+  list is not known: a healthy replica is never passed over for one out of rotation. When no candidate
+  is in rotation, every candidate is tried anyway, least loaded first: the checks are up to a second
+  old, and a call that can only fail should fail as fast as it does with one server.
 - load, counted in requests: the generations in flight from here, plus the requests waiting inside
   the server, plus its KV-cache use times its capacity (both read from its /metrics at every health
   check; none from a server without vLLM's metrics, such as llama.cpp's: in-flight only).
@@ -189,8 +191,9 @@ class Replica:
 class _Attempt:
     """One call on one replica; says how it ended to the replica's breaker exactly once."""
 
-    def __init__(self, replica: Replica) -> None:
+    def __init__(self, replica: Replica, model: str) -> None:
         self.replica = replica
+        self.model = model
         self._settled = False
 
     def ok(self) -> None:
@@ -203,8 +206,10 @@ class _Attempt:
             self.replica.breaker.failure()
         else:
             self.replica.breaker.release()
-            if exc.code == grpc.StatusCode.NOT_FOUND:
-                # It does not serve the model it listed (restarted with another?): ask it again.
+            models = self.replica.models
+            if exc.code == grpc.StatusCode.NOT_FOUND and models is not None and self.model in models:
+                # It does not serve the model it listed (restarted with another?): ask it again. A 404 for a
+                # model it never listed (a misspelt name) tells nothing new about it.
                 self.replica.models = None
 
     def abandoned(self) -> None:
@@ -461,19 +466,22 @@ class ReplicaSet:
 
     # --- routing -----------------------------------------------------------------------------------
 
-    def _candidates(self, model: str) -> list[Replica]:
+    def _candidates(self, model: str) -> tuple[list[Replica], list[Replica]]:
+        """Those that list the model and those whose list is not known; when neither, every replica."""
         replicas = list(self._replicas.values())
         listed = [r for r in replicas if r.models is not None and model in r.models]
-        if listed:
-            return listed
-        return [r for r in replicas if r.models is None] or replicas
+        unknown = [r for r in replicas if r.models is None]
+        if listed or unknown:
+            return listed, unknown
+        return replicas, []
 
     def pick(self, model: str, key: str = "", exclude: Collection[str] = ()) -> Replica | None:
         """The replica for the next attempt of a call, or None when every candidate has been tried."""
-        candidates = [r for r in self._candidates(model) if r.name not in exclude]
+        listed, unknown = ([r for r in tier if r.name not in exclude] for tier in self._candidates(model))
+        candidates = listed + unknown
         if not candidates:
             return None
-        ready = [r for r in candidates if r.in_rotation()]
+        ready = [r for r in listed if r.in_rotation()] or [r for r in unknown if r.in_rotation()]
         if key and ready:
             name, kept = bounded_choice(
                 self._ring, key, {r.name: r.load for r in ready}, self._settings.affinity_load_factor
@@ -489,8 +497,8 @@ class ReplicaSet:
         return random.choice([r for r in pool if r.load == least])  # noqa: S311 - spreading, not secrets
 
     @contextlib.contextmanager
-    def _attempt(self, replica: Replica, generation: bool) -> Iterator[_Attempt]:
-        attempt = _Attempt(replica)
+    def _attempt(self, replica: Replica, model: str, generation: bool) -> Iterator[_Attempt]:
+        attempt = _Attempt(replica, model)
         replica.breaker.acquire()
         if generation:
             replica.in_flight += 1
@@ -546,7 +554,7 @@ class ReplicaSet:
         last: tuple[Replica, UpstreamError] | None = None
         while True:
             replica = self._next(model, key, tried, last)
-            with self._attempt(replica, generation) as attempt:
+            with self._attempt(replica, model, generation) as attempt:
                 try:
                     result = await call(replica.client, deadline.remaining())
                 except UpstreamError as exc:
@@ -584,7 +592,7 @@ class ReplicaSet:
         while True:
             replica = self._next(model, key, tried, last)
             started = False
-            with self._attempt(replica, generation=True) as attempt:
+            with self._attempt(replica, model, generation=True) as attempt:
                 try:
                     async with aclosing(replica.client.stream(path, payload, deadline.remaining())) as events:
                         async for event in events:
