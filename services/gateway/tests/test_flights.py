@@ -92,6 +92,32 @@ async def test_identical_requests_on_two_gateways_share_one_generation(
         assert await slots_in_use(rig, f"user{i}") == 0
 
 
+async def test_a_stream_that_leads_after_the_answer_was_cached_shows_its_text(
+    rig: Rig,  # noqa: F811
+    gateways: tuple[AskPipeline, AskPipeline],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request misses the cache a moment before another gateway's identical generation caches its answer
+    and lets go of its claim; it then leads, finds the answer in the cache, and streams it like a hit."""
+    a, b = gateways
+    rig.model.gate.set()
+    prompt = unique()
+    text, first = await streamed(await a.admit(principal("a"), ask(prompt)))
+    assert text == first.text == f"echo: {prompt}"
+    get = b.cache.get
+    looked = 0
+
+    async def missed_once(key: str, *args: object, **kwargs: object) -> object:
+        nonlocal looked
+        looked += 1
+        return None if looked == 1 else await get(key, *args, **kwargs)
+
+    monkeypatch.setattr(b.cache, "get", missed_once)
+    text, second = await streamed(await b.admit(principal("b"), ask(prompt)))
+    assert (text, second.text, second.source) == (first.text, first.text, "cache")
+    assert len(rig.model.requests) == 1 and second.charged_tokens == 0
+
+
 async def test_a_follower_takes_over_from_a_leader_that_died(
     rig: Rig,  # noqa: F811
     gateways: tuple[AskPipeline, AskPipeline],

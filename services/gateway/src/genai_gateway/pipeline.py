@@ -688,7 +688,13 @@ class AskPipeline:
                 FLIGHTS.labels("took_over" if attempt else "led").inc()
                 # The flight before may have cached its answer and let go between our look-up and our claim.
                 cached = await self.cache.get(key, counted=False)
-                return _from_cache(cached) if cached is not None else None
+                if cached is None:
+                    return None
+                answer = _from_cache(cached)
+                # Streams show the pieces, not the last event: the text goes out as a cache hit's does.
+                for start in range(0, len(answer.text), CACHED_CHUNK_CHARS):
+                    flight.publish(Delta(answer.text[start : start + CACHED_CHUNK_CHARS]))
+                return answer
             FLIGHTS.labels("followed").inc()
             if attempt == 0:
                 COALESCED.inc()
