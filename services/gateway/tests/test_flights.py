@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as redis
 
 from genai_common.redis_guard import RedisGuard
+from genai_gateway import flights
 from genai_gateway.errors import ApiError
 from genai_gateway.flights import FLIGHTS, Record, SharedFlights
 from genai_gateway.pipeline import INTERRUPTED, Answer, AskPipeline, Delta, Event, Ticket
@@ -104,6 +105,8 @@ async def test_a_stream_that_leads_after_the_answer_was_cached_shows_its_text(
     prompt = unique()
     text, first = await streamed(await a.admit(principal("a"), ask(prompt)))
     assert text == first.text == f"echo: {prompt}"
+    # Its flight has cached the answer and let go of its claim.
+    await until(lambda: not a._flights, "the first flight ends")
     get = b.cache.get
     looked = 0
 
@@ -161,6 +164,35 @@ async def test_a_leader_whose_callers_left_goes_on_while_another_gateway_follows
     answer = await follower
     assert answer.text == f"echo: {prompt}" and answer.charged_tokens == 0
     assert len(rig.model.requests) == 1
+
+
+async def test_a_leader_whose_callers_left_goes_on_for_a_follower_longer_than_a_records_lifetime(
+    rig: Rig,  # noqa: F811
+    gateways: tuple[AskPipeline, AskPipeline],
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The followers' count lives as long as its leader: a follower that is always given something to read
+    never renews it itself, and a count that ran out would stop the generation it still follows."""
+    monkeypatch.setattr(flights, "RECORD_TTL_S", 0.6)
+    a, b = gateways
+    prompt = unique()
+    leader = await leading(a, prompt)
+    follower = asyncio.ensure_future((await b.admit(principal("b"), ask(prompt))).answer())
+    await until(lambda: a._flights and next(iter(a._flights.values())).publisher.remote_followers, "followed")  # type: ignore[union-attr]
+    await leader.aclose()
+    # Three lifetimes of a record, with the leader publishing as it goes and the follower reading it.
+    await asyncio.sleep(3 * flights.RECORD_TTL_S)
+    assert rig.model.cancelled == 0
+    rig.model.gate.set()
+    answer = await follower
+    assert answer.text == f"echo: {prompt}" and answer.charged_tokens == 0
+    assert len(rig.model.requests) == 1
+    # The follower left, and its count is not left behind without an expiry.
+    await b.drain()
+    await asyncio.sleep(0.1)
+    counts = [k async for k in redis_client.scan_iter(match="flight:v1:*:followers")]
+    assert [await redis_client.pttl(k) > 0 for k in counts] == [True] * len(counts)
 
 
 async def test_the_generation_is_cancelled_when_its_last_follower_anywhere_leaves(

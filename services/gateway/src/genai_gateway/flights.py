@@ -73,9 +73,11 @@ end
 return {0, redis.call('GET', KEYS[1]) or ''}
 """
 
-# One round trip per batch of a leader's records: append them, keep the record and the lease alive (or give
-# the lease back with the last record), and say how many other processes follow. Only while the lease is
-# still this flight's: a leader that lost it (too slow to renew, another took over) stops publishing.
+# One round trip per batch of a leader's records: append them, keep the record, the followers' count and the
+# lease alive (or give the lease back with the last record), and say how many other processes follow. Only
+# while the lease is still this flight's: a leader that lost it (too slow to renew, another took over) stops
+# publishing. The count lives as long as the leader does: a follower reading a steady stream never renews it
+# itself, and a count that ran out would make a leader whose own callers left stop for nobody.
 # KEYS: lease, record, followers.  ARGV: flight id, lease ms, record ms, max records, release, records...
 _PUBLISH = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
@@ -85,6 +87,7 @@ for i = 6, #ARGV do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'r', ARGV[i])
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
 if ARGV[5] == '1' then
   redis.call('DEL', KEYS[1])
 else
@@ -132,6 +135,10 @@ def _raise_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+def _record_ms() -> int:
+    return int(RECORD_TTL_S * 1000)
 
 
 def _text(value: bytes | str | None) -> str:
@@ -198,7 +205,7 @@ class SharedFlights:
         lease, record, followers = self._names(claim.key, claim.flight_id)
         try:
             async with self.client.pipeline(transaction=False) as pipe:
-                await pipe.incr(followers).pexpire(followers, RECORD_TTL_S * 1000).execute()
+                await pipe.incr(followers).pexpire(followers, _record_ms()).execute()
         except REDIS_ERRORS as exc:
             self.guard.failed(exc)
             raise Unavailable from exc
@@ -221,7 +228,7 @@ class SharedFlights:
                         if holder != claim.flight_id:
                             read = await self.reader.xread({record: last_id}, count=512)
                         else:
-                            await self.client.pexpire(followers, RECORD_TTL_S * 1000)
+                            await self.client.pexpire(followers, _record_ms())
                 except REDIS_ERRORS as exc:
                     self.guard.failed(exc)
                     raise Unavailable from exc
@@ -244,7 +251,9 @@ class SharedFlights:
 
     async def _leave(self, followers: str) -> None:
         with contextlib.suppress(*REDIS_ERRORS):
-            await self.client.decr(followers)
+            # With its expiry again: a count that had run out would come back as -1 and stay for good.
+            async with self.client.pipeline(transaction=False) as pipe:
+                await pipe.decr(followers).pexpire(followers, _record_ms()).execute()
 
 
 class LeaderLost(Exception):
@@ -314,7 +323,7 @@ class Publisher:
                     args=[
                         self.claim.flight_id,
                         flights.lease_ms,
-                        RECORD_TTL_S * 1000,
+                        _record_ms(),
                         MAX_RECORDS,
                         int(release),
                         *batch,
