@@ -186,3 +186,26 @@ async def test_slots_given_back_while_redis_was_away_are_dropped_by_the_next_tic
         assert await client.scard(f"{a.prefix}running") == 0
     finally:
         await client.aclose()
+
+
+async def test_a_waiting_request_the_queue_lost_is_put_back_in_it(adapters: Adapters, redis_url: str) -> None:
+    """Redis lost the queue (restarted empty, or this adapter's key expired while it stalled and another
+    adapter's admission dropped its tickets): the next tick puts the waiting ticket back, and it gets the
+    slot when one is free instead of waiting for its deadline."""
+    a = await adapters(1, queue_timeout_s=30)
+    b = await adapters(1, queue_timeout_s=30)
+    holder = await join(a, "u")
+    waiting = await join(b, "v")
+    assert holder.admitted and not waiting.admitted
+    client: redis.Redis = create_redis(redis_url)
+    try:
+        lost = [key async for key in client.scan_iter(match=f"{a.prefix}*") if b"alive:" not in key]
+        await client.delete(*lost)
+        await holder.aclose()
+        await asyncio.wait_for(waiting.wait(), timeout=10)
+        assert waiting.admitted
+        await waiting.aclose()
+        assert await client.scard(f"{a.prefix}running") == 0
+        assert int(await client.get(f"{a.prefix}waiting") or 0) == 0
+    finally:
+        await client.aclose()

@@ -17,6 +17,10 @@ user of the ring) in the state Redis, so that it holds across processes:
 - An admission is published on `{p}admitted:<id>`, which only that adapter reads; a waiting ticket also
   looks for itself in the running set every second, so a message lost with a reconnection costs a second,
   never a slot.
+- The same look finds a waiting ticket that the queue lost: Redis restarted empty, or the adapter's key
+  expired while it could not renew it (a stall, Redis away longer than the lease) and another adapter's
+  admission dropped its tickets. The tick puts such a ticket back in its user's queue (at the end, with
+  its user's turn), instead of leaving it to wait for an admission that never comes until its deadline.
 
 When Redis does not answer (down, full, slow), requests go to this process's own `FairScheduler` with the
 whole capacity, for `cooldown_s`, then Redis is tried again: nothing fails because coordination failed,
@@ -138,23 +142,39 @@ return held
 """
 )
 
-# ARGV: prefix, capacity, adapter id, lease in ms, then every ticket this adapter still has (waiting or
-# holding a slot). Renews the adapter's key; drops its running tickets that it no longer has (a give-back
-# that failed while Redis was away); admits; returns which of the given tickets hold a slot.
+# ARGV: prefix, capacity, adapter id, lease in ms, the number n of waiting tickets, then n pairs (ticket,
+# user) of the tickets waiting in the queue, then every other ticket this adapter still has (joining or
+# holding a slot). Renews the adapter's key; puts back the waiting tickets the queue lost; drops its running
+# tickets that it no longer has (a give-back that failed while Redis was away); admits; returns which of the
+# given tickets hold a slot.
 _TICK = (
     _ADMIT
     + """
-local p, cap, id, lease = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local p, cap, id, lease, n = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 redis.call('SET', p .. 'alive:' .. id, '1', 'PX', lease)
-local live = {}
-for i = 5, #ARGV do live[ARGV[i]] = true end
-for _, t in ipairs(redis.call('SMEMBERS', p .. 'running')) do
-  if owner(t) == id and not live[t] then redis.call('SREM', p .. 'running', t) end
+local running = p .. 'running'
+local live, given = {}, {}
+for i = 6, 5 + 2 * n, 2 do
+  local t, user = ARGV[i], ARGV[i + 1]
+  live[t] = true
+  table.insert(given, t)
+  local q = p .. 'u:' .. user
+  if redis.call('SISMEMBER', running, t) == 0 and not redis.call('LPOS', q, t) then
+    if redis.call('RPUSH', q, t) == 1 then redis.call('RPUSH', p .. 'ring', user) end
+    redis.call('INCR', p .. 'waiting')
+  end
+end
+for i = 6 + 2 * n, #ARGV do
+  live[ARGV[i]] = true
+  table.insert(given, ARGV[i])
+end
+for _, t in ipairs(redis.call('SMEMBERS', running)) do
+  if owner(t) == id and not live[t] then redis.call('SREM', running, t) end
 end
 admit(p, cap)
 local held = {}
-for i = 5, #ARGV do
-  if redis.call('SISMEMBER', p .. 'running', ARGV[i]) == 1 then table.insert(held, ARGV[i]) end
+for _, t in ipairs(given) do
+  if redis.call('SISMEMBER', running, t) == 1 then table.insert(held, t) end
 end
 return held
 """
@@ -203,8 +223,10 @@ class SharedScheduler:
         self.cooldown_s = cooldown_s
         self.id = os.urandom(6).hex()
         self._numbers = itertools.count()
-        # This process's tickets in the shared queue, waiting or holding a slot: id -> its admission.
+        # This process's tickets in the shared queue, joining, waiting or holding a slot: id -> its admission.
         self._live: dict[str, asyncio.Future[None]] = {}
+        # Those of them known to wait in the queue (their join returned "waiting"): id -> user.
+        self._waiting: dict[str, str] = {}
         self._down_until = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._join = client.register_script(_JOIN)
@@ -250,7 +272,7 @@ class SharedScheduler:
         # Every slot of this adapter back now rather than at the lease's end; its waiting tickets are
         # skipped once its key is gone.
         with contextlib.suppress(*_FAILURES):
-            await self._tick(args=[self.prefix, self.max_concurrent, self.id, 1])
+            await self._tick(args=[self.prefix, self.max_concurrent, self.id, 1, 0])
             await self.redis.delete(f"{self.prefix}alive:{self.id}")
 
     # --- shared or alone -----------------------------------------------------------------------------
@@ -268,8 +290,17 @@ class SharedScheduler:
         SHARED.set(0)
 
     async def tick(self) -> None:
+        waiting = dict(self._waiting)
         held = await self._tick(
-            args=[self.prefix, self.max_concurrent, self.id, int(self.lease_s * 1000), *self._live]
+            args=[
+                self.prefix,
+                self.max_concurrent,
+                self.id,
+                int(self.lease_s * 1000),
+                len(waiting),
+                *itertools.chain.from_iterable(waiting.items()),
+                *(t for t in self._live if t not in waiting),
+            ]
         )
         for ticket in held:
             self.admitted(ticket.decode() if isinstance(ticket, bytes) else str(ticket))
@@ -279,6 +310,7 @@ class SharedScheduler:
         SHARED.set(1)
 
     def admitted(self, ticket: str) -> None:
+        self._waiting.pop(ticket, None)
         future = self._live.get(ticket)
         if future is not None and not future.done():
             future.set_result(None)
@@ -384,6 +416,7 @@ class SharedTicket:
             raise QueueFull(int(answer[1]), scheduler.retry_after_s())
         else:
             self._state = "waiting"
+            scheduler._waiting[ticket] = self.user
             QUEUE_WAITING.inc()
 
     async def _go_local(self) -> None:
@@ -465,6 +498,7 @@ class SharedTicket:
             return
         scheduler = self._scheduler
         scheduler._live.pop(self._id, None)
+        scheduler._waiting.pop(self._id, None)
         try:
             # Shielded: a cancelled caller still gives its slot back.
             await asyncio.shield(
