@@ -191,6 +191,50 @@ def test_user_removed_from_the_group_loses_access_at_the_next_refresh(directory:
     assert directory.token("dave").status_code == 403
 
 
+def test_an_api_key_asks_the_directory_again_and_is_revoked_when_its_owner_lost_access(
+    directory: Directory,
+) -> None:
+    """A directory user's API key lives as long as the directory lets its owner in: once the directory's last
+    word is older than a session may last, a use of the key asks again; removed from their groups, the owner
+    loses the key (and every other) at once, as a renewal would end their sessions."""
+    import asyncpg
+
+    signed_in = directory.token("erin")
+    assert signed_in.status_code == 200, signed_in.text
+    with directory.stack.client() as client:
+        headers = {"Authorization": f"Bearer {signed_in.json()['access_token']}"}
+        created = client.post("/api/v1/keys", json={"name": "script", "never_expires": True}, headers=headers)
+        assert created.status_code in (200, 201), created.text
+        key_headers = {"Authorization": f"Bearer {created.json()['key']}"}
+        assert client.get("/api/v1/me", headers=key_headers).status_code == 200
+
+        async def age_the_last_check() -> None:
+            conn = await asyncpg.connect(directory.stack.cfg.service_database_urls["auth"])
+            try:
+                await conn.execute(
+                    "UPDATE users SET directory_checked_at = now() - interval '1 hour' WHERE username = 'erin'"
+                )
+            finally:
+                await conn.close()
+
+        # Still in the groups: the key is checked with the directory, and goes on working.
+        asyncio.run(age_the_last_check())
+        assert client.get("/api/v1/me", headers=key_headers).status_code == 200
+        directory.slapd.remove_member("genai-users", "erin")
+        directory.slapd.remove_member("genai-heavy", "erin")
+        asyncio.run(age_the_last_check())
+        # The gateway may answer from what it cached for up to its cache's lifetime before auth is asked.
+        deadline = time.monotonic() + 15
+        while (
+            me := client.get("/api/v1/me", headers=key_headers)
+        ).status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert me.status_code in (401, 403), me.text
+        # Revoked, not just refused this once: it stays refused without asking the directory.
+        assert client.get("/api/v1/me", headers=key_headers).status_code == 401
+    assert directory.token("erin").status_code == 403
+
+
 def test_directory_down_is_a_quick_503_while_the_local_admin_signs_in(directory: Directory) -> None:
     stack = directory.stack
     assert directory.token("alice").status_code == 200  # a pooled connection exists

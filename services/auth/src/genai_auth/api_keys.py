@@ -259,7 +259,7 @@ class ApiKeyStore:
             raise InvalidApiKey("malformed api key")
         row = await self._pool.fetchrow(
             f"SELECT {_KEY_COLUMNS}, k.key_hash, u.password_hash, u.role, u.disabled, "  # noqa: S608 (constant columns)
-            "u.created_at AS user_created_at, u.limits, u.source, u.directory_limits "
+            "u.created_at AS user_created_at, u.limits, u.source, u.directory_limits, u.directory_checked_at "
             "FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.prefix = $1",
             match.group(1),
         )
@@ -286,6 +286,7 @@ class ApiKeyStore:
             limits=json.loads(row["limits"]),
             source=row["source"],
             directory_limits=json.loads(row["directory_limits"]),
+            directory_checked_at=row["directory_checked_at"],
         )
         if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
             # Conditional, so concurrent requests with the same key (on any replica) write it once.
@@ -327,6 +328,15 @@ class ApiKeyStore:
             key_id,
         )
         return ApiKey.from_row(row) if row else None
+
+    async def revoke_all(self, owner_id: uuid.UUID) -> int:
+        """Revoke every key of a user that is not revoked yet; how many."""
+        result = await self._pool.execute(
+            "UPDATE api_keys SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
+            owner_id,
+            self.now(),
+        )
+        return int(result.rsplit(" ", 1)[-1])
 
     async def revoke(self, key_id: uuid.UUID, *, owner_id: uuid.UUID | None = None) -> ApiKey | None:
         """Revoke a key (of `owner_id` only, when given); None if there is no such key. Revoking a

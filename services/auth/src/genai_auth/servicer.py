@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, NoReturn
 
@@ -312,6 +312,11 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             key, user = await self._api_keys.authenticate(token)
         except InvalidApiKey as exc:
             await self._refuse_token(context, str(exc))
+        if user.from_directory and self._directory_check_due(user):
+            user = await self._recheck_directory(user, context)
+            if key.scope != "admin":
+                # As `authenticate` has it: a user-scoped key of an admin acts as a user.
+                user = replace(user, role="user")
         return Caller(
             user, _seconds(key.expires_at), token_id=str(key.id), api_key_id=str(key.id), scope=key.scope
         )
@@ -429,14 +434,29 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         await self._limiter.succeeded(request.username, request.client_address, attempt)
         return await self._directory_grant(found, context)
 
+    def _directory_check_due(self, user: User) -> bool:
+        """Whether the directory's last word on a user is older than a directory session may last: their API
+        keys then ask it again, as their tokens do when renewed."""
+        checked = user.directory_checked_at
+        return checked is None or time.time() - checked.timestamp() >= self._directory_session_s
+
+    async def _directory_refused(self, user_id: uuid.UUID) -> None:
+        """The directory no longer lets a user in: their sessions end and their API keys are revoked (a
+        directory user's keys live only as long as the directory says they may sign in)."""
+        await self._users.end_sessions(user_id)
+        revoked = await self._api_keys.revoke_all(user_id)
+        if revoked:
+            logger.info("directory user %s refused: %s api keys revoked", user_id, revoked)
+
     async def _directory_grant(self, found: DirectoryUser, context: grpc.aio.ServicerContext) -> User:
         """The directory user as provisioned with the grant of their groups now; aborts PERMISSION_DENIED
-        (and ends the sessions of one provisioned before) when no mapped group gives access."""
+        (and ends the sessions and revokes the API keys of one provisioned before) when no mapped group gives
+        access."""
         grant = combine(self._group_grants, found.groups, self._unmapped_role)
         if grant is None:
             existing = await self._users.get_by_username(found.login)
             if existing is not None and existing.from_directory:
-                await self._users.end_sessions(existing.id)
+                await self._directory_refused(existing.id)
             logger.info("directory user refused: no mapped group (%s groups)", len(found.groups))
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, NO_MAPPED_GROUP)
         try:
@@ -452,8 +472,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         return user
 
     async def _recheck_directory(self, user: User, context: grpc.aio.ServicerContext) -> User:
-        """A directory user's session is renewed: ask the directory whether they still get in, and with
-        which role and limits."""
+        """A directory user's session is renewed, or their API key used once the last check is old: ask the
+        directory whether they still get in, and with which role and limits."""
         if self._directory is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, DIRECTORY_ACCESS_ENDED)
         try:
@@ -461,7 +481,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         except DirectoryUnavailable as exc:
             await self._directory_down(context, exc)
         if found is None or found.disabled:
-            await self._users.end_sessions(user.id)
+            await self._directory_refused(user.id)
             logger.info("directory user %s is gone or disabled in the directory; sessions ended", user.id)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, DIRECTORY_ACCESS_ENDED)
         return await self._directory_grant(found, context)
