@@ -225,6 +225,29 @@ def test_a_code_from_the_web_page_links_and_a_wrong_reused_or_expired_one_does_n
     assert again.status_code == 400 and "wrong, already used or expired" in again.json()["detail"]
 
 
+def test_an_account_linked_to_another_user_ends_its_earlier_link_and_nobody_else_can_end_it(bot: Bot) -> None:
+    alice, bob, mallory = bot.stack.new_user(), bot.stack.new_user(), bot.stack.new_user()
+    phone = person()
+    link(bot, alice, phone)
+    # Mallory redeems a code of her own by hand with the account's Telegram id: Alice's link stays.
+    with bot.stack.client() as client:
+        made = client.post(
+            "/api/v1/telegram/links",
+            json={"code": code_for(bot.stack, mallory)["code"], "telegram_user_id": phone.id},
+        )
+        assert made.status_code == 201, made.text
+        alices = client.get("/api/v1/telegram/links", headers=alice.headers).json()["links"]
+        assert [x["revoked"] for x in alices] == [False]
+    # The account's owner links it to Bob through the bot: the bot ends the link to Alice.
+    link(bot, bob, phone)
+    with bot.stack.client() as client:
+        alices = client.get(
+            "/api/v1/telegram/links", params={"include_revoked": True}, headers=alice.headers
+        ).json()["links"]
+        bobs = client.get("/api/v1/telegram/links", headers=bob.headers).json()["links"]
+    assert [x["revoked"] for x in alices] == [True] and [x["revoked"] for x in bobs] == [False]
+
+
 async def _expire_codes(stack: RunningStack, user: User) -> None:
     """Time passing for the user's codes: the test moves their expiry into the past."""
     conn = await asyncpg.connect(stack.cfg.database_url)

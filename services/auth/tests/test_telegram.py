@@ -89,17 +89,29 @@ async def test_a_disabled_users_code_links_nothing(
 async def test_linking_an_account_again_ends_its_earlier_link_and_key(
     links: TelegramLinks, keys: ApiKeyStore, store: UserStore, make_user: MakeUser
 ) -> None:
-    first: User = (await make_user())[0]
-    second: User = (await make_user())[0]
-    earlier = await links.redeem((await links.create_code(first, 600))[0], 4001, "", store.get_by_id)
-    later = await links.redeem((await links.create_code(second, 600))[0], 4001, "", store.get_by_id)
+    owner: User = (await make_user())[0]
+    earlier = await links.redeem((await links.create_code(owner, 600))[0], 4001, "", store.get_by_id)
+    later = await links.redeem((await links.create_code(owner, 600))[0], 4001, "", store.get_by_id)
     with pytest.raises(InvalidApiKey):
         await keys.authenticate(earlier.api_key)
-    assert (await keys.authenticate(later.api_key))[1].id == second.id
-    assert [(x.id, x.revoked) for x in await links.list(first.id, include_revoked=True)] == [
-        (earlier.link.id, True)
+    assert (await keys.authenticate(later.api_key))[1].id == owner.id
+    assert [(x.id, x.revoked) for x in await links.list(owner.id, include_revoked=True)] == [
+        (later.link.id, False),
+        (earlier.link.id, True),
     ]
-    assert await links.list(first.id, include_revoked=False) == []
+
+
+async def test_a_code_redeemed_with_someone_elses_telegram_id_leaves_their_link_alone(
+    links: TelegramLinks, keys: ApiKeyStore, store: UserStore, make_user: MakeUser
+) -> None:
+    """Redeeming takes the Telegram id on trust (the bot's word): another user's code, redeemed with the
+    victim's id by hand, must not end the victim's link."""
+    victim: User = (await make_user())[0]
+    other: User = (await make_user())[0]
+    linked = await links.redeem((await links.create_code(victim, 600))[0], 4002, "", store.get_by_id)
+    await links.redeem((await links.create_code(other, 600))[0], 4002, "", store.get_by_id)
+    assert (await keys.authenticate(linked.api_key))[1].id == victim.id
+    assert [x.id for x in await links.list(victim.id, include_revoked=False)] == [linked.link.id]
 
 
 async def test_ending_a_link_revokes_its_key_and_only_its_owner_or_an_admin_can(

@@ -140,14 +140,17 @@ class TelegramLinks:
         name = f"Telegram @{handle}" if handle else f"Telegram {telegram_user_id}"
         created = await self._api_keys.create(owner, name, 0, CHAT_SCOPE)
         async with self._pool.acquire() as conn, conn.transaction():
-            # The account's earlier link (to this user or another) ends, with its key.
+            # The account's earlier link to this user ends, with its key. One to another user is that user's
+            # to end (the bot ends it with its own key when the account links elsewhere): the Telegram id
+            # comes with the code unproven, and must not let anyone end someone else's link.
             await conn.execute(
                 "WITH ended AS (UPDATE telegram_links SET revoked_at = $2 WHERE telegram_user_id = $1 "
-                "AND revoked_at IS NULL RETURNING api_key_id) "
+                "AND user_id = $3 AND revoked_at IS NULL RETURNING api_key_id) "
                 "UPDATE api_keys SET revoked_at = coalesce(api_keys.revoked_at, $2) FROM ended "
                 "WHERE api_keys.id = ended.api_key_id",
                 telegram_user_id,
                 now,
+                owner.id,
             )
             link_id = await conn.fetchval(
                 "INSERT INTO telegram_links (user_id, api_key_id, telegram_user_id, telegram_username, "

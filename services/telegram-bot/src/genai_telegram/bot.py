@@ -243,7 +243,17 @@ class ChatBot:
             await self._say(update, text(lang, "unavailable"))
             return
         async with self._locks[user.id]:
+            earlier = self._store.get(user.id)
             self._store.put(user.id, redeemed.link_id, redeemed.owner, redeemed.api_key)
+        if earlier is not None and earlier.link_id != redeemed.link_id:
+            # The account's earlier link (to another user: auth ends one to the same user itself) ends with
+            # its own key, so that its owner does not keep a live link nobody uses.
+            try:
+                await self._gateway.unlink(earlier.api_key, earlier.link_id)
+            except Unlinked:
+                pass
+            except (Unavailable, Limited, Refused) as exc:
+                logger.warning("could not end the earlier link %s: %s", earlier.link_id, exc)
         logger.info("telegram account linked (link %s)", redeemed.link_id)
         await self._say(update, text(lang, "linked", owner=redeemed.owner))
 
