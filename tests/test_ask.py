@@ -75,6 +75,35 @@ def test_bad_max_tokens_and_empty_prompt_get_422(live: RunningStack, user: User)
     assert not_json.status_code == 422
 
 
+def test_text_that_is_not_unicode_gets_422_not_500(live: RunningStack, user: User) -> None:
+    """JSON can carry a lone surrogate ("\\ud800"), which is no Unicode text: refused as bad input wherever it
+    comes, never a 500."""
+    lone = '"\\ud800 hello"'
+    bodies = {
+        ("POST", "/ask"): '{"prompt": %s}' % lone,
+        ("POST", "/ask "): '{"prompt": %s, "stream": true}' % lone,
+        ("POST", "/v1/chat/completions"): '{"messages": [{"role": "user", "content": %s}]}' % lone,
+    }
+    with live.client() as client:
+        for (method, path), body in bodies.items():
+            response = client.request(
+                method,
+                path.strip(),
+                content=body.encode(),
+                headers={**user.headers, "Content-Type": "application/json"},
+            )
+            assert response.status_code == 422, (path, response.status_code, response.text)
+            assert "Unicode" in response.json()["detail"]
+        made = client.post("/ask", json={"prompt": "a title to change"}, headers=user.headers)
+        conversation = made.json()["conversation_id"]
+        renamed = client.patch(
+            f"/api/v1/history/{conversation}",
+            content=('{"title": %s}' % lone).encode(),
+            headers={**user.headers, "Content-Type": "application/json"},
+        )
+    assert renamed.status_code == 422, renamed.text
+
+
 def test_a_streamed_answer_reports_and_is_charged_the_tokens_it_spent(live: RunningStack, user: User) -> None:
     # llama.cpp's server sends no usage in a stream (it ignores stream_options): the adapter counts the
     # tokens with the server's tokenizer, so quotas and usage reports see streamed answers too.

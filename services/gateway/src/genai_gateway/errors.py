@@ -190,6 +190,18 @@ def install_handlers(app: FastAPI) -> None:
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(422, _validation_message(exc))
 
+    @app.exception_handler(UnicodeEncodeError)
+    async def not_unicode(_: Request, exc: UnicodeEncodeError) -> JSONResponse:
+        # JSON may escape a lone surrogate ("\ud800"), which Python decodes into a str that is not Unicode
+        # text: nothing can encode it (a hash, a gRPC message, a database row), so it is bad input.
+        if exc.reason == "surrogates not allowed":
+            return error_response(
+                422,
+                "invalid request: the text holds a lone surrogate (\\ud800-\\udfff), which is not Unicode",
+            )
+        logger.exception("unhandled error")
+        return error_response(500, "internal error")
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
