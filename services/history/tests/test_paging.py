@@ -1,5 +1,6 @@
 import base64
 import uuid
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 
 import pytest
@@ -10,6 +11,7 @@ from genai_history.paging import (
     UsageCursor,
     decode_audit_token,
     decode_page_token,
+    decode_search_token,
     decode_usage_token,
     encode_audit_token,
     encode_page_token,
@@ -39,6 +41,20 @@ def test_round_trip_keeps_microseconds() -> None:
 def test_tokens_not_made_here_are_refused(token: str) -> None:
     with pytest.raises(InvalidPageToken):
         decode_page_token(token)
+
+
+@pytest.mark.parametrize(
+    ("decode", "text"),
+    [
+        # Beyond PostgreSQL's `real` and `bigint`: refused here, not by the database as an internal error.
+        (decode_search_token, f"search:1e300:0:{uuid.uuid4()}"),
+        (decode_search_token, f"search:-4e38:0:{uuid.uuid4()}"),
+        (decode_audit_token, "audit:9223372036854775808"),
+    ],
+)
+def test_cursors_beyond_the_columns_range_are_refused(decode: Callable[[str], object], text: str) -> None:
+    with pytest.raises(InvalidPageToken):
+        decode(base64.urlsafe_b64encode(text.encode()).decode().rstrip("="))
 
 
 def test_audit_and_usage_tokens_round_trip() -> None:

@@ -98,6 +98,7 @@ async def test_a_year_and_a_leap_day_is_the_longest_range(stub: Stub) -> None:
         ("2024-01-01", "2024-02-30", "to_day"),
         ("20240101", "2024-01-02", "from_day"),
         ("2024-01-02", "2024-01-01", "before"),
+        ("9999-12-01", "9999-12-31", "to_day"),
     ],
 )
 async def test_bad_ranges(stub: Stub, from_day: str, to_day: str, needle: str) -> None:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The largest values of PostgreSQL's `real` and `bigint`: a cursor beyond them was not made here.
+FLOAT4_MAX = 3.4028234663852886e38
+BIGINT_MAX = 2**63 - 1
 _ONE_US = timedelta(microseconds=1)
 
 
@@ -91,7 +95,8 @@ def decode_search_token(token: str) -> SearchCursor:
         if kind != "search" or not micros_text.lstrip("-").isdigit():
             raise ValueError("not a search token")
         rank = float(rank_text)
-        if rank != rank or rank in (float("inf"), float("-inf")):
+        # A rank is a `real` (float4) in PostgreSQL: anything beyond its range is no rank it gave.
+        if not math.isfinite(rank) or abs(rank) > FLOAT4_MAX:
             raise ValueError("not a rank")
         return SearchCursor(rank=rank, at=from_micros(int(micros_text)), id=uuid.UUID(id_text))
     except (ValueError, binascii.Error, OverflowError) as exc:
@@ -106,7 +111,7 @@ def encode_audit_token(last_id: int) -> str:
 def decode_audit_token(token: str) -> int:
     try:
         kind, id_text = _decode(token).split(":")
-        if kind != "audit" or not id_text.isdigit():
+        if kind != "audit" or not id_text.isdigit() or int(id_text) > BIGINT_MAX:
             raise ValueError("not an audit token")
         return int(id_text)
     except (ValueError, binascii.Error) as exc:

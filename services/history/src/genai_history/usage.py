@@ -52,6 +52,8 @@ _REPORT = """
 def check_range(from_day: date, to_day: date) -> None:
     if to_day < from_day:
         raise InvalidRange("to_day must not be before from_day")
+    if to_day >= date.max:
+        raise InvalidRange("to_day must be before 9999-12-31")
     days = (to_day - from_day).days + 1
     if days > MAX_DAYS:
         raise InvalidRange(f"the range is {days} days; the longest report is {MAX_DAYS} days")
