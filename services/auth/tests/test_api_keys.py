@@ -655,6 +655,32 @@ async def test_a_stale_token_needs_the_password_to_mint_a_key(
     assert created.key.owner_username == user.username
 
 
+async def test_a_stale_token_needs_the_password_to_make_a_telegram_link_code(
+    stub: Stub, make_user: MakeUser, tokens: Tokens
+) -> None:
+    """A Telegram link is a key that never expires: its code is minted on the same terms as a key."""
+    user, password = await make_user()
+    stale, _ = tokens.issue(
+        user_id=str(user.id),
+        username=user.username,
+        role=user.role,
+        typ=ACCESS,
+        auth_time=int(time.time()) - 3600,
+    )
+
+    def make(password: str = "") -> Awaitable[auth_pb2.TelegramLinkCode]:
+        return stub.CreateTelegramLinkCode(
+            auth_pb2.CreateTelegramLinkCodeRequest(password=password), metadata=_bearer(stale)
+        )
+
+    error = await _error(make())
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "needs your password" in (error.details() or "")
+    wrong = await _error(make("not-" + password))
+    assert (wrong.code(), wrong.details()) == (grpc.StatusCode.PERMISSION_DENIED, "the password is incorrect")
+    assert (await make(password)).code
+
+
 async def test_never_expiring_only_when_asked_and_not_with_a_lifetime(
     stub: Stub, user_and_metadata: tuple[User, Metadata]
 ) -> None:

@@ -74,7 +74,8 @@ DIRECTORY_ACCESS_ENDED = (
     "your directory account or groups no longer give access to this service; sign in again"
 )
 PASSWORD_NEEDED = (
-    'creating an API key needs your password ("password"), or a sign-in with it in the last few minutes'  # noqa: S105
+    'creating an API key or a Telegram link needs your password ("password"), or a sign-in with it in the '  # noqa: S105
+    "last few minutes"
 )
 PASSWORD_WRONG = "the password is incorrect"  # noqa: S105 (a message, not a credential)
 DIRECTORY_MANAGED = "this is a directory account: its password and role are managed in the directory"
@@ -795,6 +796,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.CreateTelegramLinkCodeRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.TelegramLinkCode:
         caller = await self._caller(context)
+        # The code becomes a key that never expires: minted only by someone who just proved to be the user,
+        # as an API key is, not by whoever holds a stolen access token.
+        await self._confirm_identity(caller, request.password, context)
         code, expires_at = await self._telegram.create_code(caller.user, self._telegram_code_ttl_s)
         logger.info("user %s made a telegram link code", caller.user.id)
         return auth_pb2.TelegramLinkCode(code=code, expires_at=_seconds(expires_at))

@@ -298,6 +298,10 @@ ROUTE_ERRORS: dict[str, Reasons] = {
         404: "no user by the owner's name",
     },
     "DELETE /api/v1/keys/{key_id}": {400: "the key id is not a UUID"},
+    "POST /api/v1/telegram/codes": {
+        403: "the password is needed (no sign-in in the last few minutes) or wrong",
+        429: "too many wrong passwords (Retry-After)",
+    },
     "POST /api/v1/telegram/links": {
         400: "the code is wrong, already used or expired, or the user already has the most active keys allowed",
         503: AUTH_DOWN,

@@ -65,9 +65,23 @@ def link_out(link: auth_pb2.TelegramLink) -> LinkOut:
     )
 
 
+class CodeCreate(BaseModel):
+    password: str = Field(
+        "",
+        max_length=1024,
+        description="your password; needed unless you signed in with it in the last few minutes",
+    )
+
+
 @router.post("/api/v1/telegram/codes", response_model=LinkCodeOut, status_code=201)
-async def create_code(request: Request, _: CurrentUser, token: Token, auth: Auth) -> LinkCodeOut:
-    made = await auth.create_telegram_link_code(auth_pb2.CreateTelegramLinkCodeRequest(), token)
+async def create_code(
+    request: Request, _: CurrentUser, token: Token, auth: Auth, body: CodeCreate | None = None
+) -> LinkCodeOut:
+    """A one-time code for the bot. The link gives the bot a key that never expires, so, as for an API key,
+    your password is needed unless you signed in with it in the last few minutes."""
+    made = await auth.create_telegram_link_code(
+        auth_pb2.CreateTelegramLinkCodeRequest(password=body.password if body else ""), token
+    )
     bot = request.app.state.settings.telegram_bot_username
     return LinkCodeOut(
         code=made.code,

@@ -36,6 +36,8 @@ const STRINGS = {
     telegramAccountColumn: "Telegram account",
     telegramLinkedAt: "Linked",
     telegramRevoke: "Revoke",
+    telegramPasswordTitle: "Confirm with your password",
+    telegramPasswordHint: "A link lets the bot act as you until you unlink it: enter your password to get a code.",
     // sidebar
     conversations: "Conversations",
     recent: "Recent",
@@ -230,6 +232,8 @@ const STRINGS = {
     telegramAccountColumn: "Аккаунт Telegram",
     telegramLinkedAt: "Привязан",
     telegramRevoke: "Отозвать",
+    telegramPasswordTitle: "Подтвердите паролем",
+    telegramPasswordHint: "Привязка позволяет боту действовать от вашего имени, пока вы её не отмените: введите пароль, чтобы получить код.",
     conversations: "Диалоги",
     recent: "Недавние",
     newChat: "Новый диалог",

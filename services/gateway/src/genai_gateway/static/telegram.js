@@ -3,7 +3,7 @@
 
 import * as api from "./api.js";
 import { onLangChange, t } from "./i18n.js";
-import { el, errorText, formatTime, showMessage } from "./ui.js";
+import { el, errorText, formDialog, formatTime, showMessage } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 let timer = null;
@@ -73,10 +73,30 @@ async function unlink(id) {
   await renderLinks();
 }
 
+/** The password, asked for when the sign-in is not recent (a link gives the bot a lasting key); null: cancelled. */
+async function askPassword() {
+  const input = el("input", { id: "telegram-password", type: "password", autocomplete: "current-password", required: true });
+  const nodes = [
+    el("p", { text: t("telegramPasswordHint") }),
+    el("div", {}, el("label", { for: input.id, text: t("password") }), input),
+  ];
+  return (await formDialog(t("telegramPasswordTitle"), nodes, t("telegramMakeCode"))) ? input.value : null;
+}
+
 async function makeCode() {
   showMessage($("telegram-error"), "");
   try {
-    showCode(await api.json("/api/v1/telegram/codes", { method: "POST" }));
+    let made;
+    try {
+      made = await api.json("/api/v1/telegram/codes", { method: "POST" });
+    } catch (err) {
+      // 403 without a recent sign-in: the same request with the password.
+      if (!(err instanceof api.ApiError) || err.status !== 403) throw err;
+      const password = await askPassword();
+      if (password === null) return;
+      made = await api.json("/api/v1/telegram/codes", { method: "POST", body: { password } });
+    }
+    showCode(made);
   } catch (err) {
     showMessage($("telegram-error"), errorText(err));
   }
