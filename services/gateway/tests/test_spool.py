@@ -202,6 +202,23 @@ async def test_a_read_does_not_wait_out_the_turn_of_a_gateway_that_died_in_its_p
         await channel.close()
 
 
+async def test_a_journal_loop_cancelled_as_it_is_woken_stops(redis_client: redis.Redis) -> None:
+    """Python 3.11's wait_for loses a cancellation that comes as the awaited event fires: the loop went on for
+    ever (a gateway that would not stop). Woken and cancelled in the same moment, it stops."""
+    channel = create_channel(f"127.0.0.1:{free_port()}")
+    recorder = HistoryRecorder(HistoryClient(channel, 1, 1), redis_client, key=f"journal:{uuid.uuid4().hex}")
+    loop = asyncio.create_task(recorder.drain_forever(60))
+    try:
+        await asyncio.sleep(0.05)  # waiting to be woken
+        recorder._wake.set()
+        loop.cancel()
+        done, _ = await asyncio.wait({loop}, timeout=5)
+        assert done and loop.cancelled()
+    finally:
+        loop.cancel()
+        await channel.close()
+
+
 async def test_redis_and_history_both_down_keeps_exchanges_in_memory(
     history_address: str, pki: dict[str, mtls.MtlsFiles]
 ) -> None:

@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 from genai.auth.v1 import auth_pb2
 
+from genai_common.waiting import within
+
 logger = logging.getLogger(__name__)
 
 CHANNEL = "genai_auth_changes"
@@ -167,7 +169,7 @@ class ChangeFeed:
                         logger.info("credential feed listening again")
                         backoff = FIRST_BACKOFF_S
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), self.heartbeat_s)
+                        await within(stop.wait(), self.heartbeat_s)
             except Exception as exc:  # noqa: BLE001 (whatever broke the connection, listen again)
                 logger.warning("credential feed lost its database connection: %s", exc.__class__.__name__)
             finally:
@@ -176,5 +178,5 @@ class ChangeFeed:
                     conn.terminate()
             if not stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff)
+                    await within(stop.wait(), backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)

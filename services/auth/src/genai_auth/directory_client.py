@@ -38,6 +38,7 @@ import ldap3
 from ldap3.core.exceptions import LDAPBindError, LDAPException
 
 from genai_auth.directory import DirectoryConfig, DirectoryUnavailable, DirectoryUser
+from genai_common.waiting import within
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ class DirectoryClient:
             loop = asyncio.get_running_loop()
             future = loop.run_in_executor(self._executor, self._with_retry, work)
             try:
-                return await asyncio.wait_for(asyncio.shield(future), budget)
+                return await within(asyncio.shield(future), budget)
             except TimeoutError:
                 # The thread finishes on its own (each step has its timeout); its outcome is dropped.
                 future.add_done_callback(lambda done: done.exception())

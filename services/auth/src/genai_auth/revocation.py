@@ -32,6 +32,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from genai_common.redis_guard import REDIS_ERRORS, RedisGuard
+from genai_common.waiting import within
 
 logger = logging.getLogger(__name__)
 
@@ -255,4 +256,4 @@ class RevocationList:
                 # PostgreSQL away, most likely: the next tick tries again, and this task must not die.
                 logger.warning("revocation upkeep failed; retrying", exc_info=True)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), tick_s)
+                await within(stop.wait(), tick_s)

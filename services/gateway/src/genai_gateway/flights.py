@@ -41,6 +41,7 @@ import redis.asyncio as redis
 from prometheus_client import Counter
 
 from genai_common.redis_guard import REDIS_ERRORS, RedisGuard
+from genai_common.waiting import within
 
 logger = logging.getLogger(__name__)
 
@@ -300,7 +301,7 @@ class Publisher:
             self._pending.append(record.encode())
             self._wake.set()
         with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(asyncio.shield(self._task), FINISH_TIMEOUT_S)
+            await within(asyncio.shield(self._task), FINISH_TIMEOUT_S)
         if not self._task.done():
             self._task.cancel()
 
@@ -310,7 +311,7 @@ class Publisher:
         renew_s = flights.lease_ms / 3000
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), renew_s)
+                await within(self._wake.wait(), renew_s)
             self._wake.clear()
             batch, self._pending = self._pending, []
             release = self._last is not None

@@ -40,6 +40,7 @@ from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
 
 from genai_common.redis_guard import RedisGuard
+from genai_common.waiting import within
 from genai_gateway.clients import HistoryClient
 from genai_gateway.errors import ApiError
 
@@ -209,14 +210,14 @@ class HistoryRecorder:
             return
         try:
             if not self._looping:
-                await asyncio.wait_for(self.drain_once(), self.history.timeout_s)
+                await within(self.drain_once(), self.history.timeout_s)
                 return
             if self._upcoming is None:
                 self._upcoming = asyncio.get_running_loop().create_future()
             upcoming = self._upcoming
             self._wake.set()
             self._hurry.set()
-            await asyncio.wait_for(asyncio.shield(upcoming), self.history.timeout_s)
+            await within(asyncio.shield(upcoming), self.history.timeout_s)
         except TimeoutError:
             logger.warning("history did not take the journal in time; reading without the newest exchanges")
 
@@ -367,11 +368,11 @@ class HistoryRecorder:
             while True:
                 with contextlib.suppress(TimeoutError):
                     # Another gateway had the turn: what it did not find is looked for again shortly.
-                    await asyncio.wait_for(self._wake.wait(), BATCH_LINGER_S if self._skipped else interval_s)
+                    await within(self._wake.wait(), BATCH_LINGER_S if self._skipped else interval_s)
                 if self._upcoming is None:
                     # Woken by an exchange: gather more, unless a read comes to wait for the pass.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._hurry.wait(), BATCH_LINGER_S)
+                        await within(self._hurry.wait(), BATCH_LINGER_S)
                 self._hurry.clear()
                 self._wake.clear()
                 self._since_pass = 0

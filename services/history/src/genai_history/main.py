@@ -15,6 +15,7 @@ from genai_common.grpc_server import DependencyErrors, serve
 from genai_common.logs import setup_logging
 from genai_common.mtls import files_from_settings
 from genai_common.settings import load_settings
+from genai_common.waiting import within
 from genai_history import retention
 from genai_history.servicer import DATABASE_UNAVAILABLE, SERVICE_NAME, HistoryServicer
 from genai_history.settings import HistorySettings
@@ -59,7 +60,7 @@ async def run(settings: HistorySettings) -> None:
     async def close_pool() -> None:
         await stop_cleanup()
         try:
-            await asyncio.wait_for(pool.close(), POOL_CLOSE_TIMEOUT_S)
+            await within(pool.close(), POOL_CLOSE_TIMEOUT_S)
         except TimeoutError:
             logger.warning("database pool did not close in %ss; terminating it", POOL_CLOSE_TIMEOUT_S)
             pool.terminate()

@@ -60,6 +60,7 @@ from genai_adapter.upstream import (
     UpstreamError,
     timed_out_at_server,
 )
+from genai_common.waiting import within
 
 logger = logging.getLogger(__name__)
 
@@ -314,7 +315,7 @@ class ReplicaSet:
         # The scheme's default when the URL names none.
         port = parsed.port
         try:
-            infos = await asyncio.wait_for(
+            infos = await within(
                 asyncio.get_running_loop().getaddrinfo(parsed.host, port, type=socket.SOCK_STREAM),
                 RESOLVE_TIMEOUT_S,
             )
@@ -375,7 +376,7 @@ class ReplicaSet:
     async def _refresh_forever(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reload.wait(), self._settings.upstream_refresh_s)
+                await within(self._reload.wait(), self._settings.upstream_refresh_s)
             self._reload.clear()
             try:
                 await self.refresh()

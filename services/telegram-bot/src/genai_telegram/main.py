@@ -26,6 +26,7 @@ from telegram.ext import Application
 from genai_common.logs import setup_logging
 from genai_common.metrics import serve_metrics
 from genai_common.settings import load_settings
+from genai_common.waiting import within
 from genai_telegram.bot import ChatBot, build_application
 from genai_telegram.gateway import Gateway
 from genai_telegram.settings import TelegramSettings
@@ -72,7 +73,7 @@ async def _initialize(application: Application[Any, Any, Any, Any, Any, Any], st
         except (NetworkError, TimedOut) as exc:
             logger.warning("the Bot API does not answer (%s); trying again in %s s", exc, START_RETRY_S)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), START_RETRY_S)
+                await within(stop.wait(), START_RETRY_S)
     return False
 
 
