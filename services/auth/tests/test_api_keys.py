@@ -634,18 +634,23 @@ async def test_cli_refuses_keys_for_a_disabled_user(
 # --- part of a session's rules: keys expire, carry a scope, and need the password -----------------------
 
 
-async def test_a_stale_token_needs_the_password_to_mint_a_key(
-    stub: Stub, make_user: MakeUser, tokens: Tokens
-) -> None:
-    user, password = await make_user()
-    # Signed in long ago, renewed since: the token alone is not enough for a lasting credential.
-    stale, _ = tokens.issue(
+def _stale_token(tokens: Tokens, user: User) -> str:
+    """An access token of a sign-in long ago, renewed since: not enough alone for a lasting credential."""
+    token, _ = tokens.issue(
         user_id=str(user.id),
         username=user.username,
         role=user.role,
         typ=ACCESS,
         auth_time=int(time.time()) - 3600,
     )
+    return token
+
+
+async def test_a_stale_token_needs_the_password_to_mint_a_key(
+    stub: Stub, make_user: MakeUser, tokens: Tokens
+) -> None:
+    user, password = await make_user()
+    stale = _stale_token(tokens, user)
     error = await _error(_create(stub, _bearer(stale)))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "needs your password" in (error.details() or "")
@@ -660,13 +665,7 @@ async def test_a_stale_token_needs_the_password_to_make_a_telegram_link_code(
 ) -> None:
     """A Telegram link is a key that never expires: its code is minted on the same terms as a key."""
     user, password = await make_user()
-    stale, _ = tokens.issue(
-        user_id=str(user.id),
-        username=user.username,
-        role=user.role,
-        typ=ACCESS,
-        auth_time=int(time.time()) - 3600,
-    )
+    stale = _stale_token(tokens, user)
 
     def make(password: str = "") -> Awaitable[auth_pb2.TelegramLinkCode]:
         return stub.CreateTelegramLinkCode(

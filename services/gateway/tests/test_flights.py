@@ -148,22 +148,29 @@ async def test_a_follower_takes_over_from_a_leader_that_died(
     await redis_client.delete(record)
 
 
-async def test_a_leader_whose_callers_left_goes_on_while_another_gateway_follows(
-    rig: Rig,  # noqa: F811
-    gateways: tuple[AskPipeline, AskPipeline],
-) -> None:
+async def _followed_after_its_callers_left(
+    rig: Rig, gateways: tuple[AskPipeline, AskPipeline], wait_s: float
+) -> None:  # noqa: F811
+    """A leads, B follows, A's caller leaves: after `wait_s` the generation still runs, and B gets it."""
     a, b = gateways
     prompt = unique()
     leader = await leading(a, prompt)
     follower = asyncio.ensure_future((await b.admit(principal("b"), ask(prompt))).answer())
     await until(lambda: a._flights and next(iter(a._flights.values())).publisher.remote_followers, "followed")  # type: ignore[union-attr]
     await leader.aclose()
-    await asyncio.sleep(LEASE_S)
+    await asyncio.sleep(wait_s)
     assert rig.model.cancelled == 0
     rig.model.gate.set()
     answer = await follower
     assert answer.text == f"echo: {prompt}" and answer.charged_tokens == 0
     assert len(rig.model.requests) == 1
+
+
+async def test_a_leader_whose_callers_left_goes_on_while_another_gateway_follows(
+    rig: Rig,  # noqa: F811
+    gateways: tuple[AskPipeline, AskPipeline],
+) -> None:
+    await _followed_after_its_callers_left(rig, gateways, LEASE_S)
 
 
 async def test_a_leader_whose_callers_left_goes_on_for_a_follower_longer_than_a_records_lifetime(
@@ -175,19 +182,9 @@ async def test_a_leader_whose_callers_left_goes_on_for_a_follower_longer_than_a_
     """The followers' count lives as long as its leader: a follower that is always given something to read
     never renews it itself, and a count that ran out would stop the generation it still follows."""
     monkeypatch.setattr(flights, "RECORD_TTL_S", 0.6)
-    a, b = gateways
-    prompt = unique()
-    leader = await leading(a, prompt)
-    follower = asyncio.ensure_future((await b.admit(principal("b"), ask(prompt))).answer())
-    await until(lambda: a._flights and next(iter(a._flights.values())).publisher.remote_followers, "followed")  # type: ignore[union-attr]
-    await leader.aclose()
     # Three lifetimes of a record, with the leader publishing as it goes and the follower reading it.
-    await asyncio.sleep(3 * flights.RECORD_TTL_S)
-    assert rig.model.cancelled == 0
-    rig.model.gate.set()
-    answer = await follower
-    assert answer.text == f"echo: {prompt}" and answer.charged_tokens == 0
-    assert len(rig.model.requests) == 1
+    await _followed_after_its_callers_left(rig, gateways, 3 * flights.RECORD_TTL_S)
+    b = gateways[1]
     # The follower left, and its count is not left behind without an expiry.
     await b.drain()
     await asyncio.sleep(0.1)
