@@ -301,7 +301,7 @@ def wrap(text: str, width: float, measure: Callable[[str], float]) -> list[str]:
 @functools.cache
 def _document_class() -> type[FPDF]:
     """fpdf2's document with page numbers. Imported on the first PDF export: fpdf2 brings Pillow and
-    fontTools, some 30 MB a gateway would otherwise hold from its start whether anyone exports or not."""
+    fontTools, some 20 MB a gateway would otherwise hold from its start whether anyone exports or not."""
     from fpdf import FPDF
 
     class Document(FPDF):

@@ -27,7 +27,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -644,7 +644,7 @@ class AskPipeline:
                 # slips in between and generates again.
                 flight.cached = generated and self._cacheable(answer)
                 flight.finish(answer)
-                if generated:
+                if flight.cached:
                     stored = flight.cached = await self._store(key, answer, overwrite=not regenerated)
                     if stored and probe is not None and self.similar is not None and not regenerated:
                         await self.similar.add(probe, key)
@@ -692,8 +692,8 @@ class AskPipeline:
                     return None
                 answer = _from_cache(cached)
                 # Streams show the pieces, not the last event: the text goes out as a cache hit's does.
-                for start in range(0, len(answer.text), CACHED_CHUNK_CHARS):
-                    flight.publish(Delta(answer.text[start : start + CACHED_CHUNK_CHARS]))
+                for piece in _cached_pieces(answer.text):
+                    flight.publish(piece)
                 return answer
             FLIGHTS.labels("followed").inc()
             if attempt == 0:
@@ -764,20 +764,18 @@ class AskPipeline:
         return complete and self.cache.takes(answer.text)
 
     async def _store(self, key: str, answer: Answer, *, overwrite: bool = True) -> bool:
-        """Cache a whole text answer; True if the cache has it now."""
-        if self._cacheable(answer):
-            return await self.cache.put(
-                key,
-                CachedAnswer(
-                    text=answer.text,
-                    model=answer.model,
-                    prompt_tokens=answer.prompt_tokens,
-                    completion_tokens=answer.completion_tokens,
-                    finish_reason=answer.finish_reason,
-                ),
-                overwrite=overwrite,
-            )
-        return False
+        """Cache an answer (`_cacheable`); True if the cache has it now."""
+        return await self.cache.put(
+            key,
+            CachedAnswer(
+                text=answer.text,
+                model=answer.model,
+                prompt_tokens=answer.prompt_tokens,
+                completion_tokens=answer.completion_tokens,
+                finish_reason=answer.finish_reason,
+            ),
+            overwrite=overwrite,
+        )
 
     async def _record(
         self,
@@ -907,8 +905,8 @@ class Ticket:
                 similarity = match.similarity
         if cached is not None:
             answer = _from_cache(cached, similarity)
-            for start in range(0, len(answer.text), CACHED_CHUNK_CHARS):
-                yield Delta(answer.text[start : start + CACHED_CHUNK_CHARS])
+            for piece in _cached_pieces(answer.text):
+                yield piece
             answer.latency_ms = int((time.perf_counter() - started) * 1000)
             answer.conversation_id = await pipeline._record(
                 principal, generation, answer, self._settling(answer)
@@ -1053,6 +1051,12 @@ def _chat_message(message: Message) -> inference_pb2.ChatMessage:
             arguments=function.get("arguments", ""),
         )
     return out
+
+
+def _cached_pieces(text: str) -> Iterator[Delta]:
+    """A cached answer's text as a stream shows it: in pieces of CACHED_CHUNK_CHARS."""
+    for start in range(0, len(text), CACHED_CHUNK_CHARS):
+        yield Delta(text[start : start + CACHED_CHUNK_CHARS])
 
 
 def _from_cache(cached: CachedAnswer, similarity: float | None = None) -> Answer:
