@@ -81,6 +81,10 @@ end
 local function alive(p, t)
   return redis.call('EXISTS', p .. 'alive:' .. owner(t)) == 1
 end
+local function enqueue(p, user, t)
+  if redis.call('RPUSH', p .. 'u:' .. user, t) == 1 then redis.call('RPUSH', p .. 'ring', user) end
+  redis.call('INCR', p .. 'waiting')
+end
 local function admit(p, cap)
   local running = p .. 'running'
   for _, t in ipairs(redis.call('SMEMBERS', running)) do
@@ -117,9 +121,7 @@ if redis.call('LLEN', p .. 'ring') == 0 and redis.call('SCARD', p .. 'running') 
 end
 local waiting = tonumber(redis.call('GET', p .. 'waiting') or '0')
 if waiting >= qmax then return {-1, waiting} end
-local q = p .. 'u:' .. user
-if redis.call('RPUSH', q, t) == 1 then redis.call('RPUSH', p .. 'ring', user) end
-redis.call('INCR', p .. 'waiting')
+enqueue(p, user, t)
 return {0}
 """
 )
@@ -158,10 +160,8 @@ for i = 6, 5 + 2 * n, 2 do
   local t, user = ARGV[i], ARGV[i + 1]
   live[t] = true
   table.insert(given, t)
-  local q = p .. 'u:' .. user
-  if redis.call('SISMEMBER', running, t) == 0 and not redis.call('LPOS', q, t) then
-    if redis.call('RPUSH', q, t) == 1 then redis.call('RPUSH', p .. 'ring', user) end
-    redis.call('INCR', p .. 'waiting')
+  if redis.call('SISMEMBER', running, t) == 0 and not redis.call('LPOS', p .. 'u:' .. user, t) then
+    enqueue(p, user, t)
   end
 end
 for i = 6 + 2 * n, #ARGV do
