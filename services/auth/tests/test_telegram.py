@@ -87,10 +87,11 @@ async def test_a_disabled_users_code_links_nothing(
 
 
 async def test_linking_an_account_again_ends_its_earlier_link_and_key(
-    links: TelegramLinks, keys: ApiKeyStore, store: UserStore, make_user: MakeUser
+    links: TelegramLinks, keys: ApiKeyStore, store: UserStore, make_user: MakeUser, clock: Clock
 ) -> None:
     owner: User = (await make_user())[0]
     earlier = await links.redeem((await links.create_code(owner, 600))[0], 4001, "", store.get_by_id)
+    clock.now += 1  # the list is newest first; with one instant for both, the order would be the ids'
     later = await links.redeem((await links.create_code(owner, 600))[0], 4001, "", store.get_by_id)
     with pytest.raises(InvalidApiKey):
         await keys.authenticate(earlier.api_key)
