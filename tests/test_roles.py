@@ -36,7 +36,10 @@ AUTH_TABLES = [
     "telegram_links",
     "users",
 ]
-HISTORY_TABLES = ["audit_events", "conversations", "messages"]
+HISTORY_TABLES = ["audit_events", "conversations", "deleted_conversations", "messages"]
+# History's tables from the releases before the per-service schemas (`roles.LEGACY_OBJECTS`); later
+# migrations (0006 on) have only ever run as the service's role.
+LEGACY_HISTORY_MIGRATIONS = 5
 ARGON2_HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA"
 
 
@@ -170,11 +173,15 @@ def test_tables_of_an_earlier_release_move_out_of_public_to_their_role(
     new_database_dsn: str, work_dir: Path
 ) -> None:
     admin = new_database_dsn
+    legacy_history = work_dir / f"history-migrations-{uuid.uuid4().hex[:8]}"
+    legacy_history.mkdir()
+    for script in sorted(HISTORY_MIGRATIONS.glob("*.sql"))[:LEGACY_HISTORY_MIGRATIONS]:
+        (legacy_history / script.name).write_bytes(script.read_bytes())
 
     async def earlier_release() -> uuid.UUID:
         # The layout before roles: everything in `public`, made by the administrator, with rows in it.
         await migrate(admin, AUTH, AUTH_MIGRATIONS)
-        await migrate(admin, HISTORY, HISTORY_MIGRATIONS)
+        await migrate(admin, HISTORY, legacy_history)
         conn = await asyncpg.connect(admin)
         try:
             user_id = await conn.fetchval(
@@ -192,19 +199,24 @@ def test_tables_of_an_earlier_release_move_out_of_public_to_their_role(
 
     async def check() -> None:
         found = await tables(admin)
+        legacy = [t for t in HISTORY_TABLES if t != "deleted_conversations"]
         assert found == {
             "genai_auth": [(t, "genai_auth") for t in sorted([*AUTH_TABLES, "schema_migrations"])],
-            "genai_history": [(t, "genai_history") for t in sorted([*HISTORY_TABLES, "schema_migrations"])],
+            "genai_history": [(t, "genai_history") for t in sorted([*legacy, "schema_migrations"])],
         }, "public keeps nothing, not even the shared schema_migrations"
-        # Nothing is applied again: each schema's bookkeeping came along with its tables.
+        # Nothing is applied again: each schema's bookkeeping came along with its tables. What the earlier
+        # release lacked is applied by the role, in its schema.
         assert await migrate(urls[AUTH], AUTH, AUTH_MIGRATIONS) == []
-        assert await migrate(urls[HISTORY], HISTORY, HISTORY_MIGRATIONS) == []
+        assert await migrate(urls[HISTORY], HISTORY, HISTORY_MIGRATIONS) == ["0006_deleted_conversations.sql"]
+        assert (await tables(admin))["genai_history"] == [
+            (t, "genai_history") for t in sorted([*HISTORY_TABLES, "schema_migrations"])
+        ]
 
         history = await asyncpg.connect(urls[HISTORY])
         auth = await asyncpg.connect(urls[AUTH])
         try:
             assert await history.fetchval("SELECT title FROM conversations") == "winter"
-            assert await history.fetchval("SELECT count(*) FROM genai_history.schema_migrations") == 5
+            assert await history.fetchval("SELECT count(*) FROM genai_history.schema_migrations") == 6
             assert (
                 await refused(urls[HISTORY], "SELECT * FROM genai_auth.users")
                 is asyncpg.InsufficientPrivilegeError

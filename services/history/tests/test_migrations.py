@@ -11,6 +11,7 @@ ALL = [
     "0003_audit.sql",
     "0004_origin.sql",
     "0005_search_stemming.sql",
+    "0006_deleted_conversations.sql",
 ]
 
 
@@ -34,6 +35,7 @@ async def test_concurrent_migrations_apply_once(new_database_dsn: str) -> None:
     assert [r["table_name"] for r in tables] == [
         "audit_events",
         "conversations",
+        "deleted_conversations",
         "messages",
         "schema_migrations",
     ]

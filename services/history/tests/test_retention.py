@@ -171,3 +171,26 @@ async def test_the_one_shot_command(own_pool: asyncpg.Pool, new_database_dsn: st
     without_once = await asyncio.to_thread(_cli, new_database_dsn)
     assert without_once.returncode == 2
     assert "--once" in without_once.stderr
+
+
+async def test_records_of_deleted_conversations_are_forgotten_after_their_period(
+    own_pool: asyncpg.Pool,
+) -> None:
+    store = HistoryStore(own_pool)
+    owner = uuid.uuid4()
+    old, recent = uuid.uuid4(), uuid.uuid4()
+    for conversation_id in (old, recent):
+        exchange = Exchange(prompt="p", response="r", source="model", created_at=NOW)
+        await store.append_exchange(owner, conversation_id, "t", exchange, start=True)
+        await store.delete_conversation(owner, conversation_id)
+    await own_pool.execute(
+        "UPDATE deleted_conversations SET deleted_at = $2 WHERE id = $1",
+        old,
+        NOW - timedelta(days=retention.TOMBSTONE_DAYS + 1),
+    )
+    await own_pool.execute("UPDATE deleted_conversations SET deleted_at = $2 WHERE id = $1", recent, NOW)
+
+    result = await retention.purge(own_pool, retention_days=0, audit_retention_days=0, now=NOW)
+
+    assert result.tombstones == 1
+    assert {r["id"] for r in await own_pool.fetch("SELECT id FROM deleted_conversations")} == {recent}

@@ -373,6 +373,36 @@ async def test_a_batch_is_stored_at_once_and_each_exchange_answered_alone(stub: 
     assert len(await list_all(stub, owner)) == 1
 
 
+async def test_a_deleted_conversation_is_not_started_again_by_a_late_repeat_of_its_exchange(
+    stub: Stub,
+) -> None:
+    """A gateway's journal retries a batch whose answer it missed; arriving after the owner deleted the
+    conversation, the repeat must not bring the deleted dialog back under the same id."""
+    owner, chosen = new_owner(), str(uuid.uuid4())
+    batch = history_pb2.AppendExchangesRequest(
+        exchanges=[
+            exchange(owner, "secret", conversation_id=chosen, start_conversation=True, exchange_id="d-1")
+        ]
+    )
+    assert [r.error_code for r in (await stub.AppendExchanges(batch)).results] == [""]
+    await stub.DeleteConversation(
+        history_pb2.DeleteConversationRequest(owner_id=owner, conversation_id=chosen)
+    )
+
+    assert [r.error_code for r in (await stub.AppendExchanges(batch)).results] == ["NOT_FOUND"]
+    await fails_with(
+        grpc.StatusCode.NOT_FOUND,
+        append(
+            stub, owner, prompt="secret", conversation_id=chosen, start_conversation=True, exchange_id="d-1"
+        ),
+    )
+    assert await list_all(stub, owner) == []
+    # Only that owner's id is barred: the record of a deletion is not a way to block someone else's.
+    stranger = new_owner()
+    taken = await append(stub, stranger, prompt="mine", conversation_id=chosen, start_conversation=True)
+    assert taken.conversation_id == chosen
+
+
 async def test_append_starts_a_conversation_with_the_callers_id(stub: Stub) -> None:
     owner, chosen = new_owner(), str(uuid.uuid4())
     reply = await append(stub, owner, prompt="named", conversation_id=chosen, start_conversation=True)

@@ -7,6 +7,9 @@ with the same settings:
 
 Audit events have a retention period of their own (GENAI_HISTORY_AUDIT_RETENTION_DAYS, 0 = forever): an
 audit trail must outlive the dialogs it mentions.
+
+Each run also forgets the records of deleted conversations (migration 0006) older than `TOMBSTONE_DAYS`.
+With retention off they are kept, one small row per deleted conversation.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ logger = logging.getLogger(__name__)
 # Rows deleted per statement: short transactions keep locks brief on a large first run.
 BATCH_SIZE = 1000
 
+# How long a deleted conversation's id stays unusable: far longer than an exchange waits in a gateway's
+# journal, which history being down for that long would have filled long before.
+TOMBSTONE_DAYS = 30
+
 # Rows locked by a writer right now (an exchange being appended) are left for the next run.
 _DELETE_CONVERSATIONS = """
     WITH doomed AS (
@@ -48,6 +55,13 @@ _DELETE_AUDIT_EVENTS = """
     WHERE id IN (SELECT id FROM audit_events WHERE at < $1 ORDER BY id LIMIT $2)
 """
 
+_DELETE_TOMBSTONES = """
+    DELETE FROM deleted_conversations
+    WHERE (id, owner_id) IN (
+        SELECT id, owner_id FROM deleted_conversations WHERE deleted_at < $1 ORDER BY deleted_at LIMIT $2
+    )
+"""
+
 
 @dataclass(frozen=True)
 class PurgeResult:
@@ -55,6 +69,7 @@ class PurgeResult:
 
     conversations: int
     audit_events: int
+    tombstones: int = 0
 
 
 def _deleted(status: str) -> int:
@@ -90,9 +105,22 @@ async def purge(
             audit_events += deleted
             if deleted < batch_size:
                 break
-    if conversations or audit_events:
-        logger.info("retention deleted %d conversations and %d audit events", conversations, audit_events)
-    return PurgeResult(conversations=conversations, audit_events=audit_events)
+    tombstones = 0
+    cutoff = now - timedelta(days=TOMBSTONE_DAYS)
+    while True:
+        async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            deleted = _deleted(await conn.execute(_DELETE_TOMBSTONES, cutoff, batch_size))
+        tombstones += deleted
+        if deleted < batch_size:
+            break
+    if conversations or audit_events or tombstones:
+        logger.info(
+            "retention deleted %d conversations, %d audit events and %d records of deleted conversations",
+            conversations,
+            audit_events,
+            tombstones,
+        )
+    return PurgeResult(conversations=conversations, audit_events=audit_events, tombstones=tombstones)
 
 
 def enabled(settings: HistorySettings) -> bool:

@@ -197,9 +197,11 @@ _NEW_CONVERSATION = """
 
 # A conversation whose id the caller chose (the gateway answers with it before the exchange is written): a
 # repeat of the same exchange, or one that arrives after a later exchange of the conversation, finds it there.
+# Not one its owner deleted (migration 0006): a late repeat of its first exchange must not bring it back.
 _START_CONVERSATION = """
     INSERT INTO conversations (id, owner_id, title, origin, created_at, updated_at)
-    VALUES ($1, $2, $3, $5, COALESCE($4::timestamptz, now()), COALESCE($4::timestamptz, now()))
+    SELECT $1, $2, $3, $5, COALESCE($4::timestamptz, now()), COALESCE($4::timestamptz, now())
+    WHERE NOT EXISTS (SELECT 1 FROM deleted_conversations d WHERE d.id = $1 AND d.owner_id = $2)
     ON CONFLICT (id) DO NOTHING
 """
 
@@ -209,6 +211,7 @@ _START_CONVERSATIONS = """
     SELECT s.id, s.owner_id, s.title, s.origin, COALESCE(s.at, now()), COALESCE(s.at, now())
     FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[])
         AS s(id, owner_id, title, origin, at)
+    WHERE NOT EXISTS (SELECT 1 FROM deleted_conversations d WHERE d.id = s.id AND d.owner_id = s.owner_id)
     ON CONFLICT (id) DO NOTHING
 """
 
@@ -260,8 +263,12 @@ _INSERT_MESSAGE = """
     RETURNING id
 """
 
+# The deletion is remembered (see `_START_CONVERSATION`) in the same statement.
 _DELETE_CONVERSATION = """
-    DELETE FROM conversations WHERE id = $1 AND owner_id = $2 RETURNING id
+    WITH deleted AS (DELETE FROM conversations WHERE id = $1 AND owner_id = $2 RETURNING id, owner_id)
+    INSERT INTO deleted_conversations (id, owner_id) SELECT id, owner_id FROM deleted
+    ON CONFLICT (id, owner_id) DO UPDATE SET deleted_at = now()
+    RETURNING id
 """
 
 _RENAME_CONVERSATION = f"""
@@ -485,7 +492,7 @@ class HistoryStore:
         return _conversation(summary), [_message(row) for row in rows]
 
     async def delete_conversation(self, owner_id: uuid.UUID, conversation_id: uuid.UUID) -> None:
-        """Delete the conversation and (by cascade) its messages."""
+        """Delete the conversation and (by cascade) its messages; its id cannot be started again."""
         async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             if await conn.fetchval(_DELETE_CONVERSATION, conversation_id, owner_id) is None:
                 raise ConversationNotFound(str(conversation_id))
