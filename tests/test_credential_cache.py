@@ -79,6 +79,28 @@ def test_a_logout_on_one_gateway_reaches_the_other(sim_stack: RunningStack, othe
     print(f"\nthe other gateway answered {late} request(s) after the logout before refusing")
 
 
+def test_a_logout_ends_the_sessions_earlier_token_on_the_other_gateway(
+    sim_stack: RunningStack, other_gateway: str
+) -> None:
+    """A refresh gives a new access token while the old one is still valid (another tab holds it); the
+    logout, made with the new one, ends the whole session, and the other gateway forgets the old one too."""
+    user = sim_stack.new_user()
+    with sim_stack.client() as through_nginx, httpx.Client(base_url=other_gateway, timeout=30) as other:
+        signed_in = through_nginx.post("/token", json={"username": user.username, "password": user.password})
+        assert signed_in.status_code == 200, signed_in.text
+        old = {"Authorization": f"Bearer {signed_in.json()['access_token']}"}
+        renewed = through_nginx.post(
+            "/api/v1/auth/refresh", json={"refresh_token": signed_in.json()["refresh_token"]}
+        )
+        assert renewed.status_code == 200, renewed.text
+        new = {"Authorization": f"Bearer {renewed.json()['access_token']}"}
+        for _ in range(2):
+            assert other.get("/api/v1/me", headers=old).status_code == 200
+        assert through_nginx.post("/api/v1/auth/logout", headers=new).status_code == 204
+        late = _refused_within(other, old, FEED_BOUND_S)
+    print(f"\nthe other gateway answered {late} request(s) with the session's earlier token before refusing")
+
+
 def test_a_revoked_api_key_stops_on_every_gateway(sim_stack: RunningStack, other_gateway: str) -> None:
     user = sim_stack.new_user()
     with sim_stack.client() as through_nginx, httpx.Client(base_url=other_gateway, timeout=30) as other:

@@ -67,6 +67,20 @@ def test_changes_forget_the_credentials_they_name() -> None:
     assert cache.get("a") is None and cache.get("b") is None
 
 
+def test_a_sessions_end_forgets_every_token_of_that_session() -> None:
+    # A logout names the session's chain: an access token renewed earlier in the same session (another
+    # tab's) goes too, while another session of the same user stays.
+    cache, _, _ = _cache()
+    cache.put("old", auth_pb2.Principal(user_id="u1", token_id="t1", session_id="s1"), cache.generation)
+    cache.put("new", auth_pb2.Principal(user_id="u1", token_id="t2", session_id="s1"), cache.generation)
+    cache.put("phone", auth_pb2.Principal(user_id="u1", token_id="t3", session_id="s2"), cache.generation)
+    cache.heard(auth_pb2.CredentialChanges(token_ids=["s1"]))
+    assert cache.get("old") is None and cache.get("new") is None and cache.get("phone") is not None
+    # Nor is an answer about that session kept while its end may not have reached auth's Redis copy yet.
+    cache.put("old", auth_pb2.Principal(user_id="u1", token_id="t1", session_id="s1"), cache.generation)
+    assert cache.get("old") is None
+
+
 def test_credentials_named_lately_are_not_cached_again_for_a_while() -> None:
     # A logout is announced as PostgreSQL commits it, a moment before auth's Redis copy has it: an answer
     # from that moment may say "valid", so answers about that token are not kept for a TTL.

@@ -139,6 +139,8 @@ class Caller:
     auth_time: int = 0
     # An API key's scope; empty for an access token.
     scope: str = ""
+    # An access token's session chain; empty for an API key.
+    session_id: str = ""
 
     @property
     def is_admin(self) -> bool:
@@ -308,7 +310,13 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         """The caller behind an access token or an API key; aborts UNAUTHENTICATED if neither is valid."""
         if not looks_like_api_key(token):
             user, claims = await self._authenticated(token, context)
-            return Caller(user, claims.expires_at, token_id=claims.jti, auth_time=claims.auth_time)
+            return Caller(
+                user,
+                claims.expires_at,
+                token_id=claims.jti,
+                auth_time=claims.auth_time,
+                session_id=claims.family,
+            )
         try:
             key, user = await self._api_keys.authenticate(token)
         except InvalidApiKey as exc:
@@ -594,6 +602,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             limits_json=dump_limits(caller.user.effective_limits),
             token_id=caller.token_id,
             scope=caller.scope,
+            session_id=caller.session_id,
         )
 
     async def WatchCredentials(

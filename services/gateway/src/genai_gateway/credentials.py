@@ -2,10 +2,11 @@
 
 An answer is used again only while nothing can have changed it unseen:
 
-- the auth service's change feed (WatchCredentials) is heard: every logout, revoked key, disabled, reset,
-  re-roled or deleted user and new limits, from any gateway, auth process or genai-auth-admin, arrives on
-  it as it is committed, and the answers it names are forgotten. When the stream breaks, everything is
-  forgotten; when it falls silent for a few heartbeats, nothing is used until it speaks again;
+- the auth service's change feed (WatchCredentials) is heard: every logout (of the whole session, every
+  token its refreshes issued), revoked key, disabled, reset, re-roled or deleted user and new limits, from
+  any gateway, auth process or genai-auth-admin, arrives on it as it is committed, and the answers it names
+  are forgotten. When the stream breaks, everything is forgotten; when it falls silent for a few
+  heartbeats, nothing is used until it speaks again;
 - a change made through this gateway forgets everything before its reply leaves (ForgetOnChange), so that
   the caller's next request never beats the feed;
 - the answer is younger than the TTL, and its credential has not expired.
@@ -135,6 +136,7 @@ class CredentialCache:
             or not principal.token_id
             or self._named_lately(principal.user_id)
             or self._named_lately(principal.token_id)
+            or (principal.session_id and self._named_lately(principal.session_id))
         ):
             return
         if len(self._entries) >= self.max_entries:
@@ -194,7 +196,10 @@ class CredentialCache:
         for key in [
             k
             for k, e in self._entries.items()
-            if e.principal.user_id in users or e.principal.token_id in tokens
+            # A session's end names its chain, which every token of that sign-in shares.
+            if e.principal.user_id in users
+            or e.principal.token_id in tokens
+            or e.principal.session_id in tokens
         ]:
             del self._entries[key]
 
