@@ -8,6 +8,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
+from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
@@ -15,6 +16,7 @@ import redis.asyncio as redis
 from genai_adapter.scheduler import FairScheduler, QueueFull, QueueTimeout
 from genai_adapter.shared_queue import SharedScheduler, SharedTicket
 from genai_common.redis_client import create_redis
+from genai_devstack import infra
 from genai_devstack.infra import free_port
 
 Adapters = Callable[..., Awaitable[SharedScheduler]]
@@ -209,3 +211,42 @@ async def test_a_waiting_request_the_queue_lost_is_put_back_in_it(adapters: Adap
         assert int(await client.get(f"{a.prefix}waiting") or 0) == 0
     finally:
         await client.aclose()
+
+
+async def test_requests_waiting_in_the_shared_queue_move_to_the_local_one_when_redis_goes(
+    adapters: Adapters, tmp_path: Path
+) -> None:
+    """The shared queue cannot admit anyone while Redis is away: its waiting requests queue locally (in
+    their turns) instead of waiting for their deadlines, whether they wait for the turn or watch their place."""
+    own = infra.start_local_redis(tmp_path / "redis", infra.free_port())
+    try:
+        a = await adapters(1, url=own.url, queue_timeout_s=60, cooldown_s=60)
+        holder = await join(a, "u")
+        waiting = await join(a, "v")
+        watching = await join(a, "w")
+        assert holder.admitted and not waiting.admitted and not watching.admitted
+        places: list[int] = []
+
+        async def watch() -> None:
+            async with aclosing(watching.positions()) as updates:
+                async for place in updates:
+                    places.append(place)
+
+        waiter, watcher = asyncio.create_task(waiting.wait()), asyncio.create_task(watch())
+        await until(lambda: bool(places), "the watcher saw its place in the shared queue")
+        own.stop()
+        await holder.aclose()  # its give-back finds Redis gone
+        assert not a.shared
+        # One takes the slot the holder freed, in the local queue; the other waits there for its turn.
+        await until(lambda: waiting.admitted or watching.admitted, "a waiting request admitted locally")
+        first, second, second_task = (
+            (waiting, watching, watcher) if waiting.admitted else (watching, waiting, waiter)
+        )
+        assert not second.admitted and a.local.running == 1
+        await first.aclose()
+        await asyncio.wait_for(asyncio.gather(waiter, watcher), timeout=10)
+        assert second.admitted and second_task.done()
+        await second.aclose()
+        assert a.local.running == 0
+    finally:
+        own.stop()

@@ -24,7 +24,10 @@ user of the ring) in the state Redis, so that it holds across processes:
 
 When Redis does not answer (down, full, slow), requests go to this process's own `FairScheduler` with the
 whole capacity, for `cooldown_s`, then Redis is tried again: nothing fails because coordination failed,
-and while it lasts each adapter admits up to the whole capacity (vLLM queues the excess itself).
+and while it lasts each adapter admits up to the whole capacity (vLLM queues the excess itself). Requests
+already waiting in the shared queue then move to the local one too (their queue timeout starts again
+there; the caller's deadline holds): the shared queue could not admit them while it is away. Their places
+left in Redis are admitted and dropped by the ticks once it is back, as a crashed adapter's are.
 
 Keys are built inside the scripts from the prefix: this needs one Redis server, not a cluster.
 """
@@ -223,8 +226,9 @@ class SharedScheduler:
         self.cooldown_s = cooldown_s
         self.id = os.urandom(6).hex()
         self._numbers = itertools.count()
-        # This process's tickets in the shared queue, joining, waiting or holding a slot: id -> its admission.
-        self._live: dict[str, asyncio.Future[None]] = {}
+        # This process's tickets in the shared queue, joining, waiting or holding a slot: id -> its admission
+        # (True: admitted; False: the shared queue is away, queue locally instead).
+        self._live: dict[str, asyncio.Future[bool]] = {}
         # Those of them known to wait in the queue (their join returned "waiting"): id -> user.
         self._waiting: dict[str, str] = {}
         self._down_until = 0.0
@@ -288,6 +292,12 @@ class SharedScheduler:
             )
         self._down_until = asyncio.get_running_loop().time() + self.cooldown_s
         SHARED.set(0)
+        # Waiting for an admission the shared queue cannot give while it is away: they queue here instead.
+        for ticket in list(self._waiting):
+            del self._waiting[ticket]
+            future = self._live.pop(ticket, None)
+            if future is not None and not future.done():
+                future.set_result(False)
 
     async def tick(self) -> None:
         waiting = dict(self._waiting)
@@ -313,7 +323,7 @@ class SharedScheduler:
         self._waiting.pop(ticket, None)
         future = self._live.get(ticket)
         if future is not None and not future.done():
-            future.set_result(None)
+            future.set_result(True)
 
     async def _ticking(self) -> None:
         while True:
@@ -351,9 +361,9 @@ class SharedTicket:
         self._caller_deadline = deadline
         self._wait_on_enter = wait
         self._id = ""
-        self._state = "new"  # new, waiting, admitted, done
+        self._state = "new"  # new, waiting, admitted, moved (to the local queue), done
         self._local: Ticket | None = None
-        self._admission: asyncio.Future[None] | None = None
+        self._admission: asyncio.Future[bool] | None = None
         self._since = 0.0
         self._deadline = math.inf
         self._by_caller = False
@@ -424,47 +434,64 @@ class SharedTicket:
         await self._local.__aenter__()
 
     def _take_admission(self) -> bool:
-        """Whether the turn has come (then the ticket counts as holding a slot from now)."""
+        """Whether the turn has come (then the ticket counts as holding a slot from now). A ticket that the
+        shared queue gave up (it went away) is "moved": it goes to the local queue (`_move`)."""
         if self._state == "waiting" and self._admission is not None and self._admission.done():
-            self._state = "admitted"
             QUEUE_WAITING.dec()
-            RUNNING.inc()
-            QUEUE_WAIT_SECONDS.observe(asyncio.get_running_loop().time() - self._since)
+            if self._admission.result():
+                self._state = "admitted"
+                RUNNING.inc()
+                QUEUE_WAIT_SECONDS.observe(asyncio.get_running_loop().time() - self._since)
+            else:
+                self._state = "moved"
         return self._state == "admitted"
+
+    async def _move(self) -> None:
+        self._state = "done"
+        await self._go_local()
 
     async def wait(self) -> None:
         """Return once this request holds a slot; QueueTimeout at its deadline (having left the queue)."""
+        if self._local is None and not self._take_admission():
+            if self._state == "waiting":
+                assert self._admission is not None
+                loop = asyncio.get_running_loop()
+                try:
+                    await asyncio.wait((self._admission,), timeout=max(0.0, self._deadline - loop.time()))
+                except BaseException:
+                    await self._give_back("cancelled")
+                    raise
+                if self._take_admission():
+                    return
+                if self._state == "waiting":
+                    await self._give_back("deadline" if self._by_caller else "queue_timeout")
+                    raise QueueTimeout(self._by_caller, self._scheduler.retry_after_s())
+            if self._state != "moved":
+                raise RuntimeError(f"a {self._state} ticket cannot wait")
+            await self._move()
         if self._local is not None:
             await self._local.wait()
-            return
-        if self._take_admission():
-            return
-        if self._state != "waiting":
-            raise RuntimeError(f"a {self._state} ticket cannot wait")
-        assert self._admission is not None
-        loop = asyncio.get_running_loop()
-        try:
-            await asyncio.wait((self._admission,), timeout=max(0.0, self._deadline - loop.time()))
-        except BaseException:
-            await self._give_back("cancelled")
-            raise
-        if self._take_admission():
-            return
-        await self._give_back("deadline" if self._by_caller else "queue_timeout")
-        raise QueueTimeout(self._by_caller, self._scheduler.retry_after_s())
 
     async def positions(self) -> AsyncIterator[int]:
         """The place in the queue now, then each new one, until the turn comes (as `Ticket.positions`)."""
-        if self._local is not None:
-            async with contextlib.aclosing(self._local.positions()) as places:
+        if self._local is None:
+            async with contextlib.aclosing(self._shared_positions()) as places:
                 async for place in places:
                     yield place
-            return
+            if self._state != "moved":
+                return
+            await self._move()
+        assert self._local is not None
+        async with contextlib.aclosing(self._local.positions()) as places:
+            async for place in places:
+                yield place
+
+    async def _shared_positions(self) -> AsyncIterator[int]:
         scheduler = self._scheduler
         loop = asyncio.get_running_loop()
         shown = 0
         try:
-            while not self._take_admission() and loop.time() < self._deadline:
+            while not self._take_admission() and self._state == "waiting" and loop.time() < self._deadline:
                 assert self._admission is not None
                 try:
                     place = int(await scheduler._place(args=[scheduler.prefix, self._id, self.user]))
@@ -478,7 +505,8 @@ class SharedTicket:
         except BaseException:
             await self._give_back("cancelled")
             raise
-        await self.wait()
+        if self._state != "moved":
+            await self.wait()
 
     async def aclose(self) -> None:
         """Give back the slot or the place; doing it again does nothing."""
