@@ -100,6 +100,9 @@ class FakeBotApi:
     # (url, secret_token) while a webhook is set.
     webhook: tuple[str, str] | None = None
     _floods: list[_Flood] = field(default_factory=list)
+    # (method, HTTP status, description, and whether the message goes as if the user deleted it) of the next
+    # calls to fail, in order.
+    _failures: list[tuple[str, int, str, bool]] = field(default_factory=list)
     _blocked_until: dict[int, float] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _message_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(100))
@@ -190,6 +193,18 @@ class FakeBotApi:
         with self._lock:
             self._floods.append(_Flood(method, retry_after, times))
 
+    def fail(self, method: str, status: int, description: str, *, times: int = 1) -> None:
+        """The next `times` calls of `method` fail with this status and description (a 502 from a proxy on
+        the way, a 500 of Telegram's) and change nothing."""
+        with self._lock:
+            self._failures.extend([(method, status, description, False)] * times)
+
+    def delete_before_next_edit(self) -> None:
+        """The user deletes the message the next edit is for, just before it comes: the edit answers
+        "message to edit not found"."""
+        with self._lock:
+            self._failures.append(("editMessageText", 400, "Bad Request: message to edit not found", True))
+
     def messages(self, chat_id: int) -> list[Sent]:
         with self._lock:
             return [m for m in self.sent if m.chat_id == chat_id]
@@ -238,12 +253,28 @@ class FakeBotApi:
             refused = self._flood_control(method, int(params.get("chat_id", 0)))
             if refused is not None:
                 return refused
+        failed = self._failure(method, params)
+        if failed is not None:
+            return failed
         result = handler(params)
         if asyncio.iscoroutine(result):
             result = await result
         if isinstance(result, JSONResponse):
             return result
         return JSONResponse({"ok": True, "result": result})
+
+    def _failure(self, method: str, params: dict[str, Any]) -> JSONResponse | None:
+        with self._lock:
+            for index, (failing, status, description, deletes) in enumerate(self._failures):
+                if failing == method:
+                    del self._failures[index]
+                    if deletes:
+                        chat_id, message_id = int(params["chat_id"]), int(params["message_id"])
+                        self.sent = [
+                            m for m in self.sent if (m.chat_id, m.message_id) != (chat_id, message_id)
+                        ]
+                    return _error(status, description)
+        return None
 
     def _flood_control(self, method: str, chat_id: int) -> JSONResponse | None:
         now = time.monotonic()

@@ -574,6 +574,23 @@ def test_a_long_answer_is_split_between_words_and_flood_control_is_honoured(long
     )
 
 
+def test_telegram_failing_while_an_answer_streams_costs_no_part_of_it(long_bot: Bot) -> None:
+    """The site's proxy answers 502 to edits and to the answer's first message, and the user deletes the
+    half-written message: the answer still arrives whole in Telegram, is stored whole, and the next question
+    continues its conversation."""
+    ida = long_bot.stack.new_user()
+    phone = person()
+    link(long_bot, ida, phone)
+    long_bot.api.fail("sendMessage", 502, "Bad Gateway", times=2)
+    long_bot.api.fail("editMessageText", 502, "Bad Gateway", times=3)
+    long_bot.api.delete_before_next_edit()
+    parts = answer(long_bot, ida, phone, "Write a long story.", stored=1)
+    assert len(parts) >= 2 and all(utf16_len(p.text) <= LIMIT for p in parts)
+    answer(long_bot, ida, phone, "And then?", stored=2)
+    assert [len(c["messages"]) for c in history(long_bot.stack, ida)] == [2]
+    assert long_bot.proc.poll() is None
+
+
 def test_the_bot_survives_the_gateway_being_down(long_bot: Bot) -> None:
     hana = long_bot.stack.new_user()
     phone = person()

@@ -8,7 +8,12 @@ Rules it keeps, and why:
 - one question at a time per account, in order, so each lands in the conversation the previous one made;
 - Telegram's flood control is obeyed: a 429's retry_after is waited out; an intermediate edit that meets
   one is dropped (the next edit carries newer text), while a new message or a final edit is retried, so no
-  part of an answer is lost; "message is not modified" means the edit is already there.
+  part of an answer is lost; "message is not modified" means the edit is already there;
+- no error of Telegram's ends an answer: the gateway's stream is read to its end whatever Telegram says, so
+  the exchange is stored whole and the next question continues its conversation. A failed intermediate
+  edit is dropped; a new message or a final edit that fails on the way (a timeout, a proxy's 502) is tried
+  again; a message the user deleted while it was being written is sent again; a refusal (the user blocked
+  the bot) is logged.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from telegram import (
     Update,
 )
 from telegram.constants import ChatAction, ChatType
-from telegram.error import BadRequest, RetryAfter, TelegramError
+from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError
 from telegram.ext import (
     Application,
     BaseHandler,
@@ -52,12 +57,19 @@ logger = logging.getLogger(__name__)
 TYPING_EVERY_S = 4.0
 # Tries of a send or final edit that keeps meeting 429s (each waits the retry_after it was given).
 MUST_TRIES = 8
+# Pause before trying a failed send or final edit again, doubled each time up to the most.
+NETWORK_PAUSE_S = 0.5
+NETWORK_PAUSE_MAX_S = 8.0
 CONVERSATION_BUTTON = "c:"
 MAX_BUTTON_TITLE = 48
 
 
 def _seconds(retry_after: int | float | timedelta) -> float:
     return retry_after.total_seconds() if isinstance(retry_after, timedelta) else float(retry_after)
+
+
+class _MessageGone(Exception):
+    """The message to edit is no more (the user deleted it): its part is sent again."""
 
 
 class StreamedReply:
@@ -91,9 +103,15 @@ class StreamedReply:
                 message_id, shown = self._messages[index]
                 if shown != part:
                     # An earlier part is final once a later one exists.
-                    done = await self._call(
-                        self._edit, message_id, part, must=final or index < len(parts) - 1
-                    )
+                    try:
+                        done = await self._call(
+                            self._edit, message_id, part, must=final or index < len(parts) - 1
+                        )
+                    except _MessageGone:
+                        sent = await self._call(self._send, part, must=True)
+                        if sent is not None:
+                            self._messages[index] = (sent, part)
+                        continue
                     if done:
                         self._messages[index] = (message_id, part)
             else:
@@ -103,6 +121,8 @@ class StreamedReply:
         self._next_edit = time.monotonic() + self._interval_s
 
     async def _call(self, method: Any, *args: Any, must: bool) -> Any:
+        """The method's result; None if it failed (tried again first if `must`). Raises only _MessageGone."""
+        backoff = NETWORK_PAUSE_S
         for _ in range(MUST_TRIES if must else 1):
             try:
                 return await method(*args)
@@ -112,6 +132,24 @@ class StreamedReply:
                 await asyncio.sleep(pause)
                 # Whatever comes next waits too.
                 self._next_edit = time.monotonic() + self._interval_s
+            except BadRequest as exc:
+                # The request itself is refused: sending it again would be refused again.
+                if method == self._edit and _gone(exc):
+                    raise _MessageGone from None
+                logger.warning("bot api refused a part of an answer in chat %s: %s", self._chat_id, exc)
+                return None
+            except NetworkError as exc:
+                # On the way (a timeout, the proxy's 502): a send that timed out may have landed, and is
+                # shown twice if it did; better than a part missing.
+                if not must:
+                    return None
+                logger.info("bot api call failed (%s); trying again in %.1f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, NETWORK_PAUSE_MAX_S)
+            except TelegramError as exc:
+                # Forbidden (the user blocked the bot) and the like: nobody to show the answer to.
+                logger.warning("bot api refused a part of an answer in chat %s: %s", self._chat_id, exc)
+                return None
         if must:
             logger.error("bot api kept refusing a part of an answer in chat %s", self._chat_id)
         return None
@@ -136,6 +174,11 @@ class StreamedReply:
             if "not modified" not in str(exc).lower():
                 raise
         return True
+
+
+def _gone(exc: BadRequest) -> bool:
+    message = str(exc).lower()
+    return "message to edit not found" in message or "message can't be edited" in message
 
 
 def _entities(entities: tuple[Any, ...]) -> list[MessageEntity]:
@@ -203,9 +246,15 @@ class ChatBot:
 
     async def _typing(self, chat_id: int, bot: Bot) -> None:
         while True:
-            with contextlib.suppress(TelegramError):
+            pause = TYPING_EVERY_S
+            try:
                 await bot.send_chat_action(chat_id, ChatAction.TYPING)
-            await asyncio.sleep(TYPING_EVERY_S)
+            except RetryAfter as exc:
+                # Flood control covers the whole chat: the answer's own messages matter more.
+                pause = max(pause, _seconds(exc.retry_after))
+            except TelegramError:
+                pass
+            await asyncio.sleep(pause)
 
     # --- commands -----------------------------------------------------------------------------------
 
