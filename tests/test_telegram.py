@@ -287,6 +287,10 @@ def test_the_chat_key_can_only_chat_and_the_bot_keeps_no_key_in_clear(bot: Bot) 
             assert "may only chat" in refused.json()["detail"]
         listed = client.get("/api/v1/keys", headers=carol.headers).json()["keys"]
         assert [k["scope"] for k in listed] == ["chat", "chat"]
+        # Not her other link (the phone's): that one is ended by its own key, the web page or an admin.
+        links = client.get("/api/v1/telegram/links", headers=carol.headers).json()["links"]
+        (other,) = [x["id"] for x in links if x["id"] != redeemed.json()["link"]["id"]]
+        assert client.delete(f"/api/v1/telegram/links/{other}", headers=key).status_code == 404
         # The key's own link can be ended with it (the bot's /unlink), and then it is dead.
         link_id = redeemed.json()["link"]["id"]
         assert client.delete(f"/api/v1/telegram/links/{link_id}", headers=key).status_code == 200

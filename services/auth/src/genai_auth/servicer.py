@@ -853,8 +853,13 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             link_id = uuid.UUID(request.id)
         except ValueError:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "id must be a Telegram link id (a UUID)")
-        # Like API keys: someone else's link looks exactly like a missing one.
-        link = await self._telegram.revoke(link_id, owner_id=None if caller.is_admin else caller.user.id)
+        # Like API keys: someone else's link looks exactly like a missing one. A link's own chat key ends
+        # that link only, not its user's others.
+        link = await self._telegram.revoke(
+            link_id,
+            owner_id=None if caller.is_admin else caller.user.id,
+            api_key_id=uuid.UUID(caller.api_key_id) if caller.scope == "chat" else None,
+        )
         if link is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, "Telegram link not found")
         logger.info("user %s ended telegram link %s of user %s", caller.user.id, link.id, link.user_id)

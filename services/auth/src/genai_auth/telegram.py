@@ -186,16 +186,21 @@ class TelegramLinks:
         )
         return [TelegramLink.from_row(row) for row in rows]
 
-    async def revoke(self, link_id: uuid.UUID, *, owner_id: uuid.UUID | None) -> TelegramLink | None:
-        """End a link (of `owner_id` only, when given) and revoke its key; None if there is no such link."""
+    async def revoke(
+        self, link_id: uuid.UUID, *, owner_id: uuid.UUID | None, api_key_id: uuid.UUID | None = None
+    ) -> TelegramLink | None:
+        """End a link (of `owner_id` only, when given; the one whose key is `api_key_id` only, when given)
+        and revoke its key; None if there is no such link."""
         now = self.now()
         async with self._pool.acquire() as conn, conn.transaction():
             key_id = await conn.fetchval(
                 "UPDATE telegram_links SET revoked_at = coalesce(revoked_at, $3) "
-                "WHERE id = $1 AND ($2::uuid IS NULL OR user_id = $2) RETURNING api_key_id",
+                "WHERE id = $1 AND ($2::uuid IS NULL OR user_id = $2) AND ($4::uuid IS NULL OR api_key_id = $4) "
+                "RETURNING api_key_id",
                 link_id,
                 owner_id,
                 now,
+                api_key_id,
             )
             if key_id is None:
                 return None
