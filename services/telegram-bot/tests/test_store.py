@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import secrets
+import sqlite3
 from pathlib import Path
 
-from genai_telegram.store import LinkStore
+import pytest
+
+from genai_telegram.store import LinkStore, WrongStoreKey
 
 
 def test_keys_are_encrypted_at_rest_and_readable_with_the_store_key(tmp_path: Path) -> None:
@@ -23,7 +26,28 @@ def test_keys_are_encrypted_at_rest_and_readable_with_the_store_key(tmp_path: Pa
     link = again.get(42)
     assert link is not None and (link.api_key, link.owner, link.conversation_id) == (key, "alice", "conv-1")
     again.close()
-    # Another store key reads nothing: the account counts as unlinked.
-    other = LinkStore(path, secrets.token_urlsafe(32))
-    assert other.get(42) is None
-    other.close()
+    # Another store key (a mistyped setting) does not open it, and forgets nobody: the right key still reads it.
+    with pytest.raises(WrongStoreKey, match="GENAI_TELEGRAM_STORE_KEY"):
+        LinkStore(path, secrets.token_urlsafe(32))
+    again = LinkStore(path, secret)
+    assert again.get(42) is not None
+    again.close()
+
+
+def test_a_store_from_before_the_key_check_is_checked_by_its_links(tmp_path: Path) -> None:
+    path = tmp_path / "bot.sqlite3"
+    secret = secrets.token_urlsafe(32)
+    store = LinkStore(path, secret)
+    store.put(42, "link-1", "alice", "gk-key")
+    store.close()
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE meta")
+    db.commit()
+    db.close()
+    with pytest.raises(WrongStoreKey):
+        LinkStore(path, secrets.token_urlsafe(32))
+    upgraded = LinkStore(path, secret)
+    assert upgraded.get(42) is not None
+    upgraded.close()
+    with pytest.raises(WrongStoreKey):
+        LinkStore(path, secrets.token_urlsafe(32))

@@ -30,7 +30,7 @@ from genai_common.waiting import within
 from genai_telegram.bot import ChatBot, build_application
 from genai_telegram.gateway import Gateway
 from genai_telegram.settings import TelegramSettings
-from genai_telegram.store import LinkStore
+from genai_telegram.store import LinkStore, WrongStoreKey
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,11 @@ async def run(settings: TelegramSettings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    store = LinkStore(settings.store_path, settings.store_key.get_secret_value())
+    try:
+        store = LinkStore(settings.store_path, settings.store_key.get_secret_value())
+    except WrongStoreKey as exc:
+        logger.error("%s", exc)
+        raise SystemExit(2) from None
     gateway = Gateway(settings)
     application = build_application(settings, ChatBot(settings, gateway, store))
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None

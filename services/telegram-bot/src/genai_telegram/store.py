@@ -4,6 +4,9 @@ A linked account's API key (chat scope) is kept encrypted with Fernet under a ke
 GENAI_TELEGRAM_STORE_KEY, so that a copy of this file alone gives no key away; the gateway's database
 keeps only a hash of it. SQLite in one file: the bot runs as one process (Telegram hands each update to
 one getUpdates caller or one webhook), and its state is small. Calls are short local writes, made inline.
+
+The store remembers a value encrypted with its key, and refuses to open with another key (`WrongStoreKey`):
+a mistyped setting must stop the bot with a clear message, not make it forget every linked account.
 """
 
 from __future__ import annotations
@@ -26,6 +29,12 @@ CREATE TABLE IF NOT EXISTS links (
     conversation_id TEXT NOT NULL DEFAULT ''
 )
 """
+_META = "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)"
+_KEY_CHECK = b"genai-telegram-store"
+
+
+class WrongStoreKey(Exception):
+    """The store was written with another GENAI_TELEGRAM_STORE_KEY."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +61,38 @@ class LinkStore:
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
+        self._db.execute(_META)
         self._fernet = _fernet(secret)
+        try:
+            self._check_key(path)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _check_key(self, path: Path) -> None:
+        row = self._db.execute("SELECT value FROM meta WHERE name = 'key_check'").fetchone()
+        if row is not None:
+            readable = self._readable(row[0])
+        else:
+            # A store from before the check: the key is right if it reads one of the stored keys.
+            sample = self._db.execute("SELECT api_key FROM links LIMIT 1").fetchone()
+            readable = sample is None or self._readable(sample[0])
+        if not readable:
+            raise WrongStoreKey(
+                f"GENAI_TELEGRAM_STORE_KEY is not the key {path} was written with: set that key again; "
+                "if it is lost, move the file away and every account links again"
+            )
+        if row is None:
+            self._db.execute(
+                "INSERT INTO meta (name, value) VALUES ('key_check', ?)", (self._fernet.encrypt(_KEY_CHECK),)
+            )
+
+    def _readable(self, token: bytes) -> bool:
+        try:
+            self._fernet.decrypt(token)
+        except InvalidToken:
+            return False
+        return True
 
     def close(self) -> None:
         self._db.close()
@@ -67,8 +107,7 @@ class LinkStore:
         try:
             api_key = self._fernet.decrypt(row[2]).decode()
         except InvalidToken:
-            # Written under another store key: as good as unlinked; the user links again.
-            self.delete(telegram_user_id)
+            # Damaged (the store's key is checked as it opens): as good as unlinked; linking again replaces it.
             return None
         return Link(telegram_user_id, row[0], row[1], api_key, row[3])
 
