@@ -508,6 +508,25 @@ def test_webhook_mode_takes_the_updates_telegram_posts_with_the_secret(
             hook.stop()
 
 
+def test_in_groups_a_sender_who_stands_for_someone_unknown_is_not_served(
+    live: RunningStack, tmp_path: Path
+) -> None:
+    """With groups allowed, an anonymous admin (Telegram sends every one of them as GroupAnonymousBot) would
+    share whichever account one of them linked: the bot serves nobody behind such an id."""
+    for api in _fake(7000005):
+        grouped = Bot(live, api, tmp_path, allow_groups="true")
+        try:
+            anonymous = TelegramUser(1087968824, "Group", "GroupAnonymousBot", "en")
+            for said in ("/link ABCD-EFGH-JKLM", "Hello?"):
+                reply = say(grouped, anonymous, said, chat_id=-100777)
+                assert reply.text.startswith("I cannot tell who sends this"), reply.text
+            # A person in the same group is served as themselves.
+            reply = say(grouped, person(), "Hello?", chat_id=-100777)
+            assert reply.text.startswith("This Telegram account is not linked"), reply.text
+        finally:
+            grouped.stop()
+
+
 def test_the_bot_api_is_reached_through_the_sites_proxy(live: RunningStack, tmp_path: Path) -> None:
     # The Bot API's host does not resolve here: only a request sent through the proxy (this fake, which
     # also takes absolute-form requests as a forward proxy does) can reach it.

@@ -4,7 +4,8 @@ Rules it keeps, and why:
 - nothing reaches the model for an account without a live link: the store is asked first, and the gateway
   refuses a key whose link was ended elsewhere (then the bot forgets it and says how to link again);
 - only private chats, unless GENAI_TELEGRAM_ALLOW_GROUPS: a group would show one person's answers, and
-  their link code, to everyone in it;
+  their link code, to everyone in it; never a sender who stands for someone unknown (a group's anonymous
+  admin, a channel), whose Telegram id many people share;
 - one question at a time per account, in order, so each lands in the conversation the previous one made;
 - Telegram's flood control is obeyed: a 429's retry_after is waited out; an intermediate edit that meets
   one is dropped (the next edit carries newer text), while a new message or a final edit is retried, so no
@@ -60,6 +61,10 @@ MUST_TRIES = 8
 # Pause before trying a failed send or final edit again, doubled each time up to the most.
 NETWORK_PAUSE_S = 0.5
 NETWORK_PAUSE_MAX_S = 8.0
+# Senders that stand for someone unknown: Telegram posts a group's anonymous admins as GroupAnonymousBot,
+# messages sent on behalf of a channel as Channel_Bot, and a channel's posts in its discussion group as
+# "Telegram". Everyone behind one of them would share the account linked to it.
+ANONYMOUS_SENDERS = frozenset({1087968824, 136817688, 777000})
 CONVERSATION_BUTTON = "c:"
 MAX_BUTTON_TITLE = 48
 
@@ -214,6 +219,10 @@ class ChatBot:
         lang = language(user.language_code)
         if chat.type != ChatType.PRIVATE and not self._settings.allow_groups:
             await self._say(update, text(lang, "groups"))
+            return None
+        message = update.effective_message
+        if user.id in ANONYMOUS_SENDERS or (message is not None and message.sender_chat is not None):
+            await self._say(update, text(lang, "anonymous"))
             return None
         return lang
 

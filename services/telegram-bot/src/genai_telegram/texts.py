@@ -18,6 +18,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "To link again, make a code at {page} and send /link CODE."
         ),
         "groups": "I only answer in a private chat with you. Open a chat with me to ask.",
+        "anonymous": "I cannot tell who sends this (an anonymous admin or a channel). Write from your own account.",
         "new": "A new conversation starts with your next message.",
         "no_history": "No conversations yet: just send a question.",
         "history": "Recent conversations (tap one to continue it):",
@@ -51,6 +52,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "Чтобы привязать снова, получите код на {page} и пришлите /link КОД."
         ),
         "groups": "Я отвечаю только в личном чате. Откройте чат со мной, чтобы спросить.",
+        "anonymous": "Я не вижу, кто пишет (анонимный администратор или канал). Напишите от своего аккаунта.",
         "new": "Следующее сообщение начнёт новый диалог.",
         "no_history": "Диалогов пока нет: просто задайте вопрос.",
         "history": "Недавние диалоги (нажмите, чтобы продолжить):",
