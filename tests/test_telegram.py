@@ -614,6 +614,31 @@ def test_telegram_failing_while_an_answer_streams_costs_no_part_of_it(long_bot: 
     assert long_bot.proc.poll() is None
 
 
+def test_a_burst_of_questions_from_one_account_waits_three_deep_and_the_rest_are_declined(
+    long_bot: Bot,
+) -> None:
+    """Five questions at once (each answer takes a while): three are answered in turn, two are declined with
+    a word at once, so one account cannot hold the bot's hands while everyone else waits."""
+    jan = long_bot.stack.new_user()
+    phone = person()
+    link(long_bot, jan, phone)
+    before = len(long_bot.api.messages(phone.id))
+    questions = [f"Story number {n} of five, please." for n in range(5)]
+    for question in questions:
+        long_bot.api.send_text(phone, question)
+    long_bot.api.wait_for(
+        lambda: sum(len(c["messages"]) for c in _history(long_bot.stack, jan)) >= 3,
+        180,
+        "three answers stored",
+    )
+    stored = [m["prompt"] for c in _history(long_bot.stack, jan) for m in c["messages"]]
+    assert sorted(stored) == questions[:3]
+    declined = [
+        m for m in long_bot.api.messages(phone.id)[before:] if m.text.startswith("I am still answering")
+    ]
+    assert len(declined) == 2
+
+
 def test_the_bot_survives_the_gateway_being_down(long_bot: Bot) -> None:
     hana = long_bot.stack.new_user()
     phone = person()

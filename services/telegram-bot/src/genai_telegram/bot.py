@@ -7,6 +7,8 @@ Rules it keeps, and why:
   their link code, to everyone in it; never a sender who stands for someone unknown (a group's anonymous
   admin, a channel), whose Telegram id many people share;
 - one question at a time per account, in order, so each lands in the conversation the previous one made;
+  at most `MAX_PENDING_QUESTIONS` wait, the rest are declined with a word, so that one account's burst
+  cannot hold the bot's hands (`MAX_CONCURRENT_UPDATES` updates at a time) while everyone else waits;
 - Telegram's flood control is obeyed: a 429's retry_after is waited out; an intermediate edit that meets
   one is dropped (the next edit carries newer text), while a new message or a final edit is retried, so no
   part of an answer is lost; "message is not modified" means the edit is already there;
@@ -65,6 +67,11 @@ NETWORK_PAUSE_MAX_S = 8.0
 # messages sent on behalf of a channel as Channel_Bot, and a channel's posts in its discussion group as
 # "Telegram". Everyone behind one of them would share the account linked to it.
 ANONYMOUS_SENDERS = frozenset({1087968824, 136817688, 777000})
+# Questions of one account being answered or waiting for their turn; one more is declined.
+MAX_PENDING_QUESTIONS = 3
+# Updates handled at once, across accounts: each waiting answer holds one (python-telegram-bot's default
+# is 256, fewer than the people a slow model can keep waiting).
+MAX_CONCURRENT_UPDATES = 2048
 CONVERSATION_BUTTON = "c:"
 MAX_BUTTON_TITLE = 48
 
@@ -196,6 +203,7 @@ class ChatBot:
         self._gateway = gateway
         self._store = store
         self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._pending: defaultdict[int, int] = defaultdict(int)
 
     def handlers(self) -> list[BaseHandler[Any, Any, Any]]:
         return [
@@ -412,11 +420,21 @@ class ChatBot:
         if await self._linked(update, lang) is None:
             return
         assert update.effective_user is not None and update.effective_chat is not None
-        async with self._locks[update.effective_user.id]:
-            link = await self._linked(update, lang)  # again: the conversation the previous question made
-            if link is None:
-                return
-            await self._answer(update, context.bot, link, message.text, lang)
+        account = update.effective_user.id
+        if self._pending[account] >= MAX_PENDING_QUESTIONS:
+            await self._say(update, text(lang, "busy"))
+            return
+        self._pending[account] += 1
+        try:
+            async with self._locks[account]:
+                link = await self._linked(update, lang)  # again: the conversation the previous question made
+                if link is None:
+                    return
+                await self._answer(update, context.bot, link, message.text, lang)
+        finally:
+            self._pending[account] -= 1
+            if not self._pending[account]:
+                del self._pending[account]
 
     async def _answer(self, update: Update, bot: Bot, link: Link, prompt: str, lang: str) -> None:
         assert update.effective_chat is not None
@@ -474,7 +492,7 @@ def build_application(settings: TelegramSettings, chat: ChatBot) -> Application[
         .base_url(f"{base}/bot")
         .base_file_url(f"{base}/file/bot")
         # Users are served side by side; one user's questions wait for each other (ChatBot's locks).
-        .concurrent_updates(True)
+        .concurrent_updates(MAX_CONCURRENT_UPDATES)
         .connection_pool_size(32)
         .pool_timeout(30)
         .connect_timeout(10)

@@ -22,6 +22,12 @@ import httpx
 
 from genai_telegram.settings import TelegramSettings
 
+# Calls other than a question's answer (linking, the conversation list) are quick for the gateway: a hung
+# one is cut off long before an answer's deadline.
+QUICK_TIMEOUT_S = 30.0
+# Answers stream at once for many accounts, each on a connection of its own.
+MAX_CONNECTIONS = 1000
+
 
 class GatewayError(Exception):
     """A call that did not give an answer."""
@@ -103,11 +109,13 @@ class Gateway:
             base_url=settings.gateway_url,
             verify=verify,
             timeout=httpx.Timeout(settings.gateway_timeout_s, connect=10.0),
+            limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=50),
             headers={"User-Agent": "genai-telegram-bot"},
             # The site's proxy is for Telegram; the gateway is inside.
             trust_env=False,
         )
         self._max_tokens = settings.max_tokens
+        self._quick = httpx.Timeout(min(QUICK_TIMEOUT_S, settings.gateway_timeout_s), connect=10.0)
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -115,7 +123,7 @@ class Gateway:
     async def _request(self, method: str, url: str, key: str | None = None, **kwargs: Any) -> Any:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         try:
-            response = await self._client.request(method, url, headers=headers, **kwargs)
+            response = await self._client.request(method, url, headers=headers, timeout=self._quick, **kwargs)
         except httpx.HTTPError as exc:
             raise Unavailable(str(exc) or type(exc).__name__) from exc
         _raise_for(response)
