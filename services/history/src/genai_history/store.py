@@ -205,6 +205,14 @@ _START_CONVERSATION = """
     ON CONFLICT (id) DO NOTHING
 """
 
+# A start that met a delete of the same conversation still running (its ON CONFLICT waits for the row) read
+# the deletion records from before that delete committed, and so started the conversation again once the
+# row was gone. Run after the start, with a snapshot of its own, this sees the record and undoes it.
+_UNDO_DELETED_STARTS = """
+    DELETE FROM conversations c USING deleted_conversations d
+    WHERE c.id = ANY($1::uuid[]) AND c.owner_id = ANY($2::uuid[]) AND d.id = c.id AND d.owner_id = c.owner_id
+"""
+
 # The batch forms of the statements above (`_append_keyed`): one statement over arrays for a whole batch.
 _START_CONVERSATIONS = """
     INSERT INTO conversations (id, owner_id, title, origin, created_at, updated_at)
@@ -393,6 +401,7 @@ class HistoryStore:
                             exchange.created_at,
                             origin,
                         )
+                        await conn.execute(_UNDO_DELETED_STARTS, [conversation_id], [owner_id])
                     touched = await conn.fetchval(
                         _TOUCH_CONVERSATION, conversation_id, owner_id, exchange.created_at
                     )
@@ -680,6 +689,9 @@ async def _append_keyed(
             [i.title or None for i in starts],
             [i.origin for i in starts],
             [i.exchange.created_at for i in starts],
+        )
+        await conn.execute(
+            _UNDO_DELETED_STARTS, [i.conversation_id for i in starts], [i.owner_id for i in starts]
         )
     touched = {
         (row["id"], row["owner_id"])
