@@ -568,7 +568,13 @@ def long_api() -> Iterator[FakeBotApi]:
 def long_bot(
     long_stack: RunningStack, long_api: FakeBotApi, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Bot]:
-    running = Bot(long_stack, long_api, tmp_path_factory.mktemp("long-bot"), max_tokens="2000")
+    running = Bot(
+        long_stack,
+        long_api,
+        tmp_path_factory.mktemp("long-bot"),
+        max_tokens="2000",
+        max_pending_questions="3",
+    )
     try:
         yield running
     finally:
@@ -617,8 +623,9 @@ def test_telegram_failing_while_an_answer_streams_costs_no_part_of_it(long_bot: 
 def test_a_burst_of_questions_from_one_account_waits_three_deep_and_the_rest_are_declined(
     long_bot: Bot,
 ) -> None:
-    """Five questions at once (each answer takes a while): three are answered in turn, two are declined with
-    a word at once, so one account cannot hold the bot's hands while everyone else waits."""
+    """Five questions at once, to a bot that keeps three (GENAI_TELEGRAM_MAX_PENDING_QUESTIONS): three are
+    answered in turn (each takes a while), two are declined with a word at once, so that one account cannot
+    hold the bot's hands while everyone else waits."""
     jan = long_bot.stack.new_user()
     phone = person()
     link(long_bot, jan, phone)

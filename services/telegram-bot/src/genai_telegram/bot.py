@@ -7,8 +7,8 @@ Rules it keeps, and why:
   their link code, to everyone in it; never a sender who stands for someone unknown (a group's anonymous
   admin, a channel), whose Telegram id many people share;
 - one question at a time per account, in order, so each lands in the conversation the previous one made;
-  at most `MAX_PENDING_QUESTIONS` wait, the rest are declined with a word, so that one account's burst
-  cannot hold the bot's hands (`MAX_CONCURRENT_UPDATES` updates at a time) while everyone else waits;
+  at most GENAI_TELEGRAM_MAX_PENDING_QUESTIONS wait, the rest are declined with a word, so that one
+  account's burst cannot hold the bot's hands (`MAX_CONCURRENT_UPDATES` updates at a time) for long;
 - Telegram's flood control is obeyed: a 429's retry_after is waited out; an intermediate edit that meets
   one is dropped (the next edit carries newer text), while a new message or a final edit is retried, so no
   part of an answer is lost; "message is not modified" means the edit is already there;
@@ -67,8 +67,6 @@ NETWORK_PAUSE_MAX_S = 8.0
 # messages sent on behalf of a channel as Channel_Bot, and a channel's posts in its discussion group as
 # "Telegram". Everyone behind one of them would share the account linked to it.
 ANONYMOUS_SENDERS = frozenset({1087968824, 136817688, 777000})
-# Questions of one account being answered or waiting for their turn; one more is declined.
-MAX_PENDING_QUESTIONS = 3
 # Updates handled at once, across accounts: each waiting answer holds one (python-telegram-bot's default
 # is 256, fewer than the people a slow model can keep waiting).
 MAX_CONCURRENT_UPDATES = 2048
@@ -421,7 +419,7 @@ class ChatBot:
             return
         assert update.effective_user is not None and update.effective_chat is not None
         account = update.effective_user.id
-        if self._pending[account] >= MAX_PENDING_QUESTIONS:
+        if self._pending[account] >= self._settings.max_pending_questions:
             await self._say(update, text(lang, "busy"))
             return
         self._pending[account] += 1

@@ -58,6 +58,9 @@ class TelegramSettings(CommonSettings):
     edit_interval_s: float = Field(1.5, ge=0.05)
     # Recent conversations offered by /history.
     history_size: int = Field(10, ge=1, le=50)
+    # One account's questions answered or waiting their turn; one more is declined with a word. Above the
+    # per-minute request limit, so that a burst meets the limit's message first.
+    max_pending_questions: int = Field(40, ge=1)
 
     @model_validator(mode="after")
     def _secrets(self) -> TelegramSettings:
