@@ -250,3 +250,27 @@ async def test_requests_waiting_in_the_shared_queue_move_to_the_local_one_when_r
         assert a.local.running == 0
     finally:
         own.stop()
+
+
+async def test_requests_moved_to_the_local_queue_leave_no_place_behind_in_the_shared_one(
+    adapters: Adapters, redis_url: str
+) -> None:
+    """Redis only stalled (a timeout; its data intact): the requests that moved to the local queue are taken out
+    of the shared one by the next tick, instead of being admitted there to slots nobody uses."""
+    a = await adapters(1, queue_timeout_s=30)
+    holder = await join(a, "u")
+    moved = [await join(a, "v"), await join(a, "w")]
+    a.failed(TimeoutError("a stalled Redis"))
+    await a.tick()
+    client: redis.Redis = create_redis(redis_url)
+    try:
+        assert int(await client.get(f"{a.prefix}waiting") or 0) == 0
+        assert await client.llen(f"{a.prefix}u:v") == await client.llen(f"{a.prefix}u:w") == 0
+        assert await client.lrange(f"{a.prefix}ring", 0, -1) == []
+        assert await client.smembers(f"{a.prefix}running") == {holder._id.encode()}
+    finally:
+        await client.aclose()
+    for ticket in moved:
+        await ticket.wait()  # in the local queue, which has the whole capacity while Redis is away
+        await ticket.aclose()
+    await holder.aclose()

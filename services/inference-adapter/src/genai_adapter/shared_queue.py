@@ -26,8 +26,8 @@ When Redis does not answer (down, full, slow), requests go to this process's own
 whole capacity, for `cooldown_s`, then Redis is tried again: nothing fails because coordination failed,
 and while it lasts each adapter admits up to the whole capacity (vLLM queues the excess itself). Requests
 already waiting in the shared queue then move to the local one too (their queue timeout starts again
-there; the caller's deadline holds): the shared queue could not admit them while it is away. Their places
-left in Redis are admitted and dropped by the ticks once it is back, as a crashed adapter's are.
+there; the caller's deadline holds): the shared queue could not admit them while it is away. The first
+tick that reaches Redis again takes their places out of it.
 
 Keys are built inside the scripts from the prefix: this needs one Redis server, not a cluster.
 """
@@ -71,6 +71,8 @@ LEASE_S = 3.0
 TICK_S = 1.0
 # After Redis failed, this long on the local queue before trying it again.
 COOLDOWN_S = 5.0
+# How long closing waits for the loops (a pubsub read that swallowed its cancellation ends within a tick).
+CLOSE_WAIT_S = 3.0
 
 SHARED = Gauge(
     "genai_adapter_queue_shared",
@@ -83,6 +85,18 @@ local function owner(t)
 end
 local function alive(p, t)
   return redis.call('EXISTS', p .. 'alive:' .. owner(t)) == 1
+end
+-- Out of the running set or out of the user's queue; 1 if it held a slot.
+local function drop(p, t, user)
+  local held = redis.call('SREM', p .. 'running', t)
+  if held == 0 then
+    local q = p .. 'u:' .. user
+    if redis.call('LREM', q, 1, t) == 1 then
+      redis.call('DECR', p .. 'waiting')
+      if redis.call('LLEN', q) == 0 then redis.call('LREM', p .. 'ring', 0, user) end
+    end
+  end
+  return held
 end
 local function enqueue(p, user, t)
   if redis.call('RPUSH', p .. 'u:' .. user, t) == 1 then redis.call('RPUSH', p .. 'ring', user) end
@@ -134,24 +148,18 @@ _LEAVE = (
     _ADMIT
     + """
 local p, cap, t, user = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local held = redis.call('SREM', p .. 'running', t)
-if held == 0 then
-  local q = p .. 'u:' .. user
-  if redis.call('LREM', q, 1, t) == 1 then
-    redis.call('DECR', p .. 'waiting')
-    if redis.call('LLEN', q) == 0 then redis.call('LREM', p .. 'ring', 0, user) end
-  end
-end
+local held = drop(p, t, user)
 admit(p, cap)
 return held
 """
 )
 
 # ARGV: prefix, capacity, adapter id, lease in ms, the number n of waiting tickets, then n pairs (ticket,
-# user) of the tickets waiting in the queue, then every other ticket this adapter still has (joining or
-# holding a slot). Renews the adapter's key; puts back the waiting tickets the queue lost; drops its running
-# tickets that it no longer has (a give-back that failed while Redis was away); admits; returns which of the
-# given tickets hold a slot.
+# user) of the tickets waiting in the queue, then the number m of tickets given up, then m such pairs (moved
+# to the local queue while Redis did not answer), then every other ticket this adapter still has (joining or
+# holding a slot). Renews the adapter's key; puts back the waiting tickets the queue lost; drops the tickets
+# given up, and its running tickets that it no longer has (a give-back that failed while Redis was away);
+# admits; returns which of the given tickets hold a slot.
 _TICK = (
     _ADMIT
     + """
@@ -167,7 +175,11 @@ for i = 6, 5 + 2 * n, 2 do
     enqueue(p, user, t)
   end
 end
-for i = 6 + 2 * n, #ARGV do
+local m = tonumber(ARGV[6 + 2 * n])
+for i = 7 + 2 * n, 6 + 2 * n + 2 * m, 2 do
+  drop(p, ARGV[i], ARGV[i + 1])
+end
+for i = 7 + 2 * n + 2 * m, #ARGV do
   live[ARGV[i]] = true
   table.insert(given, ARGV[i])
 end
@@ -231,8 +243,15 @@ class SharedScheduler:
         self._live: dict[str, asyncio.Future[bool]] = {}
         # Those of them known to wait in the queue (their join returned "waiting"): id -> user.
         self._waiting: dict[str, str] = {}
+        # Waiting tickets moved to the local queue when Redis did not answer: id -> user, until a tick has
+        # taken their places out of the shared queue (else, when Redis only stalled, they would be admitted
+        # there and hold slots nobody uses until the tick after).
+        self._abandoned: dict[str, str] = {}
         self._down_until = 0.0
         self._tasks: list[asyncio.Task[None]] = []
+        # Set by aclose: the loops end even if a Redis call swallows their cancellation (redis-py's pubsub
+        # read can, as its timeout and the task's cancellation meet).
+        self._closing = False
         self._join = client.register_script(_JOIN)
         self._leave = client.register_script(_LEAVE)
         self._tick = client.register_script(_TICK)
@@ -267,16 +286,21 @@ class SharedScheduler:
         self._tasks = [asyncio.create_task(self._ticking()), asyncio.create_task(self._listening())]
 
     async def aclose(self) -> None:
+        self._closing = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, *_FAILURES):
-                await task
+        if self._tasks:
+            done, left = await asyncio.wait(self._tasks, timeout=CLOSE_WAIT_S)
+            for task in done:
+                with contextlib.suppress(asyncio.CancelledError, *_FAILURES):
+                    task.result()
+            if left:
+                logger.warning("the shared fair queue's loops did not stop; left behind")
         self._tasks = []
         # Every slot of this adapter back now rather than at the lease's end; its waiting tickets are
         # skipped once its key is gone.
         with contextlib.suppress(*_FAILURES):
-            await self._tick(args=[self.prefix, self.max_concurrent, self.id, 1, 0])
+            await self._tick(args=[self.prefix, self.max_concurrent, self.id, 1, 0, 0])
             await self.redis.delete(f"{self.prefix}alive:{self.id}")
 
     # --- shared or alone -----------------------------------------------------------------------------
@@ -293,14 +317,15 @@ class SharedScheduler:
         self._down_until = asyncio.get_running_loop().time() + self.cooldown_s
         SHARED.set(0)
         # Waiting for an admission the shared queue cannot give while it is away: they queue here instead.
-        for ticket in list(self._waiting):
+        for ticket, user in list(self._waiting.items()):
             del self._waiting[ticket]
+            self._abandoned[ticket] = user
             future = self._live.pop(ticket, None)
             if future is not None and not future.done():
                 future.set_result(False)
 
     async def tick(self) -> None:
-        waiting = dict(self._waiting)
+        waiting, abandoned = dict(self._waiting), dict(self._abandoned)
         held = await self._tick(
             args=[
                 self.prefix,
@@ -309,9 +334,13 @@ class SharedScheduler:
                 int(self.lease_s * 1000),
                 len(waiting),
                 *itertools.chain.from_iterable(waiting.items()),
+                len(abandoned),
+                *itertools.chain.from_iterable(abandoned.items()),
                 *(t for t in self._live if t not in waiting),
             ]
         )
+        for ticket in abandoned:
+            self._abandoned.pop(ticket, None)
         for ticket in held:
             self.admitted(ticket.decode() if isinstance(ticket, bytes) else str(ticket))
         if self._down_until:
@@ -326,7 +355,7 @@ class SharedScheduler:
             future.set_result(True)
 
     async def _ticking(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.tick_s)
             try:
                 await self.tick()
@@ -335,11 +364,11 @@ class SharedScheduler:
 
     async def _listening(self) -> None:
         channel = f"{self.prefix}admitted:{self.id}"
-        while True:
+        while not self._closing:
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.subscribe(channel)
-                while True:
+                while not self._closing:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.tick_s)
                     if message is not None:
                         data = message["data"]
