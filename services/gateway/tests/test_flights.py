@@ -19,7 +19,11 @@ from .test_pipeline import Rig, ask, principal, rig, settings, slots_in_use, uni
 
 __all__ = ["rig", "settings"]
 
-LEASE_S = 1.0
+# The gateways' lease: long enough that a loaded machine's late renewal does not lose it (the tests here are
+# about following and taking over, not about a lease running out by accident).
+LEASE_S = 3.0
+# The lease of a leader a test plays dead: its end is what a follower waits for.
+DEAD_LEASE_S = 1.0
 
 
 @pytest.fixture
@@ -133,7 +137,7 @@ async def test_a_follower_takes_over_from_a_leader_that_died(
     key = b._key(principal(), whole.generation, whole.generation.messages or [])
     # A leader that showed a piece and died: its lease runs out without a last record.
     lease, record, _ = SharedFlights._names(key, "dead")
-    await redis_client.set(lease, "dead", px=int(LEASE_S * 1000))
+    await redis_client.set(lease, "dead", px=int(DEAD_LEASE_S * 1000))
     await redis_client.xadd(record, {"r": Record("d", {"t": "half an ans", "c": []}).encode()})
     took_over = count("took_over")
     answering, streaming = asyncio.ensure_future(whole.answer()), asyncio.ensure_future(streamed(stream))
@@ -181,7 +185,8 @@ async def test_a_leader_whose_callers_left_goes_on_for_a_follower_longer_than_a_
 ) -> None:
     """The followers' count lives as long as its leader: a follower that is always given something to read
     never renews it itself, and a count that ran out would stop the generation it still follows."""
-    monkeypatch.setattr(flights, "RECORD_TTL_S", 0.6)
+    # Longer than the leader's renewals (a third of the lease), as in production (60 s against 1 s).
+    monkeypatch.setattr(flights, "RECORD_TTL_S", 1.5)
     # Three lifetimes of a record, with the leader publishing as it goes and the follower reading it.
     await _followed_after_its_callers_left(rig, gateways, 3 * flights.RECORD_TTL_S)
     b = gateways[1]

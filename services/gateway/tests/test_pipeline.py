@@ -323,11 +323,21 @@ async def test_an_identical_request_comes_from_the_cache_unless_regenerated(rig:
     assert regenerated.source == "model" and len(rig.model.requests) == 2
 
 
+async def _until_generating(rig: Rig) -> None:
+    """Until the model has a request (a loaded machine may take a while to bring it there)."""
+    for _ in range(200):
+        if rig.model.requests:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the model never got the request")
+
+
 async def test_identical_requests_in_flight_share_one_generation_and_only_one_is_charged(rig: Rig) -> None:
     prompt = unique()
     tickets = [await rig.pipeline.admit(principal(f"user{i}"), ask(prompt)) for i in range(5)]
     answers = asyncio.gather(*(t.answer() for t in tickets))
-    await asyncio.sleep(0.2)
+    await _until_generating(rig)
+    await asyncio.sleep(0.2)  # time for a second generation to start, were there one
     assert len(rig.model.requests) == 1
     rig.model.gate.set()
     results = await answers
@@ -512,7 +522,7 @@ async def test_with_the_spool_full_new_questions_wait_and_nothing_is_dropped(
 async def test_a_whole_request_cancelled_by_its_caller_frees_the_model_and_the_slot(rig: Rig) -> None:
     ticket = await rig.pipeline.admit(principal(), ask(unique()))
     task = asyncio.ensure_future(ticket.answer())
-    await asyncio.sleep(0.2)
+    await _until_generating(rig)
     assert len(rig.model.requests) == 1
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
