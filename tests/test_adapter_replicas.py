@@ -25,8 +25,10 @@ pytestmark = pytest.mark.slow
 # Generations per replica (vLLM's --max-num-seqs as the adapter is told it), and the replicas.
 PER_REPLICA = 2
 # Slow enough that the heavy user's backlog is still queued when the light user arrives.
-SLOW = ("--ttft-ms", "400", "--itl-ms", "20", "--output-tokens", "10", "--max-num-seqs", "64")
+SLOW = ("--ttft-ms", "400", "--itl-ms", "20", "--output-tokens", "30", "--max-num-seqs", "64")
 HEAVY_REQUESTS = 10
+# Between two of the heavy user's requests.
+STAGGER_S = 0.03
 # A database of the test Redis for this file alone: the queue's keys start empty.
 QUEUE_DB = 7
 
@@ -109,10 +111,12 @@ def test_two_adapters_share_the_cap_and_the_turns(redis_url: str) -> None:
             try:
                 stub_a = inference_pb2_grpc.InferenceServiceStub(channel_a)
                 stub_b = inference_pb2_grpc.InferenceServiceStub(channel_b)
-                heavy = [
-                    asyncio.create_task(_stream(stub_a, "heavy", f"heavy{n}", starts))
-                    for n in range(1, HEAVY_REQUESTS + 1)
-                ]
+                # A moment apart, so that slots free (and the next requests start) a moment apart too: the
+                # order of first tokens is then the order of admission, even on a loaded machine.
+                heavy = []
+                for n in range(1, HEAVY_REQUESTS + 1):
+                    heavy.append(asyncio.create_task(_stream(stub_a, "heavy", f"heavy{n}", starts)))
+                    await asyncio.sleep(STAGGER_S)
                 # The light user's one request, at the other adapter, once the heavy backlog is queued.
                 queued = HEAVY_REQUESTS - 2 * PER_REPLICA
                 for _ in range(400):

@@ -447,6 +447,15 @@ class Generation(Response):
         super().__init__()
         self.sim = sim
         self.job = job
+        self._held = False
+
+    def _free(self) -> None:
+        """Give the slot back: once the last token is made, before it is sent, as vLLM's engine frees a
+        sequence before its server sends the last chunk; so that a client that starts its next request on
+        reading the end never finds this one still counted as running."""
+        if self._held:
+            self._held = False
+            self.sim.slots.release()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         producer = asyncio.ensure_future(self._produce(send))
@@ -464,7 +473,6 @@ class Generation(Response):
 
     async def _produce(self, send: Send) -> None:
         sim, job = self.sim, self.job
-        acquired = False
         try:
             if job.stream:
                 # vLLM answers 200 before scheduling: queueing shows up as time to first token.
@@ -472,7 +480,7 @@ class Generation(Response):
                     {"type": "http.response.start", "status": 200, "headers": job.headers(SSE_HEADERS)}
                 )
             await sim.slots.acquire()
-            acquired = True
+            self._held = True
             if sim.die_after == 0:
                 sim.die("a request was scheduled")
             sim.stats.prompt_tokens += job.prompt_tokens
@@ -486,8 +494,7 @@ class Generation(Response):
             sim.stats.cancelled += 1
             raise
         finally:
-            if acquired:
-                sim.slots.release()
+            self._free()
 
     def _finished(self, loop: asyncio.AbstractEventLoop) -> None:
         stats = self.sim.stats
@@ -557,6 +564,8 @@ class Generation(Response):
                 idx = job.indices[i]
                 word = text.FIRST_JSON[idx] if i == 0 else text.NEXT_JSON[idx]
             chunk = prefix + word + (last if i == count - 1 else more)
+            if i == count - 1:
+                self._free()
             await send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
             stats.generation_tokens += 1
             if sim.die_after is not None and i >= sim.die_after - 1:
@@ -566,6 +575,7 @@ class Generation(Response):
             stats.errors += 1
             return
         if count == 0:
+            self._free()
             await send(
                 {"type": "http.response.body", "body": (prefix + '""' + last).encode(), "more_body": True}
             )
@@ -633,6 +643,7 @@ class Generation(Response):
         headers = job.headers(
             [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
         )
+        self._free()
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": payload, "more_body": False})
         sim.stats.generation_tokens += count
