@@ -51,3 +51,16 @@ def test_a_store_from_before_the_key_check_is_checked_by_its_links(tmp_path: Pat
     upgraded.close()
     with pytest.raises(WrongStoreKey):
         LinkStore(path, secrets.token_urlsafe(32))
+
+
+def test_forgetting_a_link_leaves_a_newer_link_of_the_account(tmp_path: Path) -> None:
+    """/unlink (or a refused key) finishing after the account linked again forgets the old link only."""
+    store = LinkStore(tmp_path / "bot.sqlite3", secrets.token_urlsafe(32))
+    store.put(42, "link-1", "alice", "gk-1")
+    store.put(42, "link-2", "bob", "gk-2")
+    store.delete(42, "link-1")
+    link = store.get(42)
+    assert link is not None and (link.link_id, link.owner) == ("link-2", "bob")
+    store.delete(42, "link-2")
+    assert store.get(42) is None
+    store.close()

@@ -254,9 +254,8 @@ class ChatBot:
             await self._say(update, text(lang, "not_linked", page=self._settings.link_page))
         return link
 
-    async def _ended(self, update: Update, lang: str) -> None:
-        assert update.effective_user is not None
-        self._store.delete(update.effective_user.id)
+    async def _ended(self, update: Update, lang: str, link: Link) -> None:
+        self._store.delete(link.telegram_user_id, link.link_id)
         await self._say(update, text(lang, "link_ended", page=self._settings.link_page))
 
     async def _typing(self, chat_id: int, bot: Bot) -> None:
@@ -335,7 +334,7 @@ class ChatBot:
         except (Unavailable, Limited, Refused):
             await self._say(update, text(lang, "unavailable"))
             return
-        self._store.delete(link.telegram_user_id)
+        self._store.delete(link.telegram_user_id, link.link_id)
         await self._say(update, text(lang, "unlinked", owner=link.owner))
 
     async def new(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -359,7 +358,7 @@ class ChatBot:
         try:
             conversations = await self._gateway.conversations(link.api_key, self._settings.history_size)
         except Unlinked:
-            await self._ended(update, lang)
+            await self._ended(update, lang, link)
             return
         except (Unavailable, Limited, Refused):
             await self._say(update, text(lang, "unavailable"))
@@ -395,7 +394,7 @@ class ChatBot:
         try:
             conversation = await self._gateway.conversation(link.api_key, conversation_id)
         except Unlinked:
-            await self._ended(update, lang)
+            await self._ended(update, lang, link)
             return
         except Refused:
             await self._say(update, text(lang, "gone"))
@@ -466,7 +465,7 @@ class ChatBot:
                         continue
                     raise
         except Unlinked:
-            await self._ended(update, lang)
+            await self._ended(update, lang, link)
             return
         except Limited as exc:
             await self._say(update, text(lang, "limited", wait=wait(lang, exc.retry_after_s)))

@@ -124,5 +124,8 @@ class LinkStore:
             (conversation_id, telegram_user_id),
         )
 
-    def delete(self, telegram_user_id: int) -> None:
-        self._db.execute("DELETE FROM links WHERE telegram_user_id = ?", (telegram_user_id,))
+    def delete(self, telegram_user_id: int, link_id: str) -> None:
+        """Forget the account's link `link_id`; a newer link of the account (linked meanwhile) stays."""
+        self._db.execute(
+            "DELETE FROM links WHERE telegram_user_id = ? AND link_id = ?", (telegram_user_id, link_id)
+        )
