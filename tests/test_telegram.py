@@ -646,6 +646,32 @@ def test_a_burst_of_questions_from_one_account_waits_three_deep_and_the_rest_are
     assert len(declined) == 2
 
 
+def test_a_bot_stopping_mid_answer_ends_it_with_a_note_instead_of_being_killed(
+    long_stack: RunningStack, tmp_path: Path
+) -> None:
+    """Compose gives the bot 30 s to stop, then kills it: answers still being written after
+    GENAI_TELEGRAM_STOP_GRACE_S (none here) end with a note saying why, and the bot exits on its own."""
+    for api in _fake(7000006):
+        stopping = Bot(long_stack, api, tmp_path, max_tokens="2000", stop_grace_s="0")
+        kate = long_stack.new_user()
+        phone = person()
+        link(stopping, kate, phone)
+        before = len(api.messages(phone.id))
+        # A question of its own: an answer from the cache would be shown whole at once.
+        api.send_text(phone, f"Write a long story about restarts, number {uuid.uuid4().hex}.")
+        first = api.wait_for(
+            lambda fake=api, chat=phone.id, since=before: fake.messages(chat)[since:], 60, "a first message"
+        )
+        assert "cut short" not in first[0].text
+        stopping.proc.send_signal(signal.SIGTERM)
+        assert stopping.proc.wait(30) == 0
+        stopping.log.close()
+        shown = " ".join(m.text for m in api.messages(phone.id)[before:])
+        assert shown.endswith(
+            "(The answer was cut short: the assistant is restarting; please ask again in a minute)"
+        ), shown[-200:]
+
+
 def test_the_bot_survives_the_gateway_being_down(long_bot: Bot) -> None:
     hana = long_bot.stack.new_user()
     phone = person()

@@ -48,6 +48,7 @@ from telegram.ext import (
     filters,
 )
 
+from genai_common.waiting import within
 from genai_telegram.gateway import Gateway, Limited, Refused, Unavailable, Unlinked
 from genai_telegram.render import render, split
 from genai_telegram.settings import TelegramSettings
@@ -70,6 +71,8 @@ ANONYMOUS_SENDERS = frozenset({1087968824, 136817688, 777000})
 # Updates handled at once, across accounts: each waiting answer holds one (python-telegram-bot's default
 # is 256, fewer than the people a slow model can keep waiting).
 MAX_CONCURRENT_UPDATES = 2048
+# On stopping, how long the note on an answer cut short may take.
+STOP_NOTE_S = 5.0
 CONVERSATION_BUTTON = "c:"
 MAX_BUTTON_TITLE = 48
 
@@ -202,6 +205,7 @@ class ChatBot:
         self._store = store
         self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._pending: defaultdict[int, int] = defaultdict(int)
+        self._answering: set[asyncio.Task[Any]] = set()
 
     def handlers(self) -> list[BaseHandler[Any, Any, Any]]:
         return [
@@ -427,11 +431,28 @@ class ChatBot:
                 link = await self._linked(update, lang)  # again: the conversation the previous question made
                 if link is None:
                     return
-                await self._answer(update, context.bot, link, message.text, lang)
+                task = asyncio.current_task()
+                assert task is not None
+                self._answering.add(task)
+                try:
+                    await self._answer(update, context.bot, link, message.text, lang)
+                finally:
+                    self._answering.discard(task)
         finally:
             self._pending[account] -= 1
             if not self._pending[account]:
                 del self._pending[account]
+
+    async def stop(self, grace_s: float) -> None:
+        """Let the answers being written finish for `grace_s`, then end the rest with a note saying so."""
+        if self._answering:
+            await asyncio.wait(set(self._answering), timeout=grace_s)
+        left = set(self._answering)
+        for task in left:
+            task.cancel()
+        if left:
+            logger.info("stopping: %d answer(s) cut short", len(left))
+            await asyncio.wait(left, timeout=STOP_NOTE_S + 1)
 
     async def _answer(self, update: Update, bot: Bot, link: Link, prompt: str, lang: str) -> None:
         assert update.effective_chat is not None
@@ -476,9 +497,26 @@ class ChatBot:
                 await self._say(update, text(lang, key, message=str(exc)))
                 return
             note = text(lang, "cut_short", message=text(lang, "unavailable"))
+        except asyncio.CancelledError:
+            # The bot is stopping: what was written stays, with a word on why it ends there.
+            typing.cancel()
+            cut = text(lang, "cut_short", message=text(lang, "restarting"))
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                if reply.started:
+                    await within(reply.finish(f"{answer}\n\n{cut}"), STOP_NOTE_S)
+                else:
+                    await within(self._say(update, cut), STOP_NOTE_S)
+            raise
         finally:
             typing.cancel()
-        await reply.finish(f"{answer}\n\n{note}" if note else answer)
+        whole = f"{answer}\n\n{note}" if note else answer
+        try:
+            await reply.finish(whole)
+        except asyncio.CancelledError:
+            # Stopping while the whole answer is being shown: it is shown whole, within the note's time.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await within(reply.finish(whole), STOP_NOTE_S)
+            raise
 
 
 def build_application(settings: TelegramSettings, chat: ChatBot) -> Application[Any, Any, Any, Any, Any, Any]:

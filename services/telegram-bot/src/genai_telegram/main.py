@@ -88,7 +88,8 @@ async def run(settings: TelegramSettings) -> None:
         logger.error("%s", exc)
         raise SystemExit(2) from None
     gateway = Gateway(settings)
-    application = build_application(settings, ChatBot(settings, gateway, store))
+    chat = ChatBot(settings, gateway, store)
+    application = build_application(settings, chat)
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
     server = uvicorn.Server(
         uvicorn.Config(
@@ -116,10 +117,13 @@ async def run(settings: TelegramSettings) -> None:
             )
         await stop.wait()
     finally:
+        # The answers being written get GENAI_TELEGRAM_STOP_GRACE_S from now, then end with a note.
+        answers_stopped = asyncio.create_task(chat.stop(settings.stop_grace_s))
         server.should_exit = True
         await serving
         if application.updater is not None and application.updater.running:
             await application.updater.stop()
+        await answers_stopped
         if application.running:
             await application.stop()
         if application._initialized:  # noqa: SLF001 (PTB has no public flag for it)

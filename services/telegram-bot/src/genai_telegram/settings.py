@@ -61,6 +61,9 @@ class TelegramSettings(CommonSettings):
     # One account's questions answered or waiting their turn; one more is declined with a word. Above the
     # per-minute request limit, so that a burst meets the limit's message first.
     max_pending_questions: int = Field(40, ge=1)
+    # On stopping, how long answers being written may take to finish; the rest end with a note saying so.
+    # Below the time compose gives the bot to stop (30 s), after which it is killed.
+    stop_grace_s: float = Field(20.0, ge=0)
 
     @model_validator(mode="after")
     def _secrets(self) -> TelegramSettings:

@@ -27,6 +27,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "gone": "That conversation no longer exists.",
         "limited": "You have reached your usage limit. Please try again in {wait}.",
         "unavailable": "The assistant is unavailable right now. Please try again in a minute.",
+        "restarting": "the assistant is restarting; please ask again in a minute",
         "refused": "The assistant could not take this request: {message}",
         "cut_short": "(The answer was cut short: {message})",
         "help": (
@@ -64,6 +65,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "unavailable": "Ассистент сейчас недоступен. Попробуйте через минуту.",
         "refused": "Ассистент не смог принять запрос: {message}",
         "cut_short": "(Ответ прервался: {message})",
+        "restarting": "ассистент перезапускается; спросите ещё раз через минуту",
         "help": (
             "Пришлите вопрос, и я отвечу в текущем диалоге.\n"
             "/new: начать новый диалог\n/history: недавние диалоги, чтобы переключиться\n"
