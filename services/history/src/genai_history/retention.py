@@ -77,6 +77,17 @@ def _deleted(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
+async def _in_batches(pool: asyncpg.Pool, statement: str, cutoff: datetime, batch_size: int) -> int:
+    """Run a DELETE of at most `batch_size` rows older than `cutoff` until it deletes fewer; how many in all."""
+    total = 0
+    while True:
+        async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            deleted = _deleted(await conn.execute(statement, cutoff, batch_size))
+        total += deleted
+        if deleted < batch_size:
+            return total
+
+
 async def purge(
     pool: asyncpg.Pool,
     retention_days: int,
@@ -89,13 +100,9 @@ async def purge(
     now = now or datetime.now(UTC)
     conversations = audit_events = 0
     if retention_days > 0:
-        cutoff = now - timedelta(days=retention_days)
-        while True:
-            async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
-                deleted = _deleted(await conn.execute(_DELETE_CONVERSATIONS, cutoff, batch_size))
-            conversations += deleted
-            if deleted < batch_size:
-                break
+        conversations = await _in_batches(
+            pool, _DELETE_CONVERSATIONS, now - timedelta(days=retention_days), batch_size
+        )
     if audit_retention_days > 0:
         cutoff = now - timedelta(days=audit_retention_days)
         while True:
@@ -105,14 +112,7 @@ async def purge(
             audit_events += deleted
             if deleted < batch_size:
                 break
-    tombstones = 0
-    cutoff = now - timedelta(days=TOMBSTONE_DAYS)
-    while True:
-        async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
-            deleted = _deleted(await conn.execute(_DELETE_TOMBSTONES, cutoff, batch_size))
-        tombstones += deleted
-        if deleted < batch_size:
-            break
+    tombstones = await _in_batches(pool, _DELETE_TOMBSTONES, now - timedelta(days=TOMBSTONE_DAYS), batch_size)
     if conversations or audit_events or tombstones:
         logger.info(
             "retention deleted %d conversations, %d audit events and %d records of deleted conversations",
