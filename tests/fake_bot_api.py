@@ -199,6 +199,11 @@ class FakeBotApi:
         with self._lock:
             self._failures.extend([(method, status, description, False)] * times)
 
+    def recover(self, method: str) -> None:
+        """The failures still pending for `method` are off."""
+        with self._lock:
+            self._failures = [f for f in self._failures if f[0] != method]
+
     def delete_before_next_edit(self) -> None:
         """The user deletes the message the next edit is for, just before it comes: the edit answers
         "message to edit not found"."""

@@ -527,6 +527,26 @@ def test_in_groups_a_sender_who_stands_for_someone_unknown_is_not_served(
             grouped.stop()
 
 
+def test_health_says_when_the_bot_hears_nothing_from_telegram(live: RunningStack, tmp_path: Path) -> None:
+    """Every poll refused (409: a second bot polls with the same token): the bot takes no update, and its
+    /health says so until the polls are answered again."""
+    for api in _fake(7000007):
+        deaf = Bot(live, api, tmp_path, bot_api_timeout_s="2")  # deaf after 2 polls of 1 s and 2 s more
+        health = f"http://127.0.0.1:{deaf.port}/health"
+        try:
+            assert httpx.get(health).json() == {"status": "ok"}
+            api.fail("getUpdates", 409, "Conflict: terminated by other getUpdates request", times=10_000)
+            refused = api.wait_for(
+                lambda url=health: httpx.get(url).status_code == 503, 60, "/health to turn 503"
+            )
+            assert refused
+            assert "not hearing Telegram" in httpx.get(health).json()["status"]
+            api.recover("getUpdates")
+            api.wait_for(lambda url=health: httpx.get(url).status_code == 200, 60, "/health to turn 200")
+        finally:
+            deaf.stop()
+
+
 def test_the_bot_api_is_reached_through_the_sites_proxy(live: RunningStack, tmp_path: Path) -> None:
     # The Bot API's host does not resolve here: only a request sent through the proxy (this fake, which
     # also takes absolute-form requests as a forward proxy does) can reach it.

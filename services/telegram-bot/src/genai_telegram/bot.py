@@ -47,6 +47,7 @@ from telegram.ext import (
     MessageHandler,
     filters,
 )
+from telegram.request import HTTPXRequest
 
 from genai_common.waiting import within
 from genai_telegram.gateway import Gateway, Limited, Refused, Unavailable, Unlinked
@@ -519,7 +520,26 @@ class ChatBot:
             raise
 
 
-def build_application(settings: TelegramSettings, chat: ChatBot) -> Application[Any, Any, Any, Any, Any, Any]:
+class PollingRequest(HTTPXRequest):
+    """getUpdates' own connection, noting when Telegram last answered it (`heard_at`, monotonic): a bot whose
+    polls keep failing (a second instance polling with the same token gets 409, a proxy gone) takes no
+    update, and its /health says so."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.heard_at: float | None = None
+
+    async def do_request(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        status, payload = await super().do_request(*args, **kwargs)
+        if status == 200:
+            self.heard_at = time.monotonic()
+        return status, payload
+
+
+def build_application(
+    settings: TelegramSettings, chat: ChatBot, polling: PollingRequest | None = None
+) -> Application[Any, Any, Any, Any, Any, Any]:
+    """The bot; `polling` (long polling only) carries getUpdates."""
     base = settings.bot_api_base_url.rstrip("/")
     builder = (
         Application.builder()
@@ -533,10 +553,15 @@ def build_application(settings: TelegramSettings, chat: ChatBot) -> Application[
         .connect_timeout(10)
         .read_timeout(settings.bot_api_timeout_s)
         .write_timeout(settings.bot_api_timeout_s)
-        .get_updates_read_timeout(settings.poll_timeout_s + 10)
     )
     if settings.proxy_url:
-        builder = builder.proxy(settings.proxy_url).get_updates_proxy(settings.proxy_url)
+        builder = builder.proxy(settings.proxy_url)
+    if polling is not None:
+        builder = builder.get_updates_request(polling)
+    else:
+        builder = builder.get_updates_read_timeout(settings.poll_timeout_s + 10)
+        if settings.proxy_url:
+            builder = builder.get_updates_proxy(settings.proxy_url)
     if settings.mode == "webhook":
         builder = builder.updater(None)
     application = builder.build()

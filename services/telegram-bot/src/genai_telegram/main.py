@@ -12,6 +12,7 @@ import contextlib
 import hmac
 import logging
 import signal
+import time
 from typing import Any
 
 import uvicorn
@@ -27,7 +28,7 @@ from genai_common.logs import setup_logging
 from genai_common.metrics import serve_metrics
 from genai_common.settings import load_settings
 from genai_common.waiting import within
-from genai_telegram.bot import ChatBot, build_application
+from genai_telegram.bot import ChatBot, PollingRequest, build_application
 from genai_telegram.gateway import Gateway
 from genai_telegram.settings import TelegramSettings
 from genai_telegram.store import LinkStore, WrongStoreKey
@@ -39,8 +40,14 @@ ALLOWED_UPDATES = ["message", "callback_query"]
 START_RETRY_S = 5.0
 
 
-def http_app(application: Application[Any, Any, Any, Any, Any, Any], secret: str | None) -> Starlette:
-    """GET /health (200 while the bot takes updates); POST /telegram for Telegram's webhook, when `secret`."""
+def http_app(
+    application: Application[Any, Any, Any, Any, Any, Any],
+    secret: str | None,
+    polling: PollingRequest | None = None,
+    deaf_after_s: float = 0.0,
+) -> Starlette:
+    """GET /health (200 while the bot takes updates: in long polling, while Telegram answered a poll in the
+    last `deaf_after_s`); POST /telegram for Telegram's webhook, when `secret`."""
 
     async def receive(request: Request) -> Response:
         given = request.headers.get("x-telegram-bot-api-secret-token", "")
@@ -56,7 +63,12 @@ def http_app(application: Application[Any, Any, Any, Any, Any, Any], secret: str
     async def health(request: Request) -> Response:
         updater = application.updater
         up = application.running and (updater is None or updater.running)
-        return JSONResponse({"status": "ok" if up else "starting"}, status_code=200 if up else 503)
+        if not up:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        heard_at = polling.heard_at if polling is not None else None
+        if polling is not None and (heard_at is None or time.monotonic() - heard_at > deaf_after_s):
+            return JSONResponse({"status": "not hearing Telegram: its polls fail"}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     routes = [Route("/health", health)]
     if secret is not None:
@@ -89,11 +101,28 @@ async def run(settings: TelegramSettings) -> None:
         raise SystemExit(2) from None
     gateway = Gateway(settings)
     chat = ChatBot(settings, gateway, store)
-    application = build_application(settings, chat)
+    polling = None
+    if settings.mode == "polling":
+        polling = PollingRequest(
+            connection_pool_size=1,
+            read_timeout=settings.poll_timeout_s + 10,
+            write_timeout=settings.bot_api_timeout_s,
+            connect_timeout=10,
+            pool_timeout=30,
+            proxy=settings.proxy_url or None,
+        )
+    application = build_application(settings, chat, polling)
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
     server = uvicorn.Server(
         uvicorn.Config(
-            http_app(application, secret if settings.mode == "webhook" else None),
+            http_app(
+                application,
+                secret if settings.mode == "webhook" else None,
+                polling,
+                # A poll lasts poll_timeout_s when nothing comes: two of them missed, and a slow answer's
+                # worth more, is no slow moment.
+                deaf_after_s=2 * settings.poll_timeout_s + settings.bot_api_timeout_s,
+            ),
             host=settings.host,
             port=settings.port,
             log_config=None,
@@ -111,6 +140,9 @@ async def run(settings: TelegramSettings) -> None:
             await application.updater.start_polling(
                 timeout=settings.poll_timeout_s, allowed_updates=ALLOWED_UPDATES
             )
+            if polling is not None and polling.heard_at is None:
+                # The first poll has its time to be answered before /health counts it missing.
+                polling.heard_at = time.monotonic()
         else:
             await application.bot.set_webhook(
                 settings.webhook_url, secret_token=secret, allowed_updates=ALLOWED_UPDATES
