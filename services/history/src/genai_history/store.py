@@ -197,17 +197,17 @@ _NEW_CONVERSATION = """
 
 # A conversation whose id the caller chose (the gateway answers with it before the exchange is written): a
 # repeat of the same exchange, or one that arrives after a later exchange of the conversation, finds it there.
-# Not one its owner deleted (migration 0006): a late repeat of its first exchange must not bring it back.
+# Not one its owner deleted: `_UNDO_DELETED_STARTS` follows it.
 _START_CONVERSATION = """
     INSERT INTO conversations (id, owner_id, title, origin, created_at, updated_at)
-    SELECT $1, $2, $3, $5, COALESCE($4::timestamptz, now()), COALESCE($4::timestamptz, now())
-    WHERE NOT EXISTS (SELECT 1 FROM deleted_conversations d WHERE d.id = $1 AND d.owner_id = $2)
+    VALUES ($1, $2, $3, $5, COALESCE($4::timestamptz, now()), COALESCE($4::timestamptz, now()))
     ON CONFLICT (id) DO NOTHING
 """
 
-# A start that met a delete of the same conversation still running (its ON CONFLICT waits for the row) read
-# the deletion records from before that delete committed, and so started the conversation again once the
-# row was gone. Run after the start, with a snapshot of its own, this sees the record and undoes it.
+# After a start, in the same transaction: a conversation its owner deleted (migration 0006) is not started
+# again by a late repeat of its first exchange. A statement of its own, with a snapshot of its own, so that
+# it also sees a delete that committed while the start waited for its row (ON CONFLICT waits for it), which
+# a check inside the start, reading the records from before, would miss.
 _UNDO_DELETED_STARTS = """
     DELETE FROM conversations c USING deleted_conversations d
     WHERE c.id = ANY($1::uuid[]) AND c.owner_id = ANY($2::uuid[]) AND d.id = c.id AND d.owner_id = c.owner_id
@@ -219,7 +219,6 @@ _START_CONVERSATIONS = """
     SELECT s.id, s.owner_id, s.title, s.origin, COALESCE(s.at, now()), COALESCE(s.at, now())
     FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[])
         AS s(id, owner_id, title, origin, at)
-    WHERE NOT EXISTS (SELECT 1 FROM deleted_conversations d WHERE d.id = s.id AND d.owner_id = s.owner_id)
     ON CONFLICT (id) DO NOTHING
 """
 
@@ -271,7 +270,7 @@ _INSERT_MESSAGE = """
     RETURNING id
 """
 
-# The deletion is remembered (see `_START_CONVERSATION`) in the same statement.
+# The deletion is remembered (see `_UNDO_DELETED_STARTS`) in the same statement.
 _DELETE_CONVERSATION = """
     WITH deleted AS (DELETE FROM conversations WHERE id = $1 AND owner_id = $2 RETURNING id, owner_id)
     INSERT INTO deleted_conversations (id, owner_id) SELECT id, owner_id FROM deleted
