@@ -26,6 +26,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any
 
@@ -188,6 +189,12 @@ class StreamedReply:
             if "not modified" not in str(exc).lower():
                 raise
         return True
+
+
+async def _while_stopping(last_word: Awaitable[None]) -> None:
+    """Say a last word to a chat while the bot stops: within STOP_NOTE_S, whatever fails."""
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await within(last_word, STOP_NOTE_S)
 
 
 def _gone(exc: BadRequest) -> bool:
@@ -502,11 +509,9 @@ class ChatBot:
             # The bot is stopping: what was written stays, with a word on why it ends there.
             typing.cancel()
             cut = text(lang, "cut_short", message=text(lang, "restarting"))
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                if reply.started:
-                    await within(reply.finish(f"{answer}\n\n{cut}"), STOP_NOTE_S)
-                else:
-                    await within(self._say(update, cut), STOP_NOTE_S)
+            await _while_stopping(
+                reply.finish(f"{answer}\n\n{cut}") if reply.started else self._say(update, cut)
+            )
             raise
         finally:
             typing.cancel()
@@ -515,8 +520,7 @@ class ChatBot:
             await reply.finish(whole)
         except asyncio.CancelledError:
             # Stopping while the whole answer is being shown: it is shown whole, within the note's time.
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await within(reply.finish(whole), STOP_NOTE_S)
+            await _while_stopping(reply.finish(whole))
             raise
 
 
